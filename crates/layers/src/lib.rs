@@ -1,1 +1,33 @@
-//! placeholder
+//! BERT and GPT-2 for Burn, built from one shared [`ModelConfig`].
+//!
+//! - Modules read the one config (`SelfAttention::new(config, layer, device)`): per-layer
+//!   `n_heads`, `d_head` and `d_ff` make a pruned model an ordinary model (seed 003).
+//! - The attention and feed-forward blocks are type parameters
+//!   (`Transformer<B, A, F>`): put your own in without touching the layers above.
+//! - Forward inputs carry optional head, neuron and hidden masks ([`Masks`]); a 0 equals
+//!   removing the unit. This crate knows nothing of gates.
+//! - Every parameter axis is declared in a space ([`declare`]); [`Transformer::keep`]
+//!   prunes any space, [`Transformer::prune_heads`] removes heads by original index.
+//! - Hugging Face checkpoints load ([`Transformer::load`]); our own format saves and loads
+//!   heterogeneous shapes; a head-pruned BERT exports for `transformers`.
+
+mod attention;
+mod config;
+mod cost;
+mod error;
+mod ffn;
+pub mod hf;
+mod model;
+mod norm;
+mod prune;
+pub mod save;
+pub mod tensorio;
+mod tokenizer;
+
+pub use attention::*;
+pub use config::*;
+pub use error::*;
+pub use ffn::*;
+pub use model::*;
+pub use norm::*;
+pub use tokenizer::*;

@@ -52,9 +52,7 @@ pub enum SpaceError {
         space: String,
     },
     /// A member axis has the wrong length for its space.
-    #[error(
-        "axis {axis} of `{path}` has length {found} but space `{space}` has size {expected}"
-    )]
+    #[error("axis {axis} of `{path}` has length {found} but space `{space}` has size {expected}")]
     SizeMismatch {
         /// The parameter path.
         path: String,

@@ -37,7 +37,10 @@ impl Registry {
 
     /// A scope that prefixes every path it claims with `prefix.`.
     pub fn scope(&mut self, prefix: &str) -> Scope<'_> {
-        Scope { registry: self, prefix: prefix.to_string() }
+        Scope {
+            registry: self,
+            prefix: prefix.to_string(),
+        }
     }
 
     /// Records that axis `axis` of parameter `path` lives in `space`.
@@ -47,7 +50,11 @@ impl Registry {
     /// spaces in requests, so they must be unique (a programming error in a declaration).
     pub fn claim(&mut self, path: &str, axis: usize, space: &Space) {
         self.register(space);
-        self.members.push(Member { path: path.to_string(), axis, space: space.clone() });
+        self.members.push(Member {
+            path: path.to_string(),
+            axis,
+            space: space.clone(),
+        });
     }
 
     /// Records that axis `axis` of parameter `path` is free: in no prunable space.
@@ -78,12 +85,18 @@ impl Registry {
 
     /// The space called `name`.
     pub fn space(&self, name: &str) -> Result<&Space, SpaceError> {
-        self.spaces.iter().find(|s| s.name() == name).ok_or_else(|| {
-            SpaceError::UnknownSpace {
+        self.spaces
+            .iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| SpaceError::UnknownSpace {
                 name: name.to_string(),
-                known: self.spaces.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
-            }
-        })
+                known: self
+                    .spaces
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// Every member axis of `space` (found by identity, not by size).
@@ -110,7 +123,9 @@ impl Registry {
             let name = space.map_or("free".to_string(), |s| s.name().to_string());
             let shape = shapes
                 .get(path)
-                .ok_or_else(|| SpaceError::UnknownParameter { path: path.to_string() })?;
+                .ok_or_else(|| SpaceError::UnknownParameter {
+                    path: path.to_string(),
+                })?;
             if axis >= shape.len() {
                 return Err(SpaceError::AxisOutOfRange {
                     path: path.to_string(),
@@ -165,7 +180,10 @@ impl Registry {
                 });
             }
             if !seen.insert(u) {
-                return Err(SpaceError::DuplicateUnit { space: space.name().to_string(), unit: u });
+                return Err(SpaceError::DuplicateUnit {
+                    space: space.name().to_string(),
+                    unit: u,
+                });
             }
         }
         Ok(seen.into_iter().collect())
@@ -194,9 +212,17 @@ impl Registry {
         let indices: Vec<usize> = kept.iter().flat_map(|&u| u * w..(u + 1) * w).collect();
         let slices = self
             .members(space)
-            .map(|m| AxisSlice { path: m.path.clone(), axis: m.axis, indices: indices.clone() })
+            .map(|m| AxisSlice {
+                path: m.path.clone(),
+                axis: m.axis,
+                indices: indices.clone(),
+            })
             .collect();
-        Ok(KeepPlan { space: name.to_string(), kept, slices })
+        Ok(KeepPlan {
+            space: name.to_string(),
+            kept,
+            slices,
+        })
     }
 
     /// A 0/1 mask over the units of `name`: 1 for the units in `keep`. This is the soft
@@ -238,13 +264,20 @@ pub struct Scope<'a> {
 
 impl Scope<'_> {
     fn path(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     /// A nested scope `prefix.name`.
     pub fn child(&mut self, name: &str) -> Scope<'_> {
         let prefix = self.path(name);
-        Scope { registry: self.registry, prefix }
+        Scope {
+            registry: self.registry,
+            prefix,
+        }
     }
 
     /// Claims axis `axis` of `prefix.name` for `space`.

@@ -121,7 +121,13 @@ impl Eq for Space {}
 
 impl fmt::Debug for Space {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Space({} {}x{})", self.name(), self.n_units(), self.unit_width())
+        write!(
+            f,
+            "Space({} {}x{})",
+            self.name(),
+            self.n_units(),
+            self.unit_width()
+        )
     }
 }
 

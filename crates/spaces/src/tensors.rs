@@ -45,7 +45,10 @@ impl HostTensor {
         for o in 0..outer {
             let base = o * len * inner;
             for &i in indices {
-                assert!(i < len, "index {i} out of range for axis {axis} of length {len}");
+                assert!(
+                    i < len,
+                    "index {i} out of range for axis {axis} of length {len}"
+                );
                 data.extend_from_slice(&self.data[base + i * inner..base + (i + 1) * inner]);
             }
         }
@@ -59,7 +62,12 @@ impl HostTensor {
     /// # Panics
     /// If the tensor is not 2-D.
     pub fn transpose(&self) -> HostTensor {
-        assert_eq!(self.shape.len(), 2, "transpose needs a 2-D tensor, got {:?}", self.shape);
+        assert_eq!(
+            self.shape.len(),
+            2,
+            "transpose needs a 2-D tensor, got {:?}",
+            self.shape
+        );
         let (r, c) = (self.shape[0], self.shape[1]);
         let mut data = vec![0.0; r * c];
         for i in 0..r {
@@ -67,18 +75,26 @@ impl HostTensor {
                 data[j * r + i] = self.data[i * c + j];
             }
         }
-        HostTensor { shape: vec![c, r], data }
+        HostTensor {
+            shape: vec![c, r],
+            data,
+        }
     }
 }
 
 /// The shapes of every tensor in a map, for [`crate::Registry::validate`].
 pub fn shapes(tensors: &TensorMap) -> BTreeMap<String, Vec<usize>> {
-    tensors.iter().map(|(k, v)| (k.clone(), v.shape.clone())).collect()
+    tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.shape.clone()))
+        .collect()
 }
 
 /// Looks a tensor up, with a typed error naming the missing path.
 pub fn get<'a>(tensors: &'a TensorMap, path: &str) -> Result<&'a HostTensor, SpaceError> {
     tensors
         .get(path)
-        .ok_or_else(|| SpaceError::UnknownParameter { path: path.to_string() })
+        .ok_or_else(|| SpaceError::UnknownParameter {
+            path: path.to_string(),
+        })
 }

@@ -46,10 +46,18 @@ fn identity_not_size() {
     let hidden = reg.space("hidden").unwrap();
     let out = reg.space("out").unwrap();
     assert_eq!(hidden.size(), out.size());
-    let hidden_paths: Vec<_> = reg.members(hidden).map(|m| (m.path.as_str(), m.axis)).collect();
+    let hidden_paths: Vec<_> = reg
+        .members(hidden)
+        .map(|m| (m.path.as_str(), m.axis))
+        .collect();
     assert_eq!(
         hidden_paths,
-        [("up.weight", 0), ("down.weight", 1), ("norm.weight", 0), ("head.weight", 0)]
+        [
+            ("up.weight", 0),
+            ("down.weight", 1),
+            ("norm.weight", 0),
+            ("head.weight", 0)
+        ]
     );
 }
 
@@ -65,7 +73,11 @@ fn validate_rejects_gaps_doubles_and_sizes() {
     t.insert("extra".into(), HostTensor::new(vec![2], vec![0.0; 2]));
     assert_eq!(
         reg.validate(&shapes(&t)),
-        Err(SpaceError::Unclaimed { path: "extra".into(), axis: 0, shape: vec![2] })
+        Err(SpaceError::Unclaimed {
+            path: "extra".into(),
+            axis: 0,
+            shape: vec![2]
+        })
     );
     let (mut reg, t) = toy();
     reg.free("up.bias", 0);
@@ -77,13 +89,19 @@ fn validate_rejects_gaps_doubles_and_sizes() {
     t.insert("norm.weight".into(), HostTensor::new(vec![5], vec![0.0; 5]));
     assert!(matches!(
         reg.validate(&shapes(&t)),
-        Err(SpaceError::SizeMismatch { expected: 4, found: 5, .. })
+        Err(SpaceError::SizeMismatch {
+            expected: 4,
+            found: 5,
+            ..
+        })
     ));
     let (reg, mut t) = toy();
     t.remove("up.bias");
     assert_eq!(
         reg.validate(&shapes(&t)),
-        Err(SpaceError::UnknownParameter { path: "up.bias".into() })
+        Err(SpaceError::UnknownParameter {
+            path: "up.bias".into()
+        })
     );
 }
 
@@ -111,10 +129,22 @@ fn keep_rejects_bad_requests_without_touching_tensors() {
         let err = reg.plan_keep(space, keep).unwrap_err();
         assert_eq!(err.to_string(), want);
     };
-    check("nope", &[0], "unknown space `nope` (known: hidden, inner, out)");
-    check("inner", &[3], "unit 3 is out of range for space `inner` of 3 units");
+    check(
+        "nope",
+        &[0],
+        "unknown space `nope` (known: hidden, inner, out)",
+    );
+    check(
+        "inner",
+        &[3],
+        "unit 3 is out of range for space `inner` of 3 units",
+    );
     check("inner", &[1, 1], "unit 1 of space `inner` is listed twice");
-    check("inner", &[], "keeping 0 of 3 units of space `inner` is below its minimum of 1");
+    check(
+        "inner",
+        &[],
+        "keeping 0 of 3 units of space `inner` is below its minimum of 1",
+    );
     let hinted = Space::new("heads", 2).with_hint("remove the attention block instead");
     let mut reg2 = Registry::new();
     reg2.register(&hinted);

@@ -1,0 +1,113 @@
+//! Multi-head self-attention, and the `AttentionBlock` trait that lets a user put their own
+//! attention into a BERT or GPT-2 without editing the layers above it.
+
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use shears_spaces::Scope;
+
+use crate::{LayerSpaces, ModelConfig};
+
+/// What an attention block receives besides its input.
+#[derive(Debug, Clone)]
+pub struct AttentionContext<B: Backend> {
+    /// Additive bias on the scores, `[batch, 1, 1, seq]` (0 keep, a large negative value
+    /// for padding); `None` for no padding.
+    pub bias: Option<Tensor<B, 4>>,
+    /// Multiplies each head's attention probabilities, `[n_heads]`; `None` for all ones.
+    /// 0 for a head is equivalent to removing it.
+    pub head_mask: Option<Tensor<B, 1>>,
+    /// Mask out future positions (GPT-2).
+    pub causal: bool,
+}
+
+/// An attention implementation a model can be built with.
+///
+/// Implement it (and derive `Module`) to swap attention in every layer of
+/// `BertModel<B, YourAttention<B>>` / `Gpt2Model<B, YourAttention<B>>`; see
+/// `examples/custom_attention.rs`.
+pub trait AttentionBlock<B: Backend>: Module<B> + burn::module::ModuleDisplay {
+    /// Builds layer `layer`'s attention from the shared config.
+    fn new(config: &ModelConfig, layer: usize, device: &B::Device) -> Self;
+
+    /// # Shapes
+    /// `x: [batch, seq, d_model]` -> `[batch, seq, d_model]`
+    fn forward(&self, x: Tensor<B, 3>, context: &AttentionContext<B>) -> Tensor<B, 3>;
+
+    /// Declares which space every axis of this block's parameters lives in (paths relative
+    /// to the block).
+    fn declare(config: &ModelConfig, layer: usize, scope: &mut Scope<'_>, spaces: &LayerSpaces);
+}
+
+/// Scaled dot-product multi-head self-attention with separate `query`, `key`, `value` and
+/// `output` projections (Vaswani et al. 2017, <https://arxiv.org/abs/1706.03762>).
+#[derive(Module, Debug)]
+pub struct SelfAttention<B: Backend> {
+    /// `[d_model, n_heads * d_head]`.
+    pub query: Linear<B>,
+    /// `[d_model, n_heads * d_head]`.
+    pub key: Linear<B>,
+    /// `[d_model, n_heads * d_head]`.
+    pub value: Linear<B>,
+    /// `[n_heads * d_head, d_model]`.
+    pub output: Linear<B>,
+    /// Heads.
+    pub n_heads: usize,
+    /// Width of a head.
+    pub d_head: usize,
+}
+
+/// The additive value that removes a score: the most negative f32, as the reference does.
+pub const MASKED: f32 = f32::MIN;
+
+impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
+    fn new(config: &ModelConfig, layer: usize, device: &B::Device) -> Self {
+        let l = &config.layers[layer];
+        let d = config.d_model;
+        let proj = |i, o| LinearConfig::new(i, o).init(device);
+        Self {
+            query: proj(d, l.d_attn()),
+            key: proj(d, l.d_attn()),
+            value: proj(d, l.d_attn()),
+            output: proj(l.d_attn(), d),
+            n_heads: l.n_heads,
+            d_head: l.d_head,
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 3>, context: &AttentionContext<B>) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (h, dh) = (self.n_heads, self.d_head);
+        let split = |t: Tensor<B, 3>| t.reshape([b, s, h, dh]).swap_dims(1, 2);
+        let q = split(self.query.forward(x.clone()));
+        let k = split(self.key.forward(x.clone()));
+        let v = split(self.value.forward(x));
+        let mut scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
+        if context.causal {
+            let future = Tensor::<B, 2, Bool>::tril_mask([s, s], 0, &scores.device());
+            scores = scores.mask_fill(future.reshape([1, 1, s, s]), MASKED);
+        }
+        if let Some(bias) = &context.bias {
+            scores = scores + bias.clone();
+        }
+        let mut probs = softmax(scores, 3);
+        if let Some(m) = &context.head_mask {
+            probs = probs * m.clone().reshape([1, h, 1, 1]);
+        }
+        let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, s, h * dh]);
+        self.output.forward(ctx)
+    }
+
+    fn declare(_: &ModelConfig, _: usize, scope: &mut Scope<'_>, spaces: &LayerSpaces) {
+        for p in ["query", "key", "value"] {
+            let mut s = scope.child(p);
+            s.claim("weight", 0, &spaces.hidden);
+            s.claim("weight", 1, &spaces.heads);
+            s.claim("bias", 0, &spaces.heads);
+        }
+        let mut s = scope.child("output");
+        s.claim("weight", 0, &spaces.heads);
+        s.claim("weight", 1, &spaces.hidden);
+        s.claim("bias", 0, &spaces.hidden);
+    }
+}

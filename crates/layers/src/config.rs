@@ -1,0 +1,298 @@
+//! `ModelConfig`: the one shared config every module reads, and Hugging Face `config.json`
+//! reading (a wire struct with aliases, then a resolved config with no `Option`s).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::LoadError;
+
+/// Which architecture a config describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// BERT encoder: post-norm, bidirectional, token-type embeddings, pooler.
+    Bert,
+    /// GPT-2 decoder: pre-norm, causal, final LayerNorm, LM head tied to the token embedding.
+    Gpt2,
+}
+
+/// Feed-forward activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x Φ(x)` with the exact normal CDF (erf); HF `gelu`.
+    Gelu,
+    /// The tanh approximation `0.5 x (1 + tanh(√(2/π)(x + 0.044715 x³)))`; HF `gelu_new`,
+    /// `gelu_pytorch_tanh`, `gelu_fast`.
+    GeluTanh,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+impl Activation {
+    /// Parses a Hugging Face activation name.
+    pub fn from_hf(name: &str) -> Result<Self, LoadError> {
+        match name {
+            "gelu" => Ok(Self::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
+            "relu" => Ok(Self::Relu),
+            other => Err(LoadError::UnknownActivation {
+                found: other.to_string(),
+                supported: "gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu",
+            }),
+        }
+    }
+
+    /// The Hugging Face name.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Self::Gelu => "gelu",
+            Self::GeluTanh => "gelu_new",
+            Self::Relu => "relu",
+        }
+    }
+}
+
+/// Sizes of one transformer layer. Pruned models have different sizes in every layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerConfig {
+    /// Attention heads in this layer.
+    pub n_heads: usize,
+    /// Width of each head.
+    pub d_head: usize,
+    /// Feed-forward (intermediate) width.
+    pub d_ff: usize,
+    /// For each remaining head, its index in the original (unpruned) layer, ascending.
+    /// Head-pruning requests name original heads, as Hugging Face's `prune_heads` does.
+    pub head_ids: Vec<usize>,
+}
+
+impl LayerConfig {
+    /// A layer with heads `0..n_heads`.
+    pub fn new(n_heads: usize, d_head: usize, d_ff: usize) -> Self {
+        Self {
+            n_heads,
+            d_head,
+            d_ff,
+            head_ids: (0..n_heads).collect(),
+        }
+    }
+
+    /// Width of the concatenated heads (`n_heads * d_head`).
+    pub fn d_attn(&self) -> usize {
+        self.n_heads * self.d_head
+    }
+}
+
+/// The one config of a BERT or GPT-2 model. Modules read the parts they need from it
+/// (`SelfAttention::new(config, layer, device)`), so nothing is threaded through
+/// constructors, and per-layer sizes make a pruned model an ordinary model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Architecture.
+    pub family: Family,
+    /// Token vocabulary size.
+    pub vocab_size: usize,
+    /// Maximum sequence length (position embeddings).
+    pub max_positions: usize,
+    /// Token-type (segment) vocabulary; 0 for GPT-2.
+    pub type_vocab_size: usize,
+    /// Hidden width.
+    pub d_model: usize,
+    /// Output width of the BERT pooler; `None` for no pooler.
+    pub d_pooler: Option<usize>,
+    /// Per-layer sizes.
+    pub layers: Vec<LayerConfig>,
+    /// Feed-forward activation.
+    pub activation: Activation,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// The original Hugging Face `config.json`, kept to write it back on export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_config: Option<serde_json::Value>,
+}
+
+impl ModelConfig {
+    /// A BERT config with equal layers.
+    pub fn bert(
+        vocab_size: usize,
+        d_model: usize,
+        n_layers: usize,
+        n_heads: usize,
+        d_ff: usize,
+    ) -> Self {
+        Self {
+            family: Family::Bert,
+            vocab_size,
+            max_positions: 512,
+            type_vocab_size: 2,
+            d_model,
+            d_pooler: Some(d_model),
+            layers: vec![LayerConfig::new(n_heads, d_model / n_heads, d_ff); n_layers],
+            activation: Activation::Gelu,
+            layer_norm_eps: 1e-12,
+            hf_config: None,
+        }
+    }
+
+    /// A GPT-2 config with equal layers.
+    pub fn gpt2(
+        vocab_size: usize,
+        d_model: usize,
+        n_layers: usize,
+        n_heads: usize,
+        d_ff: usize,
+    ) -> Self {
+        Self {
+            family: Family::Gpt2,
+            vocab_size,
+            max_positions: 1024,
+            type_vocab_size: 0,
+            d_model,
+            d_pooler: None,
+            layers: vec![LayerConfig::new(n_heads, d_model / n_heads, d_ff); n_layers],
+            activation: Activation::GeluTanh,
+            layer_norm_eps: 1e-5,
+            hf_config: None,
+        }
+    }
+
+    /// Number of layers.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The largest head count of any layer (the width of a `[n_layers, n_heads]` head mask).
+    pub fn max_heads(&self) -> usize {
+        self.layers.iter().map(|l| l.n_heads).max().unwrap_or(0)
+    }
+
+    /// Whether attention is causal (GPT-2).
+    pub fn causal(&self) -> bool {
+        self.family == Family::Gpt2
+    }
+
+    /// Reads a Hugging Face `config.json` (BERT or GPT-2, chosen by `model_type`).
+    pub fn from_hf_file(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|e| LoadError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| LoadError::Config {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Self::from_hf_value(value).map_err(|e| match e {
+            LoadError::Config { message, .. } => LoadError::Config {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Resolves a parsed Hugging Face config.
+    pub fn from_hf_value(value: serde_json::Value) -> Result<Self, LoadError> {
+        let bad = |message: String| LoadError::Config {
+            path: Default::default(),
+            message,
+        };
+        let wire: HfWire = serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))?;
+        let family = match wire.model_type.as_deref() {
+            Some("bert") => Family::Bert,
+            Some("gpt2") => Family::Gpt2,
+            Some(other) => {
+                return Err(bad(format!(
+                    "unsupported model_type `{other}` (supported: bert, gpt2)"
+                )));
+            }
+            None => {
+                return Err(bad(
+                    "missing `model_type` (expected `bert` or `gpt2`)".into()
+                ));
+            }
+        };
+        let n_heads = wire.n_heads;
+        if n_heads == 0 || wire.d_model % n_heads != 0 {
+            return Err(bad(format!(
+                "hidden size {} is not a multiple of the head count {n_heads}",
+                wire.d_model
+            )));
+        }
+        let d_head = wire.d_model / n_heads;
+        let d_ff = wire.d_ff.unwrap_or(4 * wire.d_model);
+        let activation = Activation::from_hf(wire.activation.as_deref().unwrap_or(match family {
+            Family::Bert => "gelu",
+            Family::Gpt2 => "gelu_new",
+        }))?;
+        let mut layers = Vec::with_capacity(wire.n_layers);
+        for l in 0..wire.n_layers {
+            let pruned = wire
+                .pruned_heads
+                .get(&l.to_string())
+                .cloned()
+                .unwrap_or_default();
+            if let Some(&h) = pruned.iter().find(|&&h| h >= n_heads) {
+                return Err(bad(format!(
+                    "pruned_heads names head {h} of layer {l}, which has {n_heads}"
+                )));
+            }
+            let head_ids: Vec<usize> = (0..n_heads).filter(|h| !pruned.contains(h)).collect();
+            layers.push(LayerConfig {
+                n_heads: head_ids.len(),
+                d_head,
+                d_ff,
+                head_ids,
+            });
+        }
+        Ok(Self {
+            family,
+            vocab_size: wire.vocab_size,
+            max_positions: wire.max_positions,
+            type_vocab_size: if family == Family::Bert {
+                wire.type_vocab_size.unwrap_or(2)
+            } else {
+                0
+            },
+            d_model: wire.d_model,
+            d_pooler: (family == Family::Bert).then_some(wire.d_model),
+            layers,
+            activation,
+            layer_norm_eps: wire.layer_norm_eps.unwrap_or(match family {
+                Family::Bert => 1e-12,
+                Family::Gpt2 => 1e-5,
+            }),
+            hf_config: Some(value),
+        })
+    }
+}
+
+/// `config.json` as Hugging Face writes it for BERT and GPT-2 (GPT-2 names as aliases).
+#[derive(Deserialize)]
+struct HfWire {
+    model_type: Option<String>,
+    vocab_size: usize,
+    #[serde(alias = "n_embd", rename = "hidden_size")]
+    d_model: usize,
+    #[serde(alias = "n_layer", rename = "num_hidden_layers")]
+    n_layers: usize,
+    #[serde(alias = "n_head", rename = "num_attention_heads")]
+    n_heads: usize,
+    #[serde(alias = "n_inner", rename = "intermediate_size", default)]
+    d_ff: Option<usize>,
+    #[serde(alias = "activation_function", rename = "hidden_act", default)]
+    activation: Option<String>,
+    #[serde(alias = "n_positions", rename = "max_position_embeddings")]
+    max_positions: usize,
+    #[serde(default)]
+    type_vocab_size: Option<usize>,
+    #[serde(alias = "layer_norm_epsilon", default)]
+    layer_norm_eps: Option<f64>,
+    #[serde(default)]
+    pruned_heads: BTreeMap<String, Vec<usize>>,
+}

@@ -1,0 +1,118 @@
+//! `LoadError` and `PruneError`: what a user's file, config or request can get wrong.
+
+use std::path::PathBuf;
+
+/// Errors reading, writing or importing model files and parameters.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LoadError {
+    /// A file could not be read or written.
+    #[error("cannot access `{path}`: {reason}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        reason: String,
+    },
+    /// A config file is malformed.
+    #[error("bad config `{path}`: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A safetensors file is malformed or truncated.
+    #[error("bad safetensors file `{path}`: {message}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// The config names an activation shears does not implement.
+    #[error("unknown activation `{found}` (supported: {supported})")]
+    UnknownActivation {
+        /// The name found.
+        found: String,
+        /// The names supported.
+        supported: &'static str,
+    },
+    /// A tensor the model needs is not in the checkpoint.
+    #[error("missing tensor `{key}` (expected shape {expected:?})")]
+    MissingKey {
+        /// Checkpoint key.
+        key: String,
+        /// Shape the model expects.
+        expected: Vec<usize>,
+    },
+    /// The checkpoint holds a tensor the model has no place for.
+    #[error("unexpected tensor `{key}` with shape {found:?}")]
+    UnexpectedKey {
+        /// Checkpoint key.
+        key: String,
+        /// Its shape.
+        found: Vec<usize>,
+    },
+    /// A tensor has the wrong shape.
+    #[error("tensor `{key}` has shape {found:?}, expected {expected:?}")]
+    Shape {
+        /// Checkpoint key.
+        key: String,
+        /// Shape the model expects.
+        expected: Vec<usize>,
+        /// Shape in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor has a dtype shears cannot load.
+    #[error("tensor `{key}` has dtype {found}, expected {expected}")]
+    Dtype {
+        /// Checkpoint key.
+        key: String,
+        /// Accepted dtypes.
+        expected: &'static str,
+        /// Dtype in the file.
+        found: String,
+    },
+    /// The model cannot be written in the requested format.
+    #[error("cannot export: {0}")]
+    NotRepresentable(String),
+    /// A tokenizer could not be loaded or run.
+    #[error("tokenizer `{path}`: {message}")]
+    Tokenizer {
+        /// The file or directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Errors of a pruning request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PruneError {
+    /// The request is wrong for the model's spaces.
+    #[error(transparent)]
+    Space(#[from] shears_spaces::SpaceError),
+    /// A head-pruning request names a layer the model does not have.
+    #[error("layer {layer} does not exist (the model has {n_layers} layers)")]
+    NoSuchLayer {
+        /// The requested layer.
+        layer: usize,
+        /// Layers in the model.
+        n_layers: usize,
+    },
+    /// A head-pruning request names a head that is not (or no longer) in the layer.
+    #[error(
+        "head {head} of layer {layer} is not in the model (remaining original heads: {remaining:?})"
+    )]
+    NoSuchHead {
+        /// The layer.
+        layer: usize,
+        /// The requested original head.
+        head: usize,
+        /// The layer's remaining original heads.
+        remaining: Vec<usize>,
+    },
+    /// Re-importing the pruned parameters failed (a bug in a declaration).
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}

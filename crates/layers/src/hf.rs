@@ -1,0 +1,523 @@
+//! Hugging Face checkpoints: reading safetensors, the key tables of BERT and GPT-2, and
+//! exporting a head-pruned BERT that `transformers` 4.x loads with `from_pretrained`.
+
+use std::path::Path;
+
+use shears_spaces::{HostTensor, TensorMap};
+
+use crate::{Family, LoadError, ModelConfig};
+
+/// How a checkpoint tensor becomes ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transform {
+    /// Same layout.
+    Same,
+    /// PyTorch `Linear` `[out, in]` to Burn `[in, out]`.
+    Transpose,
+    /// Part `i` of 3 along the last axis (GPT-2's fused `c_attn`, Conv1D `[in, 3 * out]`).
+    Third(usize),
+}
+
+/// BERT: our path pattern, the Hugging Face key pattern, the transform. `{}` is the layer.
+const BERT_KEYS: &[(&str, &str, Transform)] = &[
+    (
+        "embeddings.word.weight",
+        "embeddings.word_embeddings.weight",
+        Transform::Same,
+    ),
+    (
+        "embeddings.position.weight",
+        "embeddings.position_embeddings.weight",
+        Transform::Same,
+    ),
+    (
+        "embeddings.token_type.weight",
+        "embeddings.token_type_embeddings.weight",
+        Transform::Same,
+    ),
+    (
+        "embeddings.norm.weight",
+        "embeddings.LayerNorm.weight",
+        Transform::Same,
+    ),
+    (
+        "embeddings.norm.bias",
+        "embeddings.LayerNorm.bias",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.attention.query.weight",
+        "encoder.layer.{}.attention.self.query.weight",
+        Transform::Transpose,
+    ),
+    (
+        "layers.{}.attention.query.bias",
+        "encoder.layer.{}.attention.self.query.bias",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.attention.key.weight",
+        "encoder.layer.{}.attention.self.key.weight",
+        Transform::Transpose,
+    ),
+    (
+        "layers.{}.attention.key.bias",
+        "encoder.layer.{}.attention.self.key.bias",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.attention.value.weight",
+        "encoder.layer.{}.attention.self.value.weight",
+        Transform::Transpose,
+    ),
+    (
+        "layers.{}.attention.value.bias",
+        "encoder.layer.{}.attention.self.value.bias",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.attention.output.weight",
+        "encoder.layer.{}.attention.output.dense.weight",
+        Transform::Transpose,
+    ),
+    (
+        "layers.{}.attention.output.bias",
+        "encoder.layer.{}.attention.output.dense.bias",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.attention_norm.weight",
+        "encoder.layer.{}.attention.output.LayerNorm.weight",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.attention_norm.bias",
+        "encoder.layer.{}.attention.output.LayerNorm.bias",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.ffn.up.weight",
+        "encoder.layer.{}.intermediate.dense.weight",
+        Transform::Transpose,
+    ),
+    (
+        "layers.{}.ffn.up.bias",
+        "encoder.layer.{}.intermediate.dense.bias",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.ffn.down.weight",
+        "encoder.layer.{}.output.dense.weight",
+        Transform::Transpose,
+    ),
+    (
+        "layers.{}.ffn.down.bias",
+        "encoder.layer.{}.output.dense.bias",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.ffn_norm.weight",
+        "encoder.layer.{}.output.LayerNorm.weight",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.ffn_norm.bias",
+        "encoder.layer.{}.output.LayerNorm.bias",
+        Transform::Same,
+    ),
+    ("pooler.weight", "pooler.dense.weight", Transform::Transpose),
+    ("pooler.bias", "pooler.dense.bias", Transform::Same),
+];
+
+/// GPT-2 (Conv1D weights are already `[in, out]`: never transposed).
+const GPT2_KEYS: &[(&str, &str, Transform)] = &[
+    ("embeddings.word.weight", "wte.weight", Transform::Same),
+    ("embeddings.position.weight", "wpe.weight", Transform::Same),
+    (
+        "layers.{}.attention_norm.weight",
+        "h.{}.ln_1.weight",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.attention_norm.bias",
+        "h.{}.ln_1.bias",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.attention.query.weight",
+        "h.{}.attn.c_attn.weight",
+        Transform::Third(0),
+    ),
+    (
+        "layers.{}.attention.query.bias",
+        "h.{}.attn.c_attn.bias",
+        Transform::Third(0),
+    ),
+    (
+        "layers.{}.attention.key.weight",
+        "h.{}.attn.c_attn.weight",
+        Transform::Third(1),
+    ),
+    (
+        "layers.{}.attention.key.bias",
+        "h.{}.attn.c_attn.bias",
+        Transform::Third(1),
+    ),
+    (
+        "layers.{}.attention.value.weight",
+        "h.{}.attn.c_attn.weight",
+        Transform::Third(2),
+    ),
+    (
+        "layers.{}.attention.value.bias",
+        "h.{}.attn.c_attn.bias",
+        Transform::Third(2),
+    ),
+    (
+        "layers.{}.attention.output.weight",
+        "h.{}.attn.c_proj.weight",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.attention.output.bias",
+        "h.{}.attn.c_proj.bias",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.ffn_norm.weight",
+        "h.{}.ln_2.weight",
+        Transform::Same,
+    ),
+    ("layers.{}.ffn_norm.bias", "h.{}.ln_2.bias", Transform::Same),
+    (
+        "layers.{}.ffn.up.weight",
+        "h.{}.mlp.c_fc.weight",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.ffn.up.bias",
+        "h.{}.mlp.c_fc.bias",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.ffn.down.weight",
+        "h.{}.mlp.c_proj.weight",
+        Transform::Same,
+    ),
+    (
+        "layers.{}.ffn.down.bias",
+        "h.{}.mlp.c_proj.bias",
+        Transform::Same,
+    ),
+    ("final_norm.weight", "ln_f.weight", Transform::Same),
+    ("final_norm.bias", "ln_f.bias", Transform::Same),
+];
+
+/// Checkpoint keys that hold no parameter (buffers) and are skipped.
+fn is_buffer(key: &str) -> bool {
+    key.ends_with("position_ids")
+        || key.ends_with(".attn.bias")
+        || key.ends_with(".attn.masked_bias")
+}
+
+/// Prefixes of task-model checkpoints (`BertForSequenceClassification`, `GPT2LMHeadModel`).
+const PREFIXES: &[&str] = &["bert.", "transformer."];
+
+/// Reads every tensor of a safetensors file as f32 (F32, F16 and BF16 accepted; the integer
+/// `position_ids` buffer is skipped).
+pub fn read_safetensors(path: &Path) -> Result<TensorMap, LoadError> {
+    let bytes = std::fs::read(path).map_err(|e| LoadError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| LoadError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut out = TensorMap::new();
+    for (key, view) in st.tensors() {
+        if is_buffer(&key) {
+            continue;
+        }
+        use safetensors::Dtype;
+        let raw = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .collect(),
+            other => {
+                return Err(LoadError::Dtype {
+                    key,
+                    expected: "F32, F16 or BF16",
+                    found: format!("{other:?}"),
+                });
+            }
+        };
+        out.insert(key, HostTensor::new(view.shape().to_vec(), data));
+    }
+    Ok(out)
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match exp {
+        0 if frac == 0 => sign,
+        0 => {
+            // Subnormal: renormalise.
+            let mut e = 127 - 15 + 1;
+            let mut f = frac;
+            while f & 0x400 == 0 {
+                f <<= 1;
+                e -= 1;
+            }
+            sign | ((e as u32) << 23) | ((f & 0x3ff) << 13)
+        }
+        0x1f => sign | 0x7f80_0000 | (frac << 13),
+        _ => sign | ((exp + 127 - 15) << 23) | (frac << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Writes tensors as an F32 safetensors file, through a temporary file and a rename.
+pub fn write_safetensors(path: &Path, tensors: &TensorMap) -> Result<(), LoadError> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                t.shape.clone(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, b, s)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| LoadError::Safetensors {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = safetensors::serialize(views, None).map_err(|e| LoadError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    crate::save::write_atomic(path, &out)
+}
+
+fn table(family: Family) -> &'static [(&'static str, &'static str, Transform)] {
+    match family {
+        Family::Bert => BERT_KEYS,
+        Family::Gpt2 => GPT2_KEYS,
+    }
+}
+
+/// Our path -> (checkpoint key, transform).
+fn lookup(family: Family, ours: &str) -> Option<(String, Transform)> {
+    let (pattern, layer) = pattern_of(ours);
+    table(family)
+        .iter()
+        .find(|(o, _, _)| *o == pattern)
+        .map(|(_, hf, t)| {
+            let key = match layer {
+                Some(l) => hf.replacen("{}", l, 1),
+                None => hf.to_string(),
+            };
+            (key, *t)
+        })
+}
+
+/// `layers.3.ffn.up.weight` -> (`layers.{}.ffn.up.weight`, Some("3")).
+fn pattern_of(path: &str) -> (String, Option<&str>) {
+    let mut layer = None;
+    let parts: Vec<&str> = path
+        .split('.')
+        .map(|p| {
+            if layer.is_none() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+                layer = Some(p);
+                "{}"
+            } else {
+                p
+            }
+        })
+        .collect();
+    (parts.join("."), layer)
+}
+
+/// Maps a Hugging Face checkpoint onto our parameter paths, for a model whose parameters
+/// have shapes `expected`. Every checkpoint tensor must be used (except buffers and a tied
+/// `lm_head.weight`), every parameter found, every shape right.
+pub fn from_hf(
+    family: Family,
+    checkpoint: &TensorMap,
+    expected: &std::collections::BTreeMap<String, Vec<usize>>,
+) -> Result<TensorMap, LoadError> {
+    let strip = |k: &str| -> String {
+        PREFIXES
+            .iter()
+            .find_map(|p| k.strip_prefix(p))
+            .unwrap_or(k)
+            .to_string()
+    };
+    let ckpt: TensorMap = checkpoint
+        .iter()
+        .map(|(k, v)| (strip(k), v.clone()))
+        .collect();
+    let mut used = std::collections::BTreeSet::new();
+    let mut out = TensorMap::new();
+    for (ours, shape) in expected {
+        let (key, transform) = lookup(family, ours).ok_or_else(|| LoadError::MissingKey {
+            key: ours.clone(),
+            expected: shape.clone(),
+        })?;
+        let t = ckpt.get(&key).ok_or_else(|| LoadError::MissingKey {
+            key: key.clone(),
+            expected: expected_hf_shape(shape, transform),
+        })?;
+        used.insert(key.clone());
+        let converted = match transform {
+            Transform::Same => t.clone(),
+            Transform::Transpose if t.shape.len() == 2 => t.transpose(),
+            Transform::Third(i) if t.shape.last().is_some_and(|n| n % 3 == 0) => {
+                let last = t.shape.len() - 1;
+                let n = t.shape[last] / 3;
+                t.select(last, &(i * n..(i + 1) * n).collect::<Vec<_>>())
+            }
+            _ => t.clone(),
+        };
+        if &converted.shape != shape {
+            return Err(LoadError::Shape {
+                key,
+                expected: expected_hf_shape(shape, transform),
+                found: t.shape.clone(),
+            });
+        }
+        out.insert(ours.clone(), converted);
+    }
+    for (key, t) in &ckpt {
+        let tied_head = family == Family::Gpt2 && key == "lm_head.weight";
+        if !used.contains(key) && !tied_head {
+            return Err(LoadError::UnexpectedKey {
+                key: key.clone(),
+                found: t.shape.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn expected_hf_shape(ours: &[usize], t: Transform) -> Vec<usize> {
+    match t {
+        Transform::Same => ours.to_vec(),
+        Transform::Transpose => ours.iter().rev().copied().collect(),
+        Transform::Third(_) => {
+            let mut s = ours.to_vec();
+            if let Some(l) = s.last_mut() {
+                *l *= 3;
+            }
+            s
+        }
+    }
+}
+
+/// Our tensors under Hugging Face BERT keys and layouts (`[out, in]` Linear weights).
+pub fn to_hf_bert(tensors: &TensorMap) -> Result<TensorMap, LoadError> {
+    let mut out = TensorMap::new();
+    for (ours, t) in tensors {
+        let (key, transform) = lookup(Family::Bert, ours).ok_or_else(|| {
+            LoadError::NotRepresentable(format!("no Hugging Face key for `{ours}`"))
+        })?;
+        let t = if transform == Transform::Transpose {
+            t.transpose()
+        } else {
+            t.clone()
+        };
+        out.insert(key, t);
+    }
+    Ok(out)
+}
+
+/// The Hugging Face `config.json` of a head-pruned BERT: the original config with
+/// `pruned_heads` (original head indices per layer). Refuses models whose other sizes
+/// changed, since `transformers` cannot represent them.
+pub fn bert_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadError> {
+    if config.family != Family::Bert {
+        return Err(LoadError::NotRepresentable(
+            "only BERT models export to the Hugging Face layout".into(),
+        ));
+    }
+    let mut value = config.hf_config.clone().unwrap_or_else(|| {
+        serde_json::json!({
+            "model_type": "bert",
+            "architectures": ["BertModel"],
+            "hidden_act": config.activation.hf_name(),
+            "layer_norm_eps": config.layer_norm_eps,
+            "pad_token_id": 0,
+        })
+    });
+    let first = &config.layers[0];
+    let d_head = first.d_head;
+    let d_ff = first.d_ff;
+    // Hugging Face BERT has hidden = heads x d_head before pruning.
+    let n_orig_heads = config.d_model / d_head;
+    for (l, lc) in config.layers.iter().enumerate() {
+        if lc.d_head != d_head || lc.d_ff != d_ff {
+            return Err(LoadError::NotRepresentable(format!(
+                "layer {l} has d_head {} and d_ff {} but layer 0 has {d_head} and {d_ff}; \
+                 Hugging Face BERT needs equal sizes in every layer",
+                lc.d_head, lc.d_ff
+            )));
+        }
+    }
+    let orig_hidden = config
+        .hf_config
+        .as_ref()
+        .and_then(|v| v.get("hidden_size"))
+        .and_then(|v| v.as_u64())
+        .map_or(config.d_model, |v| v as usize);
+    if orig_hidden != config.d_model || n_orig_heads * d_head != config.d_model {
+        return Err(LoadError::NotRepresentable(format!(
+            "hidden size {} is not {n_orig_heads} heads x {d_head}: Hugging Face BERT cannot \
+             represent pruned hidden dimensions",
+            config.d_model
+        )));
+    }
+    let pruned: serde_json::Map<String, serde_json::Value> = config
+        .layers
+        .iter()
+        .enumerate()
+        .filter_map(|(l, lc)| {
+            let gone: Vec<usize> = (0..n_orig_heads)
+                .filter(|h| !lc.head_ids.contains(h))
+                .collect();
+            (!gone.is_empty()).then(|| (l.to_string(), serde_json::json!(gone)))
+        })
+        .collect();
+    let obj = value.as_object_mut().expect("config.json is an object");
+    obj.insert("vocab_size".into(), config.vocab_size.into());
+    obj.insert("hidden_size".into(), config.d_model.into());
+    obj.insert("num_hidden_layers".into(), config.n_layers().into());
+    obj.insert("num_attention_heads".into(), n_orig_heads.into());
+    obj.insert("intermediate_size".into(), d_ff.into());
+    obj.insert(
+        "max_position_embeddings".into(),
+        config.max_positions.into(),
+    );
+    obj.insert("type_vocab_size".into(), config.type_vocab_size.into());
+    obj.insert("pruned_heads".into(), serde_json::Value::Object(pruned));
+    Ok(value)
+}

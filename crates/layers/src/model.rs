@@ -1,0 +1,360 @@
+//! `Transformer`: BERT (post-norm encoder) and GPT-2 (pre-norm decoder) built from one
+//! [`ModelConfig`], with optional head / neuron / hidden masks in the forward input, and the
+//! declaration of every parameter axis's space.
+
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use shears_spaces::{Registry, Space};
+
+use crate::{
+    AttentionBlock, AttentionContext, Family, FeedForward, FeedForwardBlock, LayerNorm,
+    ModelConfig, SelfAttention, attention::MASKED,
+};
+
+/// A BERT encoder (`config.family == Family::Bert`).
+pub type BertModel<B, A = SelfAttention<B>, F = FeedForward<B>> = Transformer<B, A, F>;
+/// A GPT-2 decoder with its tied LM head (`config.family == Family::Gpt2`).
+pub type Gpt2Model<B, A = SelfAttention<B>, F = FeedForward<B>> = Transformer<B, A, F>;
+
+/// Soft or hard masks a forward pass multiplies in. A 0 is equivalent to removing the unit
+/// (the "masked == pruned" property the tests prove); values in between are how gates act.
+#[derive(Debug, Clone, Default)]
+pub struct Masks<B: Backend> {
+    /// Attention heads, `[n_layers, max_heads]`; layer `l` reads its first `n_heads[l]` columns.
+    pub heads: Option<Tensor<B, 2>>,
+    /// Feed-forward neurons, one `[d_ff[l]]` tensor per layer.
+    pub ffn: Option<Vec<Tensor<B, 1>>>,
+    /// Hidden dimensions, `[d_model]`.
+    pub hidden: Option<Tensor<B, 1>>,
+}
+
+/// Forward input.
+#[derive(Debug, Clone)]
+pub struct ModelInput<B: Backend> {
+    /// Token ids, `[batch, seq]`.
+    pub ids: Tensor<B, 2, Int>,
+    /// Token types (BERT segments), `[batch, seq]`; `None` for all zeros.
+    pub token_types: Option<Tensor<B, 2, Int>>,
+    /// 1 for real tokens, 0 for padding, `[batch, seq]`; `None` for no padding.
+    pub attention_mask: Option<Tensor<B, 2>>,
+    /// Unit masks.
+    pub masks: Masks<B>,
+}
+
+impl<B: Backend> ModelInput<B> {
+    /// Input with ids only.
+    pub fn new(ids: Tensor<B, 2, Int>) -> Self {
+        Self {
+            ids,
+            token_types: None,
+            attention_mask: None,
+            masks: Masks::default(),
+        }
+    }
+
+    /// With a padding mask.
+    pub fn with_attention_mask(mut self, mask: Tensor<B, 2>) -> Self {
+        self.attention_mask = Some(mask);
+        self
+    }
+
+    /// With unit masks.
+    pub fn with_masks(mut self, masks: Masks<B>) -> Self {
+        self.masks = masks;
+        self
+    }
+}
+
+/// Forward output.
+#[derive(Debug, Clone)]
+pub struct ModelOutput<B: Backend> {
+    /// Last hidden states, `[batch, seq, d_model]`.
+    pub hidden: Tensor<B, 3>,
+    /// BERT pooler output `tanh(W h[:, 0] + b)`, `[batch, d_pooler]`.
+    pub pooled: Option<Tensor<B, 2>>,
+    /// GPT-2 next-token logits from the tied LM head, `[batch, seq, vocab]`.
+    pub logits: Option<Tensor<B, 3>>,
+}
+
+/// The spaces one layer's blocks declare their axes in.
+#[derive(Debug, Clone)]
+pub struct LayerSpaces {
+    /// The model's hidden space (shared by every layer).
+    pub hidden: Space,
+    /// This layer's heads: `n_heads` units of width `d_head`.
+    pub heads: Space,
+    /// This layer's feed-forward neurons.
+    pub ffn: Space,
+}
+
+/// Token, position (and for BERT token-type) embeddings.
+#[derive(Module, Debug)]
+pub struct Embeddings<B: Backend> {
+    /// `[vocab, d_model]`; also GPT-2's LM head (tied, stored once).
+    pub word: Embedding<B>,
+    /// `[max_positions, d_model]`.
+    pub position: Embedding<B>,
+    /// `[type_vocab, d_model]` (BERT).
+    pub token_type: Option<Embedding<B>>,
+    /// BERT's embedding LayerNorm.
+    pub norm: Option<LayerNorm<B>>,
+}
+
+/// One transformer layer: attention and feed-forward blocks with their LayerNorms;
+/// post-norm for BERT, pre-norm for GPT-2.
+#[derive(Module, Debug)]
+pub struct Layer<B: Backend, A, F> {
+    /// Attention block.
+    pub attention: A,
+    /// LayerNorm after (BERT) or before (GPT-2) attention.
+    pub attention_norm: LayerNorm<B>,
+    /// Feed-forward block.
+    pub ffn: F,
+    /// LayerNorm after (BERT) or before (GPT-2) the feed-forward block.
+    pub ffn_norm: LayerNorm<B>,
+}
+
+/// A BERT or GPT-2 model. `A` and `F` are the attention and feed-forward blocks of every
+/// layer (the built-in ones by default).
+#[derive(Module, Debug)]
+pub struct Transformer<B: Backend, A = SelfAttention<B>, F = FeedForward<B>> {
+    /// Embeddings.
+    pub embeddings: Embeddings<B>,
+    /// Layers.
+    pub layers: Vec<Layer<B, A, F>>,
+    /// BERT pooler, `[d_model, d_pooler]`.
+    pub pooler: Option<Linear<B>>,
+    /// GPT-2's final LayerNorm.
+    pub final_norm: Option<LayerNorm<B>>,
+    /// The config the model was built from (the single source of truth for sizes).
+    #[module(skip)]
+    pub config: ModelConfig,
+}
+
+struct LayerMasks<'a, B: Backend> {
+    heads: Option<Tensor<B, 1>>,
+    ffn: Option<&'a Tensor<B, 1>>,
+    hidden: Option<&'a Tensor<B, 1>>,
+}
+
+impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Layer<B, A, F> {
+    fn new(config: &ModelConfig, layer: usize, device: &B::Device) -> Self {
+        Self {
+            attention: A::new(config, layer, device),
+            attention_norm: LayerNorm::new(config.d_model, config.layer_norm_eps, device),
+            ffn: F::new(config, layer, device),
+            ffn_norm: LayerNorm::new(config.d_model, config.layer_norm_eps, device),
+        }
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        family: Family,
+        bias: &Option<Tensor<B, 4>>,
+        masks: LayerMasks<'_, B>,
+    ) -> Tensor<B, 3> {
+        let context = AttentionContext {
+            bias: bias.clone(),
+            head_mask: masks.heads,
+            causal: family == Family::Gpt2,
+        };
+        let hm = masks.hidden;
+        // Sublayer outputs are multiplied by the hidden mask before they join the residual
+        // stream, so pruned dimensions stay exactly 0 everywhere (CoFi).
+        let masked = |t: Tensor<B, 3>| match hm {
+            Some(m) => {
+                let d = m.dims()[0];
+                t * m.clone().reshape([1, 1, d])
+            }
+            None => t,
+        };
+        match family {
+            Family::Bert => {
+                let a = masked(self.attention.forward(x.clone(), &context));
+                let x = self.attention_norm.forward(x + a, hm);
+                let f = masked(self.ffn.forward(x.clone(), masks.ffn));
+                self.ffn_norm.forward(x + f, hm)
+            }
+            Family::Gpt2 => {
+                let a = self
+                    .attention
+                    .forward(self.attention_norm.forward(x.clone(), hm), &context);
+                let x = x + masked(a);
+                let f = self
+                    .ffn
+                    .forward(self.ffn_norm.forward(x.clone(), hm), masks.ffn);
+                x + masked(f)
+            }
+        }
+    }
+}
+
+impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A, F> {
+    /// A randomly initialised model of the config's shape.
+    pub fn new(config: &ModelConfig, device: &B::Device) -> Self {
+        let d = config.d_model;
+        let bert = config.family == Family::Bert;
+        let eps = config.layer_norm_eps;
+        Self {
+            embeddings: Embeddings {
+                word: EmbeddingConfig::new(config.vocab_size, d).init(device),
+                position: EmbeddingConfig::new(config.max_positions, d).init(device),
+                token_type: bert
+                    .then(|| EmbeddingConfig::new(config.type_vocab_size, d).init(device)),
+                norm: bert.then(|| LayerNorm::new(d, eps, device)),
+            },
+            layers: (0..config.n_layers())
+                .map(|l| Layer::new(config, l, device))
+                .collect(),
+            pooler: config
+                .d_pooler
+                .map(|p| LinearConfig::new(d, p).init(device)),
+            final_norm: (!bert).then(|| LayerNorm::new(d, eps, device)),
+            config: config.clone(),
+        }
+    }
+
+    /// The config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Runs the model.
+    ///
+    /// # Shapes
+    /// See [`ModelInput`] and [`ModelOutput`].
+    pub fn forward(&self, input: ModelInput<B>) -> ModelOutput<B> {
+        let config = self.config();
+        let [b, s] = input.ids.dims();
+        let device = input.ids.device();
+        let emb = &self.embeddings;
+        let positions = Tensor::<B, 1, Int>::arange(0..s as i64, &device).reshape([1, s]);
+        let mut x = emb.word.forward(input.ids) + emb.position.forward(positions);
+        if let Some(tt) = &emb.token_type {
+            let types = input
+                .token_types
+                .unwrap_or_else(|| Tensor::zeros([b, s], &device));
+            x = x + tt.forward(types);
+        }
+        let hm = input.masks.hidden.as_ref();
+        if let Some(norm) = &emb.norm {
+            x = norm.forward(x, hm);
+        }
+        if let Some(m) = hm {
+            x = x * m.clone().reshape([1, 1, config.d_model]);
+        }
+        let bias = input.attention_mask.map(|m| {
+            // (1 - mask) * MASKED, as the reference's extended attention mask.
+            (m.neg() + 1.0).mul_scalar(MASKED).reshape([b, 1, 1, s])
+        });
+        for (l, layer) in self.layers.iter().enumerate() {
+            let n = config.layers[l].n_heads;
+            let masks = LayerMasks {
+                heads: input
+                    .masks
+                    .heads
+                    .as_ref()
+                    .map(|h| h.clone().slice([l..l + 1, 0..n]).reshape([n])),
+                ffn: input.masks.ffn.as_ref().map(|f| &f[l]),
+                hidden: hm,
+            };
+            x = layer.forward(x, config.family, &bias, masks);
+        }
+        if let Some(norm) = &self.final_norm {
+            x = norm.forward(x, hm);
+        }
+        let pooled = self.pooler.as_ref().map(|p| {
+            let first = x
+                .clone()
+                .slice([0..b, 0..1, 0..config.d_model])
+                .reshape([b, config.d_model]);
+            p.forward(first).tanh()
+        });
+        let logits = (config.family == Family::Gpt2).then(|| {
+            let w = emb.word.weight.val();
+            let v = w.dims()[0];
+            x.clone()
+                .reshape([b * s, config.d_model])
+                .matmul(w.transpose())
+                .reshape([b, s, v])
+        });
+        ModelOutput {
+            hidden: x,
+            pooled,
+            logits,
+        }
+    }
+
+    /// The registry of every parameter axis's space for `config` (see [`declare`]).
+    pub fn registry(config: &ModelConfig) -> Registry {
+        declare::<B, A, F>(config)
+    }
+}
+
+/// Hint given when a pruning would remove every head of a layer.
+pub const ALL_HEADS_HINT: &str =
+    "keep at least one head per layer (this model type cannot represent a layer without attention)";
+
+/// Declares every parameter axis of a `Transformer<B, A, F>` built from `config`:
+/// `hidden` (every axis in R^d_model: embeddings, LayerNorms, projections' inputs and
+/// outputs), `vocab`, `positions`, `token_types`, `pooler`, and per layer `layers.L.heads`
+/// (blocked by `d_head`) and `layers.L.ffn`. The spaces are made once here and passed
+/// down to every block, which is how identity (not size) ties the axes together.
+pub fn declare<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>>(
+    config: &ModelConfig,
+) -> Registry {
+    let mut reg = Registry::new();
+    let hidden = Space::new("hidden", config.d_model);
+    let vocab = Space::new("vocab", config.vocab_size);
+    let positions = Space::new("positions", config.max_positions);
+    let mut root = reg.scope("");
+    {
+        let mut e = root.child("embeddings");
+        e.claim("word.weight", 0, &vocab);
+        e.claim("word.weight", 1, &hidden);
+        e.claim("position.weight", 0, &positions);
+        e.claim("position.weight", 1, &hidden);
+        if config.family == Family::Bert {
+            let types = Space::new("token_types", config.type_vocab_size);
+            e.claim("token_type.weight", 0, &types);
+            e.claim("token_type.weight", 1, &hidden);
+            e.claim("norm.weight", 0, &hidden);
+            e.claim("norm.bias", 0, &hidden);
+        }
+    }
+    for (l, lc) in config.layers.iter().enumerate() {
+        let spaces = LayerSpaces {
+            hidden: hidden.clone(),
+            heads: Space::blocked(format!("layers.{l}.heads"), lc.n_heads, lc.d_head)
+                .with_hint(ALL_HEADS_HINT),
+            ffn: Space::new(format!("layers.{l}.ffn"), lc.d_ff),
+        };
+        let mut s = root.child("layers");
+        let mut s = s.child(&l.to_string());
+        s.register(&spaces.heads);
+        s.register(&spaces.ffn);
+        A::declare(config, l, &mut s.child("attention"), &spaces);
+        F::declare(config, l, &mut s.child("ffn"), &spaces);
+        for norm in ["attention_norm", "ffn_norm"] {
+            let mut n = s.child(norm);
+            n.claim("weight", 0, &hidden);
+            n.claim("bias", 0, &hidden);
+        }
+    }
+    if let Some(d_pooler) = config.d_pooler {
+        // The pooler's output has the hidden width but is its own space: pruning hidden
+        // dimensions must not shrink it.
+        let pooler = Space::new("pooler", d_pooler);
+        let mut p = root.child("pooler");
+        p.claim("weight", 0, &hidden);
+        p.claim("weight", 1, &pooler);
+        p.claim("bias", 0, &pooler);
+    }
+    if config.family == Family::Gpt2 {
+        let mut n = root.child("final_norm");
+        n.claim("weight", 0, &hidden);
+        n.claim("bias", 0, &hidden);
+    }
+    reg
+}

@@ -1,0 +1,175 @@
+//! Model directories: loading Hugging Face checkpoints and our own format, saving ours, and
+//! exporting a head-pruned BERT for `transformers`. Every write goes to a temporary file or
+//! directory first and is renamed into place, so a failure never leaves half an output.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::{AttentionBlock, FeedForwardBlock, LoadError, ModelConfig, Transformer, hf, tensorio};
+
+/// File name of our config in a model directory.
+pub const SHEARS_CONFIG: &str = "shears.json";
+/// File name of the weights in a model directory (ours and Hugging Face's).
+pub const WEIGHTS: &str = "model.safetensors";
+/// Version of our directory format.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `shears.json`: the format version and the model config (per-layer sizes included).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShearsFile {
+    format_version: u32,
+    config: ModelConfig,
+}
+
+/// Writes `bytes` to `path` through a temporary sibling and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    let io = |e: std::io::Error| LoadError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}
+
+/// Fills a fresh temporary directory beside `dir` with `fill`, then puts it in place of
+/// `dir` (replacing an old one only once the new one is complete).
+pub fn write_dir_atomic(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
+    let io = |p: &Path, e: std::io::Error| LoadError::Io {
+        path: p.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| io(&parent, e))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(|e| io(&tmp, e))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let had_old = dir.exists();
+    if had_old {
+        std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+/// Reads the config of a model directory: ours (`shears.json`) if present, else Hugging
+/// Face's `config.json`.
+pub fn read_config(dir: &Path) -> Result<ModelConfig, LoadError> {
+    let ours = dir.join(SHEARS_CONFIG);
+    if ours.exists() {
+        let text = std::fs::read_to_string(&ours).map_err(|e| LoadError::Io {
+            path: ours.clone(),
+            reason: e.to_string(),
+        })?;
+        let file: ShearsFile = serde_json::from_str(&text).map_err(|e| LoadError::Config {
+            path: ours.clone(),
+            message: e.to_string(),
+        })?;
+        if file.format_version != FORMAT_VERSION {
+            return Err(LoadError::Config {
+                path: ours,
+                message: format!(
+                    "format_version {} is not {FORMAT_VERSION}",
+                    file.format_version
+                ),
+            });
+        }
+        return Ok(file.config);
+    }
+    let hf_config = dir.join("config.json");
+    if !hf_config.exists() {
+        return Err(LoadError::Io {
+            path: dir.to_path_buf(),
+            reason: format!("no {SHEARS_CONFIG} or config.json in the model directory"),
+        });
+    }
+    ModelConfig::from_hf_file(&hf_config)
+}
+
+impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A, F> {
+    /// Loads a model directory: ours (`shears.json` + `model.safetensors`) or a Hugging
+    /// Face BERT / GPT-2 (`config.json` + `model.safetensors`, `pruned_heads` honoured).
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
+        let config = read_config(dir)?;
+        let weights = dir.join(WEIGHTS);
+        let tensors = hf::read_safetensors(&weights)?;
+        let model = Self::new(&config, device);
+        let tensors = if dir.join(SHEARS_CONFIG).exists() {
+            tensors
+        } else {
+            hf::from_hf(config.family, &tensors, &tensorio::param_shapes(&model))?
+        };
+        tensorio::import(model, &tensors, device)
+    }
+
+    /// Saves in our format: `shears.json` (config with per-layer sizes) and
+    /// `model.safetensors` (our parameter paths, Burn layout).
+    pub fn save(&self, dir: &Path) -> Result<(), LoadError> {
+        let file = ShearsFile {
+            format_version: FORMAT_VERSION,
+            config: self.config().clone(),
+        };
+        let json = serde_json::to_string_pretty(&file).expect("config serialises");
+        let tensors = tensorio::export(self);
+        write_dir_atomic(dir, |tmp| {
+            write_atomic(&tmp.join(SHEARS_CONFIG), json.as_bytes())?;
+            hf::write_safetensors(&tmp.join(WEIGHTS), &tensors)
+        })
+    }
+
+    /// Writes a Hugging Face BERT directory (`config.json` with `pruned_heads`, weights
+    /// under Hugging Face keys) that `BertModel.from_pretrained` loads. Tokenizer files
+    /// from `copy_from` (if given) are copied alongside.
+    pub fn export_hf(&self, dir: &Path, copy_from: Option<&Path>) -> Result<(), LoadError> {
+        let value = hf::bert_hf_config(self.config())?;
+        let tensors = hf::to_hf_bert(&tensorio::export(self))?;
+        let json = serde_json::to_string_pretty(&value).expect("config serialises");
+        write_dir_atomic(dir, |tmp| {
+            write_atomic(&tmp.join("config.json"), json.as_bytes())?;
+            hf::write_safetensors(&tmp.join(WEIGHTS), &tensors)?;
+            if let Some(src) = copy_from {
+                for f in [
+                    "tokenizer.json",
+                    "vocab.txt",
+                    "tokenizer_config.json",
+                    "special_tokens_map.json",
+                    "vocab.json",
+                    "merges.txt",
+                ] {
+                    let from = src.join(f);
+                    if from.exists() {
+                        std::fs::copy(&from, tmp.join(f)).map_err(|e| LoadError::Io {
+                            path: from.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}

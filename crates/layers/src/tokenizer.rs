@@ -1,0 +1,107 @@
+//! Tokenizers from local files: a Hugging Face `tokenizer.json` (BERT WordPiece) or GPT-2's
+//! byte-level BPE (`vocab.json` + `merges.txt`). Nothing is downloaded.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+
+use crate::LoadError;
+
+/// A tokenizer and the id it pads with.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pad_id: u32,
+    path: PathBuf,
+}
+
+/// A padded batch of token ids.
+#[derive(Debug, Clone)]
+pub struct Batch<B: Backend> {
+    /// `[batch, seq]`.
+    pub ids: Tensor<B, 2, Int>,
+    /// 1 for tokens, 0 for padding, `[batch, seq]`.
+    pub attention_mask: Tensor<B, 2>,
+}
+
+impl Tokenizer {
+    /// Loads `dir/tokenizer.json`, or else `dir/vocab.json` + `dir/merges.txt` as GPT-2
+    /// byte-level BPE.
+    pub fn from_dir(dir: &Path) -> Result<Self, LoadError> {
+        let err = |path: &Path, e: String| LoadError::Tokenizer {
+            path: path.to_path_buf(),
+            message: e,
+        };
+        let json = dir.join("tokenizer.json");
+        if json.exists() {
+            let inner =
+                tokenizers::Tokenizer::from_file(&json).map_err(|e| err(&json, e.to_string()))?;
+            let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
+            return Ok(Self {
+                inner,
+                pad_id,
+                path: json,
+            });
+        }
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        if vocab.exists() && merges.exists() {
+            let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+                .build()
+                .map_err(|e| err(&vocab, e.to_string()))?;
+            let mut inner = tokenizers::Tokenizer::new(bpe);
+            inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+            inner.with_decoder(Some(ByteLevel::default()));
+            let pad_id = inner.token_to_id("<|endoftext|>").unwrap_or(0);
+            return Ok(Self {
+                inner,
+                pad_id,
+                path: vocab,
+            });
+        }
+        Err(err(
+            dir,
+            "no tokenizer.json, nor vocab.json + merges.txt".into(),
+        ))
+    }
+
+    /// Token ids of one text (with the tokenizer's special tokens).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, LoadError> {
+        self.inner
+            .encode(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| LoadError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Encodes texts, truncates to `max_len` and right-pads to the longest.
+    pub fn batch<B: Backend>(
+        &self,
+        texts: &[&str],
+        max_len: usize,
+        device: &B::Device,
+    ) -> Result<Batch<B>, LoadError> {
+        let mut rows = Vec::with_capacity(texts.len());
+        for t in texts {
+            let mut ids = self.encode(t)?;
+            ids.truncate(max_len);
+            rows.push(ids);
+        }
+        let s = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(rows.len() * s);
+        let mut mask = Vec::with_capacity(rows.len() * s);
+        for r in &rows {
+            for i in 0..s {
+                ids.push(r.get(i).copied().unwrap_or(self.pad_id) as i64);
+                mask.push(if i < r.len() { 1.0f32 } else { 0.0 });
+            }
+        }
+        let b = rows.len();
+        Ok(Batch {
+            ids: Tensor::from_data(TensorData::new(ids, [b, s]), device),
+            attention_mask: Tensor::from_data(TensorData::new(mask, [b, s]), device),
+        })
+    }
+}
