@@ -475,6 +475,13 @@ pub fn bert_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadErr
     // Hugging Face BERT has hidden = heads x d_head before pruning.
     let n_orig_heads = config.d_model / d_head;
     for (l, lc) in config.layers.iter().enumerate() {
+        if let Some(&h) = lc.head_ids.iter().find(|&&h| h >= n_orig_heads) {
+            return Err(LoadError::NotRepresentable(format!(
+                "layer {l} keeps original head {h}, but hidden size {} holds only {n_orig_heads} heads \
+                 of {d_head}: Hugging Face BERT cannot represent pruned hidden dimensions",
+                config.d_model
+            )));
+        }
         if lc.d_head != d_head || lc.d_ff != d_ff {
             return Err(LoadError::NotRepresentable(format!(
                 "layer {l} has d_head {} and d_ff {} but layer 0 has {d_head} and {d_ff}; \

@@ -35,8 +35,13 @@ impl Tokenizer {
         };
         let json = dir.join("tokenizer.json");
         if json.exists() {
-            let inner =
+            let mut inner =
                 tokenizers::Tokenizer::from_file(&json).map_err(|e| err(&json, e.to_string()))?;
+            // Files often carry fixed padding / truncation; `batch` pads to the longest row.
+            inner.with_padding(None);
+            inner
+                .with_truncation(None)
+                .map_err(|e| err(&json, e.to_string()))?;
             let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
             return Ok(Self {
                 inner,
