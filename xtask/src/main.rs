@@ -98,3 +98,86 @@ fn main() -> Result<()> {
         Cmd::Test(a) => test::main(a),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    /// The layering of the design: `spaces` <- `layers` (and later `gates`, `factorize`,
+    /// `sparsify`) <- `pruners` <- `xtask`, `examples`. `layers` must never learn about
+    /// gates, and nothing below `pruners` may depend on it.
+    #[test]
+    fn dependency_direction() {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--no-deps",
+                "--offline",
+            ])
+            .current_dir(super::root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let deps: BTreeMap<String, Vec<String>> = meta["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let name = p["name"].as_str().unwrap().to_string();
+                let ds = p["dependencies"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|d| d["kind"].is_null())
+                    .map(|d| d["name"].as_str().unwrap().to_string())
+                    .filter(|d| d.starts_with("shears-"))
+                    .collect();
+                (name, ds)
+            })
+            .collect();
+        let allowed: &[(&str, &[&str])] = &[
+            ("shears-spaces", &[]),
+            ("shears-layers", &["shears-spaces"]),
+            ("shears-gates", &["shears-spaces"]),
+            ("shears-factorize", &["shears-spaces"]),
+            ("shears-sparsify", &["shears-spaces"]),
+            (
+                "shears-pruners",
+                &[
+                    "shears-spaces",
+                    "shears-layers",
+                    "shears-gates",
+                    "shears-factorize",
+                    "shears-sparsify",
+                ],
+            ),
+        ];
+        for (krate, may) in allowed {
+            if let Some(actual) = deps.get(*krate) {
+                for d in actual {
+                    assert!(may.contains(&d.as_str()), "{krate} must not depend on {d}");
+                }
+            }
+        }
+        assert!(deps.contains_key("shears-spaces") && deps.contains_key("shears-layers"));
+    }
+
+    #[test]
+    fn parse_heads_spec() {
+        let h = super::prune_heads::parse_heads("0:1,2; 3:0").unwrap();
+        assert_eq!(h, BTreeMap::from([(0, vec![1, 2]), (3, vec![0])]));
+        for bad in ["", "0", "x:1", "0:y", "0:1,1"] {
+            assert!(
+                super::prune_heads::parse_heads(bad).is_err(),
+                "`{bad}` was accepted"
+            );
+        }
+    }
+}

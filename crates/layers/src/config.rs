@@ -218,7 +218,7 @@ impl ModelConfig {
             }
         };
         let n_heads = wire.n_heads;
-        if n_heads == 0 || wire.d_model % n_heads != 0 {
+        if n_heads == 0 || !wire.d_model.is_multiple_of(n_heads) {
             return Err(bad(format!(
                 "hidden size {} is not a multiple of the head count {n_heads}",
                 wire.d_model

@@ -392,7 +392,7 @@ pub fn from_hf(
         let converted = match transform {
             Transform::Same => t.clone(),
             Transform::Transpose if t.shape.len() == 2 => t.transpose(),
-            Transform::Third(i) if t.shape.last().is_some_and(|n| n % 3 == 0) => {
+            Transform::Third(i) if t.shape.last().is_some_and(|n| n.is_multiple_of(3)) => {
                 let last = t.shape.len() - 1;
                 let n = t.shape[last] / 3;
                 t.select(last, &(i * n..(i + 1) * n).collect::<Vec<_>>())
