@@ -79,9 +79,9 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
         let [b, s, _] = x.dims();
         let (h, dh) = (self.n_heads, self.d_head);
         let split = |t: Tensor<B, 3>| t.reshape([b, s, h, dh]).swap_dims(1, 2);
-        let q = split(self.query.forward(x.clone()));
-        let k = split(self.key.forward(x.clone()));
-        let v = split(self.value.forward(x));
+        let q = split(linear3(&self.query, x.clone()));
+        let k = split(linear3(&self.key, x.clone()));
+        let v = split(linear3(&self.value, x));
         let mut scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
         if context.causal {
             let future = Tensor::<B, 2, Bool>::tril_mask([s, s], 0, &scores.device());
@@ -95,7 +95,7 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
             probs = probs * m.clone().reshape([1, h, 1, 1]);
         }
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, s, h * dh]);
-        self.output.forward(ctx)
+        linear3(&self.output, ctx)
     }
 
     fn declare(_: &ModelConfig, _: usize, scope: &mut Scope<'_>, spaces: &LayerSpaces) {
@@ -110,4 +110,14 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
         s.claim("weight", 1, &spaces.hidden);
         s.claim("bias", 0, &spaces.hidden);
     }
+}
+
+/// `x W + b` for `x: [batch, seq, d_in]` as one `[batch * seq, d_in] x [d_in, d_out]` matrix
+/// product. Burn's `Linear::forward` on a 3-D input broadcasts the weight and runs one
+/// small product per batch row, which on the CPU backend is markedly slower.
+pub fn linear3<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, s, d] = x.dims();
+    layer
+        .forward(x.reshape([b * s, d]))
+        .reshape([b as i32, s as i32, -1])
 }

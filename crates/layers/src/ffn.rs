@@ -55,12 +55,12 @@ impl<B: Backend> FeedForwardBlock<B> for FeedForward<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>, neuron_mask: Option<&Tensor<B, 1>>) -> Tensor<B, 3> {
-        let mut h = activate(self.up.forward(x), self.activation);
+        let mut h = activate(crate::linear3(&self.up, x), self.activation);
         if let Some(m) = neuron_mask {
             let n = m.dims()[0];
             h = h * m.clone().reshape([1, 1, n]);
         }
-        self.down.forward(h)
+        crate::linear3(&self.down, h)
     }
 
     fn declare(_: &ModelConfig, _: usize, scope: &mut Scope<'_>, spaces: &LayerSpaces) {
