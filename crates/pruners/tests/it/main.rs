@@ -1,0 +1,252 @@
+//! Integration tests of `shears-pruners` on tiny models (backend from `SHEARS_BACKEND`).
+
+use burn::backend::Autodiff;
+use burn::module::{AutodiffModule, Param};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use shears_gates::{Harden, Lagrangian, Penalty, SparsityTarget};
+use shears_layers::{ModelConfig, ModelInput, Transformer, tensorio};
+use shears_pruners::{ClassifierHead, GateSpec, GatedClassifier, GatedModel, PrunerError};
+
+/// Runs `$f::<B>(&device)` on the backend named by `SHEARS_BACKEND`.
+macro_rules! on_backend {
+    ($f:ident) => {
+        match std::env::var("SHEARS_BACKEND").as_deref() {
+            Ok("ndarray") | Err(_) => $f::<burn::backend::NdArray<f32>>(&Default::default()),
+            Ok("wgpu") => $f::<burn::backend::Wgpu<f32, i32>>(&Default::default()),
+            Ok(other) => panic!("SHEARS_BACKEND=`{other}` is not ndarray or wgpu"),
+        }
+    };
+}
+
+fn tiny(config: ModelConfig) -> ModelConfig {
+    ModelConfig {
+        max_positions: 16,
+        ..config
+    }
+}
+
+fn max_diff<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
+    (a - b).abs().max().into_scalar().elem()
+}
+
+fn input<B: Backend>(device: &B::Device, vocab: usize, seed: u64) -> ModelInput<B> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ids: Vec<i64> = (0..4 * 6)
+        .map(|_| rng.random_range(0..vocab as i64))
+        .collect();
+    ModelInput::new(Tensor::from_data(TensorData::new(ids, [4, 6]), device))
+}
+
+fn hardened_equals_pruned<B: Backend>(device: &B::Device) {
+    for config in [
+        tiny(ModelConfig::bert(30, 16, 2, 4, 12)),
+        tiny(ModelConfig::gpt2(30, 16, 2, 4, 12)),
+    ] {
+        let model = Transformer::<B>::new(&config, device);
+        let spec = GateSpec {
+            heads: true,
+            neurons: true,
+            hidden: true,
+            ..Default::default()
+        };
+        let mut gated = GatedModel::new(model, &spec, device).unwrap();
+        let mut rng = StdRng::seed_from_u64(5);
+        for g in &mut gated.gates.groups {
+            let la: Vec<f32> = (0..g.gate.len())
+                .map(|_| rng.random_range(-3.0..3.0))
+                .collect();
+            g.gate.log_alpha = Param::from_tensor(Tensor::from_data(
+                TensorData::new(la.clone(), [la.len()]),
+                device,
+            ));
+        }
+        let x = input::<B>(device, 30, 1);
+        let masks = gated.hard_masks(Harden::Threshold(0.5)).unwrap();
+        let kept_hidden: Vec<usize> = {
+            let h: Vec<f32> = masks.hidden.clone().unwrap().into_data().to_vec().unwrap();
+            (0..h.len()).filter(|&i| h[i] == 1.0).collect()
+        };
+        let masked = gated.model.forward(x.clone().with_masks(masks));
+        let (pruned, report) = gated.prune(Harden::Threshold(0.5)).unwrap();
+        assert!(pruned.param_count() < Transformer::<B>::new(&config, device).param_count());
+        let out = pruned.forward(x);
+        let idx = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(
+                kept_hidden.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [kept_hidden.len()],
+            ),
+            device,
+        );
+        let d = max_diff(masked.hidden.select(2, idx), out.hidden);
+        assert!(
+            d <= 1e-5,
+            "{:?}: hardened and pruned differ by {d}",
+            config.family
+        );
+        assert_eq!(report.kept.len(), 5);
+    }
+}
+
+#[test]
+fn hardened_gates_equal_the_pruned_model() {
+    on_backend!(hardened_equals_pruned);
+}
+
+#[test]
+fn nothing_gated_is_an_error() {
+    let device = Default::default();
+    let model = Transformer::<burn::backend::NdArray<f32>>::new(
+        &tiny(ModelConfig::bert(30, 16, 1, 4, 12)),
+        &device,
+    );
+    let spec = GateSpec {
+        heads: false,
+        ..Default::default()
+    };
+    assert_eq!(
+        GatedModel::new(model, &spec, &device).unwrap_err(),
+        PrunerError::NothingGated
+    );
+}
+
+/// Synthetic task: the label is whether token 1 occurs in the sequence.
+fn batch<B: Backend>(rng: &mut StdRng, device: &B::Device) -> (ModelInput<B>, Tensor<B, 1, Int>) {
+    let (n, s) = (16, 6);
+    let mut ids = Vec::with_capacity(n * s);
+    let mut labels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let row: Vec<i64> = (0..s).map(|_| rng.random_range(2..20)).collect();
+        let pos = rng.random_bool(0.5);
+        let mut row = row;
+        if pos {
+            row[rng.random_range(0..s)] = 1;
+        }
+        labels.push(pos as i64);
+        ids.extend(row);
+    }
+    (
+        ModelInput::new(Tensor::from_data(TensorData::new(ids, [n, s]), device)),
+        Tensor::from_data(TensorData::new(labels, [n]), device),
+    )
+}
+
+fn accuracy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> f32 {
+    let n = labels.dims()[0];
+    let hits: i64 = logits
+        .argmax(1)
+        .reshape([n])
+        .equal(labels)
+        .int()
+        .sum()
+        .into_scalar()
+        .elem();
+    hits as f32 / n as f32
+}
+
+fn train_gate_prune<B: Backend>(device: &B::Device) {
+    type A<B> = Autodiff<B>;
+    A::<B>::seed(device, 11);
+    let config = tiny(ModelConfig::bert(20, 16, 2, 4, 16));
+    let model = Transformer::<A<B>>::new(&config, device);
+    let gated = GatedModel::new(model, &GateSpec::default(), device).unwrap();
+    let mut clf = GatedClassifier {
+        gated,
+        head: ClassifierHead::new(16, 2, device),
+    };
+    let mut opt = AdamConfig::new().init();
+    // Gates learn on their own, faster schedule (as CoFi does).
+    let mut gate_opt = AdamConfig::new().init();
+    let mut lag = Lagrangian::new(SparsityTarget::new(0.5, 100).unwrap(), 0.05);
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut tail = Vec::new();
+    for step in 0..600 {
+        let (x, y) = batch::<A<B>>(&mut rng, device);
+        let logits = clf.forward(x, true);
+        let task = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(device)
+            .forward(logits, y);
+        let loss = task + clf.gated.penalty(&Penalty::Lagrangian(lag), step);
+        let mut grads = loss.backward();
+        let gate_grads = GradientsParams::from_module(&mut grads, &clf.gated.gates);
+        let rest = GradientsParams::from_grads(grads, &clf);
+        clf.gated.gates = gate_opt.step(0.05, clf.gated.gates, gate_grads);
+        clf = opt.step(3e-3, clf, rest);
+        let s = clf.gated.expected_sparsity();
+        lag.ascend(s, step);
+        if step >= 450 {
+            tail.push(s);
+        }
+        if std::env::var_os("SHEARS_TRACE").is_some() && step % 50 == 0 {
+            eprintln!(
+                "step {step} target {:.2} sparsity {s:.3} l1 {:.3} l2 {:.3}",
+                lag.target.at(step),
+                lag.l1,
+                lag.l2
+            );
+        }
+    }
+    // The multipliers oscillate around the target; judge the mean of the last 150 steps.
+    let s = tail.iter().sum::<f64>() / tail.len() as f64;
+    assert!(
+        (s - 0.5).abs() < 0.15,
+        "expected head sparsity {s}, target 0.5"
+    );
+
+    // Evaluate: hardened gated model vs the physically pruned model, on fresh data.
+    let clf = clf.valid();
+    let (x, y) = batch::<B>(&mut StdRng::seed_from_u64(99), device);
+    let masks = clf.gated.hard_masks(Harden::ExpectedL0).unwrap();
+    let hardened_logits = clf.head.forward(
+        clf.gated
+            .model
+            .forward(x.clone().with_masks(masks))
+            .pooled
+            .unwrap(),
+    );
+    let head = clf.head.clone();
+    let (pruned, report) = clf.gated.prune(Harden::ExpectedL0).unwrap();
+    let kept: usize = report.kept.iter().map(|k| k.keep.len()).sum();
+    assert!(
+        (2..=6).contains(&kept),
+        "kept {kept} of 8 heads for a 50% target"
+    );
+    assert_eq!(
+        pruned
+            .config()
+            .layers
+            .iter()
+            .map(|l| l.n_heads)
+            .sum::<usize>(),
+        kept
+    );
+    let pruned_logits = head.forward(pruned.forward(x.clone()).pooled.unwrap());
+    let d = max_diff(hardened_logits.clone(), pruned_logits.clone());
+    assert!(d <= 1e-5, "hardened and pruned logits differ by {d}");
+    assert_eq!(
+        accuracy(hardened_logits, y.clone()),
+        accuracy(pruned_logits.clone(), y.clone())
+    );
+    assert!(
+        accuracy(pruned_logits.clone(), y) > 0.5,
+        "the pruned classifier learned nothing"
+    );
+
+    // The pruned model saves, reloads and computes the same thing; no gates are left in it.
+    let tmp = tempfile::tempdir().unwrap();
+    pruned.save(&tmp.path().join("m")).unwrap();
+    let back = Transformer::<B>::load(&tmp.path().join("m"), device).unwrap();
+    assert!(
+        tensorio::param_shapes(&back)
+            .keys()
+            .all(|k| !k.contains("gate"))
+    );
+    let d = max_diff(head.forward(back.forward(x).pooled.unwrap()), pruned_logits);
+    assert_eq!(d, 0.0);
+}
+
+#[test]
+fn gated_training_closes_heads_and_pruning_removes_them() {
+    on_backend!(train_gate_prune);
+}
