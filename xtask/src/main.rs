@@ -34,16 +34,23 @@ pub enum Backend {
 macro_rules! with_backend {
     ($backend:expr, |$B:ident, $device:ident| $body:expr) => {
         match $backend {
+            #[cfg(feature = "ndarray")]
             $crate::Backend::Ndarray => {
                 type $B = burn::backend::NdArray<f32>;
                 let $device = burn::backend::ndarray::NdArrayDevice::Cpu;
                 $body
             }
+            #[cfg(feature = "wgpu")]
             $crate::Backend::Wgpu => {
                 type $B = burn::backend::Wgpu<f32, i32>;
                 let $device = burn::backend::wgpu::WgpuDevice::default();
                 $body
             }
+            #[allow(unreachable_patterns)]
+            other => anyhow::bail!(
+                "backend {other:?} is not compiled into this xtask (cargo feature `{}`)",
+                format!("{other:?}").to_lowercase()
+            ),
         }
     };
 }
