@@ -2,10 +2,12 @@
 //! logic lives here.
 
 mod bench;
+mod eval;
 mod fetch;
 mod inspect;
 mod prune_heads;
 mod test;
+mod train_gated;
 
 use std::path::PathBuf;
 
@@ -82,6 +84,11 @@ enum Cmd {
     Inspect(inspect::Args),
     /// Remove attention heads and write a model directory.
     PruneHeads(prune_heads::Args),
+    /// Gate, train, prune and fine-tune a model on a dataset; write the smaller model and a
+    /// report (the main job; defaults: all-MiniLM-L6-v2 on Rotten Tomatoes).
+    TrainGated(train_gated::Args),
+    /// Evaluate a saved model on a CSV / JSON-lines file: accuracy or perplexity, latency.
+    Eval(eval::Args),
     /// Benchmarks (release build).
     Bench(bench::Args),
     /// Run the test suite on the ndarray and the wgpu backends.
@@ -101,6 +108,8 @@ fn main() -> Result<()> {
         Cmd::Fetch => fetch::main(),
         Cmd::Inspect(a) => inspect::main(cli.backend, a),
         Cmd::PruneHeads(a) => prune_heads::main(cli.backend, a),
+        Cmd::TrainGated(a) => train_gated::main(cli.backend, a),
+        Cmd::Eval(a) => eval::main(cli.backend, a),
         Cmd::Bench(a) => bench::main(cli.backend, a),
         Cmd::Test(a) => test::main(a),
     }
@@ -111,7 +120,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     /// The layering of the design: `spaces` <- `layers` (and later `gates`, `factorize`,
-    /// `sparsify`) <- `pruners` <- `xtask`, `examples`. `layers` must never learn about
+    /// `sparsify`) <- `pruners` <- `train` <- `xtask`, `examples`. `layers` must never learn about
     /// gates, and nothing below `pruners` may depend on it.
     #[test]
     fn dependency_direction() {
@@ -163,6 +172,17 @@ mod tests {
                     "shears-gates",
                     "shears-factorize",
                     "shears-sparsify",
+                ],
+            ),
+            (
+                "shears-train",
+                &[
+                    "shears-spaces",
+                    "shears-layers",
+                    "shears-gates",
+                    "shears-factorize",
+                    "shears-sparsify",
+                    "shears-pruners",
                 ],
             ),
         ];

@@ -142,7 +142,13 @@ impl<B: Backend> ModuleMapper<B> for Importer<'_, B> {
             });
             return param;
         }
+        // Keep the parameter trainable if it was: a fresh tensor does not require grad.
+        let require_grad = param.val().is_require_grad();
         let (id, _, mapper) = param.consume();
-        Param::from_mapped_value(id, to_device(t, &self.device), mapper)
+        Param::from_mapped_value(
+            id,
+            to_device(t, &self.device).set_require_grad(require_grad),
+            mapper,
+        )
     }
 }

@@ -70,6 +70,11 @@ impl Tokenizer {
         ))
     }
 
+    /// The id batches are padded with (`[PAD]`, or GPT-2's `<|endoftext|>`).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
     /// Token ids of one text (with the tokenizer's special tokens).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, LoadError> {
         self.inner

@@ -1,0 +1,146 @@
+//! Evaluating a saved model on a dataset file: accuracy (classification) or perplexity (LM),
+//! and forward latency.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::prelude::*;
+use serde::Serialize;
+use shears_layers::Tokenizer;
+
+use crate::data::{Split, make_batch, read_table};
+use crate::run::load_task_model;
+use crate::task::{Net, evaluate};
+use crate::{Task, TrainError};
+
+/// What `eval` measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalSummary {
+    /// The task.
+    pub task: Task,
+    /// Examples (classification) or blocks (LM) evaluated.
+    pub examples: usize,
+    /// Rows dropped (a label the model does not know, or empty text).
+    pub dropped: usize,
+    /// Mean loss.
+    pub loss: f64,
+    /// Accuracy (classification).
+    pub accuracy: Option<f64>,
+    /// Perplexity (LM).
+    pub perplexity: Option<f64>,
+    /// Median forward latency of one batch of `batch` examples (ms).
+    pub latency_ms: f64,
+    /// Batch size.
+    pub batch: usize,
+    /// Parameters.
+    pub params: usize,
+}
+
+/// Column overrides for [`eval_dir`].
+#[derive(Debug, Clone, Default)]
+pub struct EvalOptions {
+    /// Text column (default: the one the model was trained with, else `text`).
+    pub text_column: Option<String>,
+    /// Label column (default: the one the model was trained with, else `label`).
+    pub label_column: Option<String>,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Timed forward passes.
+    pub repeats: usize,
+}
+
+/// Evaluates the model in `model_dir` on every usable row of `data`.
+pub fn eval_dir<B: Backend>(
+    model_dir: &Path,
+    data: &Path,
+    opts: &EvalOptions,
+    device: &B::Device,
+) -> Result<EvalSummary, TrainError> {
+    let (model, info) = load_task_model::<B>(model_dir, device)?;
+    let config = model.backbone.config().clone();
+    let task = match (&info, config.family) {
+        (Some(i), _) => i.task,
+        (None, shears_layers::Family::Gpt2) => Task::Lm,
+        (None, shears_layers::Family::Bert) => {
+            return Err(TrainError::Config {
+                source_name: model_dir.display().to_string(),
+                message: "a BERT without a task head (no task.json): evaluate a model written by `train-gated`".into(),
+            });
+        }
+    };
+    let tokenizer = Tokenizer::from_dir(model_dir)?;
+    let text = opts
+        .text_column
+        .clone()
+        .or_else(|| info.as_ref().map(|i| i.text_column.clone()))
+        .unwrap_or_else(|| "text".into());
+    let max_len = info
+        .as_ref()
+        .map(|i| i.max_len)
+        .unwrap_or(config.max_positions.min(128));
+    let mut split = Split::default();
+    let dropped;
+    match task {
+        Task::Classification => {
+            let labels = info.as_ref().map(|i| i.labels.clone()).unwrap_or_default();
+            let label = opts
+                .label_column
+                .clone()
+                .or_else(|| info.as_ref().map(|i| i.label_column.clone()))
+                .unwrap_or_else(|| "label".into());
+            let table = read_table(data, &text, Some(&label), &labels)?;
+            dropped = table.dropped_label + table.dropped_empty;
+            for r in &table.rows {
+                let mut ids = tokenizer.encode(&r.text)?;
+                ids.truncate(max_len);
+                split.ids.push(ids);
+                let l = r.label.as_deref().unwrap_or_default();
+                split
+                    .labels
+                    .push(labels.iter().position(|x| x == l).unwrap_or(0));
+            }
+        }
+        Task::Lm => {
+            let table = read_table(data, &text, None, &[])?;
+            dropped = table.dropped_empty;
+            let mut stream = Vec::new();
+            for r in &table.rows {
+                stream.extend(tokenizer.encode(&r.text)?);
+                stream.push(tokenizer.pad_id());
+            }
+            split.ids = stream.chunks_exact(max_len).map(<[u32]>::to_vec).collect();
+            if split.is_empty() {
+                return Err(TrainError::Data {
+                    path: data.to_path_buf(),
+                    reason: format!("fewer than {max_len} tokens: no block to evaluate"),
+                });
+            }
+        }
+    }
+    let batch = opts.batch_size.max(1);
+    let tally = evaluate(&model, &split, tokenizer.pad_id(), batch, device);
+    let n = batch.min(split.len());
+    let idx: Vec<usize> = (0..n).collect();
+    let b = make_batch::<B>(&split, &idx, tokenizer.pad_id(), device);
+    let mut times = Vec::new();
+    for i in 0..=opts.repeats.max(1) {
+        let t = Instant::now();
+        let out = model.output(b.input.clone(), false);
+        let _: f32 = out.hidden.sum().into_scalar().elem();
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(EvalSummary {
+        task,
+        examples: split.len(),
+        dropped,
+        loss: tally.loss(),
+        accuracy: (task == Task::Classification).then(|| tally.accuracy()),
+        perplexity: (task == Task::Lm).then(|| tally.perplexity()),
+        latency_ms: times[times.len() / 2],
+        batch: n,
+        params: config.param_count(),
+    })
+}

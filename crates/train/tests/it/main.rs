@@ -1,0 +1,555 @@
+//! Tests of `shears-train`: configs, datasets, bad input, and the whole pipeline end to end
+//! on a tiny BERT (classification) and a tiny GPT-2 (language model) with synthetic data and
+//! the real tokenizers (run `cargo xtask fetch` first). Backend from `SHEARS_BACKEND`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use shears_layers::{ModelConfig, Transformer};
+use shears_train::{
+    ConfigSources, EvalOptions, Experiment, Outcome, RunOptions, Task, TrainError, eval_dir, run,
+    staging_dir,
+};
+
+/// Runs `$f::<B>(&device)` on the backend named by `SHEARS_BACKEND`.
+macro_rules! on_backend {
+    ($f:ident) => {
+        match std::env::var("SHEARS_BACKEND").as_deref() {
+            Ok("ndarray") | Err(_) => $f::<burn::backend::NdArray<f32>>(&Default::default()),
+            Ok("wgpu") => $f::<burn::backend::Wgpu<f32, i32>>(&Default::default()),
+            Ok(other) => panic!("SHEARS_BACKEND=`{other}` is not ndarray or wgpu"),
+        }
+    };
+}
+
+fn assets() -> PathBuf {
+    std::env::var_os("SHEARS_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets"))
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+fn load(
+    dir: &Path,
+    toml: &str,
+    set: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Experiment, TrainError> {
+    let file = dir.join("exp.toml");
+    write(&file, toml);
+    Experiment::load(&ConfigSources {
+        file,
+        quick: false,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        set: set.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+const MINIMAL: &str = r#"
+name = "t"
+[model]
+path = "m"
+[data]
+path = "d.csv"
+"#;
+
+#[test]
+fn config_overrides_apply_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = load(tmp.path(), MINIMAL, &[], &[]).unwrap();
+    assert_eq!(exp.gated.target_sparsity, 0.5);
+    let exp = load(
+        tmp.path(),
+        &format!("{MINIMAL}[gated]\ntarget_sparsity = 0.6\n"),
+        &["dense.lr=1e-4"],
+        &[
+            ("SHEARS_GATED__EPOCHS", "4"),
+            ("SHEARS_BACKEND", "wgpu"), // not a config key: ignored
+            ("SHEARS_DENSE__LR", "9"),  // --set wins over the environment
+        ],
+    )
+    .unwrap();
+    assert_eq!(exp.gated.target_sparsity, 0.6);
+    assert_eq!(exp.gated.epochs, 4.0);
+    assert_eq!(exp.dense.lr, 1e-4);
+
+    // --quick applies the file's [quick] table.
+    let file = tmp.path().join("q.toml");
+    write(
+        &file,
+        &format!("{MINIMAL}[quick]\ndata.limit = 100\ngated.epochs = 0.5\n"),
+    );
+    let q = Experiment::load(&ConfigSources {
+        file: file.clone(),
+        quick: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!((q.data.limit, q.gated.epochs), (100, 0.5));
+    let full = Experiment::load(&ConfigSources {
+        file,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!((full.data.limit, full.gated.epochs), (0, 3.0));
+}
+
+#[test]
+fn bad_configs_name_the_offending_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = |toml: &str, set: &[&str]| load(tmp.path(), toml, set, &[]).unwrap_err().to_string();
+    let e = err(&format!("{MINIMAL}[gated]\ntarget_sparsty = 0.6\n"), &[]);
+    assert!(e.contains("target_sparsty"), "{e}");
+    let e = err(&format!("{MINIMAL}colour = 1\n"), &[]);
+    assert!(e.contains("colour"), "{e}");
+    let e = err(MINIMAL, &["gated.target_sparsity=1.5"]);
+    assert!(
+        e.contains("gated.target_sparsity") && e.contains("1.5"),
+        "{e}"
+    );
+    let e = err(MINIMAL, &["data.split=[0.5, 0.5, 0.5]"]);
+    assert!(e.contains("data.split"), "{e}");
+    let e = err(MINIMAL, &["dense.batch_size=0"]);
+    assert!(e.contains("dense.batch_size"), "{e}");
+    let e = err(MINIMAL, &["nonsense"]);
+    assert!(e.contains("nonsense"), "{e}");
+    let e = load(tmp.path(), MINIMAL, &[], &[("SHEARS_GATED__WHATEVER", "1")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("whatever"), "{e}");
+    let missing = Experiment::load(&ConfigSources {
+        file: tmp.path().join("absent.toml"),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(missing.to_string().contains("absent.toml"), "{missing}");
+}
+
+#[test]
+fn datasets_csv_jsonl_and_bz2() {
+    use shears_train::data::read_table;
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("d.csv");
+    write(
+        &csv,
+        "category,text,other\nfresh,\"good, really\",x\nplot,A story.,y\nrotten,bad,z\nfresh,,w\n",
+    );
+    let labels = ["rotten".to_string(), "fresh".to_string()];
+    let t = read_table(&csv, "text", Some("category"), &labels).unwrap();
+    assert_eq!(t.rows.len(), 2);
+    assert_eq!(t.rows[0].text, "good, really");
+    assert_eq!((t.dropped_label, t.dropped_empty), (1, 1));
+
+    let e = read_table(&csv, "body", Some("category"), &labels).unwrap_err();
+    assert!(e.to_string().contains("no column `body`"), "{e}");
+
+    let jsonl = tmp.path().join("d.jsonl");
+    write(
+        &jsonl,
+        "{\"t\": \"one\", \"y\": 1}\n\n{\"t\": \"two\", \"y\": 0}\n",
+    );
+    let t = read_table(&jsonl, "t", Some("y"), &[]).unwrap();
+    assert_eq!(
+        t.rows
+            .iter()
+            .map(|r| r.label.clone().unwrap())
+            .collect::<Vec<_>>(),
+        ["1", "0"]
+    );
+    write(&jsonl, "{\"t\": \"one\", \"y\": 1}\n{broken\n");
+    let e = read_table(&jsonl, "t", Some("y"), &[]).unwrap_err();
+    assert!(e.to_string().contains("line 2"), "{e}");
+
+    // The real Rotten Tomatoes file (bzip2): 12,808 review rows once the plot rows go.
+    let rt = assets().join("data/rotten_tomatoes_corpus_full.csv.bz2");
+    let t = read_table(&rt, "text", Some("category"), &labels).unwrap();
+    assert_eq!(t.rows.len(), 12_808);
+    assert_eq!(t.dropped_label + t.dropped_empty, 1_097);
+
+    let e = read_table(&csv, "text", Some("category"), &["neutral".to_string()]).unwrap_err();
+    assert!(matches!(e, TrainError::NoUsableRows { read: 4, .. }), "{e}");
+}
+
+/// Synthetic sentiment: "pos" when the sentence holds "wonderful" or "great", plus plot
+/// rows the config drops.
+fn synthetic_csv(path: &Path, n: usize, seed: u64) {
+    let filler = [
+        "the", "movie", "was", "a", "film", "about", "people", "and", "some", "story", "with",
+        "long", "scenes", "actors", "music",
+    ];
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut f = std::fs::File::create(path).unwrap();
+    writeln!(f, "label,text").unwrap();
+    for i in 0..n {
+        let mut words: Vec<&str> = (0..8)
+            .map(|_| filler[rng.random_range(0..filler.len())])
+            .collect();
+        let pos = rng.random_bool(0.5);
+        if pos {
+            let at = rng.random_range(0..words.len());
+            words[at] = if rng.random_bool(0.5) {
+                "wonderful"
+            } else {
+                "great"
+            };
+        }
+        let label = if i % 10 == 9 {
+            "plot"
+        } else if pos {
+            "pos"
+        } else {
+            "neg"
+        };
+        writeln!(f, "{label},{}", words.join(" ")).unwrap();
+    }
+}
+
+fn tiny_bert_dir(dir: &Path) {
+    type B = burn::backend::NdArray<f32>;
+    B::seed(&Default::default(), 3);
+    let mut c = ModelConfig::bert(30522, 16, 2, 4, 32);
+    c.max_positions = 32;
+    Transformer::<B>::new(&c, &Default::default())
+        .save(dir)
+        .unwrap();
+    std::fs::copy(
+        assets().join("all-MiniLM-L6-v2/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+}
+
+fn bert_experiment(tmp: &Path) -> Experiment {
+    tiny_bert_dir(&tmp.join("model"));
+    synthetic_csv(&tmp.join("data.csv"), 440, 1);
+    let toml = r#"
+name = "tiny-bert"
+task = "classification"
+seed = 7
+[model]
+path = "model"
+[data]
+path = "data.csv"
+text_column = "text"
+label_column = "label"
+labels = ["neg", "pos"]
+max_len = 16
+[dense]
+epochs = 6
+lr = 3e-3
+batch_size = 16
+[gated]
+epochs = 8
+lr = 1e-3
+batch_size = 16
+target_sparsity = 0.5
+warmup_fraction = 0.3
+[finetune]
+epochs = 2
+lr = 1e-3
+batch_size = 16
+[eval]
+latency_batch = 8
+latency_repeats = 3
+[checkpoint]
+every = 20
+"#;
+    let file = tmp.join("exp.toml");
+    write(&file, toml);
+    let mut exp = Experiment::load(&ConfigSources {
+        file,
+        ..Default::default()
+    })
+    .unwrap();
+    exp.resolve_paths(tmp, &assets());
+    exp
+}
+
+fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = bert_experiment(tmp.path());
+    let out = tmp.path().join("out");
+    let opts = RunOptions {
+        backend: "test".into(),
+        progress: std::env::var_os("SHEARS_PROGRESS").is_some(),
+        ..Default::default()
+    };
+    // Interrupt inside the gated phase, then resume.
+    let stop = RunOptions {
+        stop_after: Some(131),
+        ..opts.clone()
+    };
+    match run::<Autodiff<B>>(&exp, &out, &stop, device).unwrap() {
+        Outcome::Stopped { phase, step } => assert_eq!((phase.as_str(), step), ("gated", 11)),
+        Outcome::Done(_) => panic!("the step budget should have stopped the run"),
+    }
+    assert!(!out.exists(), "no output before the run completes");
+    assert!(staging_dir(&out).join("ckpt-gated").exists());
+    let again = run::<Autodiff<B>>(&exp, &out, &opts, device).unwrap_err();
+    assert!(matches!(again, TrainError::Interrupted { .. }), "{again}");
+    let resume = RunOptions {
+        resume: true,
+        ..opts.clone()
+    };
+    let report = match run::<Autodiff<B>>(&exp, &out, &resume, device).unwrap() {
+        Outcome::Done(r) => r,
+        Outcome::Stopped { .. } => panic!("stopped without a budget"),
+    };
+    assert!(!staging_dir(&out).exists(), "staging removed after success");
+
+    // Dense learned the task; gates closed half the heads; removal really happened.
+    let acc_dense = report.accuracy_dense.unwrap();
+    assert!(acc_dense > 0.8, "dense accuracy {acc_dense}");
+    assert_eq!(report.heads_total, 8);
+    assert_eq!(report.heads_kept, 4 + report.rescued_layers.len());
+    assert_eq!(
+        report.kept_heads_per_layer.iter().sum::<usize>(),
+        report.heads_kept
+    );
+    assert!(report.params_pruned < report.params_dense);
+    assert!(report.flops_per_token_pruned < report.flops_per_token_dense);
+    assert!(report.accuracy_pruned.unwrap() > 0.7, "{report:?}");
+    assert_eq!(report.split_sizes.iter().sum::<usize>(), 396); // 440 rows minus 44 plot rows
+    let gated_points: Vec<_> = report
+        .history
+        .iter()
+        .filter(|p| p.phase == "gated")
+        .collect();
+    assert!(gated_points.last().unwrap().expected_sparsity.unwrap() > 0.2);
+    // The resumed run continued where it stopped: every step logged once per phase.
+    let steps: Vec<usize> = gated_points.iter().map(|p| p.step).collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+
+    // Output files.
+    for f in [
+        "report.json",
+        "report.md",
+        "gates.svg",
+        "curves.svg",
+        "model/shears.json",
+        "model/model.safetensors",
+        "model/head.safetensors",
+        "model/task.json",
+        "model/tokenizer.json",
+        "dense-model/shears.json",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    for key in [
+        "model",
+        "dataset",
+        "heads_total",
+        "heads_kept",
+        "kept_heads_per_layer",
+        "params_dense",
+        "params_pruned",
+        "flops_per_token_dense",
+        "flops_per_token_pruned",
+        "accuracy_dense",
+        "accuracy_pruned",
+        "latency_ms_dense",
+        "latency_ms_pruned",
+        "wall_seconds",
+    ] {
+        assert!(!json[key].is_null(), "report.json lacks {key}");
+    }
+    let svg = std::fs::read_to_string(out.join("gates.svg")).unwrap();
+    assert_eq!(svg.matches("<rect").count(), 8, "one cell per head");
+
+    // The saved pruned model evaluates on a dataset file.
+    let summary = eval_dir::<B>(
+        &out.join("model"),
+        &tmp.path().join("data.csv"),
+        &EvalOptions {
+            batch_size: 32,
+            repeats: 2,
+            ..Default::default()
+        },
+        device,
+    )
+    .unwrap();
+    assert_eq!(summary.task, Task::Classification);
+    assert_eq!((summary.examples, summary.dropped), (396, 44));
+    assert!(summary.accuracy.unwrap() > 0.7, "{summary:?}");
+    let config = shears_layers::save::read_config(&out.join("model")).unwrap();
+    assert_eq!(
+        config.layers.iter().map(|l| l.n_heads).collect::<Vec<_>>(),
+        report.kept_heads_per_layer
+    );
+}
+
+#[test]
+fn tiny_bert_trains_prunes_resumes_and_reports() {
+    on_backend!(tiny_bert_end_to_end);
+}
+
+fn tiny_gpt2_end_to_end<B: Backend>(device: &B::Device) {
+    let tmp = tempfile::tempdir().unwrap();
+    // Text with structure a tiny model can learn: counting phrases.
+    let mut f = std::fs::File::create(tmp.path().join("text.jsonl")).unwrap();
+    let words = [
+        "one", "two", "three", "four", "five", "six", "seven", "eight",
+    ];
+    for i in 0..200 {
+        let s: Vec<&str> = (0..12).map(|k| words[(i + k) % words.len()]).collect();
+        writeln!(f, "{{\"text\": \"{}.\"}}", s.join(" ")).unwrap();
+    }
+    drop(f);
+    // GPT-2's byte-level BPE without merges: the 256 byte tokens of the real vocabulary and
+    // <|endoftext|>, so the LM head is small.
+    let vocab: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(assets().join("gpt2-tokenizer/vocab.json")).unwrap(),
+    )
+    .unwrap();
+    let mut bytes: serde_json::Map<String, serde_json::Value> = vocab
+        .into_iter()
+        .filter(|(_, id)| id.as_u64().unwrap() < 256)
+        .collect();
+    assert_eq!(bytes.len(), 256);
+    bytes.insert("<|endoftext|>".into(), 256.into());
+    let tok = tmp.path().join("tok");
+    std::fs::create_dir(&tok).unwrap();
+    write(
+        &tok.join("vocab.json"),
+        &serde_json::to_string(&bytes).unwrap(),
+    );
+    write(&tok.join("merges.txt"), "#version: 0.2\n");
+    let toml = r#"
+name = "tiny-gpt2"
+task = "lm"
+seed = 3
+[model]
+tokenizer = "tok"
+[model.init]
+vocab_size = 257
+max_positions = 32
+d_model = 16
+n_layers = 2
+n_heads = 4
+d_ff = 32
+[data]
+path = "text.jsonl"
+max_len = 32
+[dense]
+epochs = 10
+lr = 1e-2
+batch_size = 16
+[gated]
+epochs = 2
+lr = 1e-3
+batch_size = 16
+target_sparsity = 0.5
+[finetune]
+epochs = 1
+lr = 1e-3
+batch_size = 16
+[eval]
+latency_batch = 4
+latency_repeats = 2
+"#;
+    write(&tmp.path().join("exp.toml"), toml);
+    let mut exp = Experiment::load(&ConfigSources {
+        file: tmp.path().join("exp.toml"),
+        ..Default::default()
+    })
+    .unwrap();
+    exp.resolve_paths(tmp.path(), &assets());
+    let out = tmp.path().join("out");
+    let opts = RunOptions {
+        backend: "test".into(),
+        progress: std::env::var_os("SHEARS_PROGRESS").is_some(),
+        ..Default::default()
+    };
+    let Outcome::Done(r) = run::<Autodiff<B>>(&exp, &out, &opts, device).unwrap() else {
+        panic!("stopped")
+    };
+    let (pd, pp) = (r.perplexity_dense.unwrap(), r.perplexity_pruned.unwrap());
+    // Uniform guessing over the vocabulary is 257; the counting text is nearly certain.
+    assert!(pd < 4.0, "dense perplexity {pd}");
+    assert!(pp.is_finite() && pp < 8.0, "pruned perplexity {pp}");
+    assert!(r.accuracy_dense.is_none());
+    assert_eq!(r.heads_kept, 4 + r.rescued_layers.len());
+    let summary = eval_dir::<B>(
+        &out.join("model"),
+        &tmp.path().join("text.jsonl"),
+        &EvalOptions {
+            batch_size: 8,
+            repeats: 1,
+            ..Default::default()
+        },
+        device,
+    )
+    .unwrap();
+    assert_eq!(summary.task, Task::Lm);
+    assert!(summary.perplexity.unwrap() < 8.0, "{summary:?}");
+}
+
+#[test]
+fn tiny_gpt2_language_model_trains_and_prunes() {
+    on_backend!(tiny_gpt2_end_to_end);
+}
+
+#[test]
+fn bad_inputs_leave_no_output_behind() {
+    type B = Autodiff<burn::backend::NdArray<f32>>;
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = bert_experiment(tmp.path());
+    let out = tmp.path().join("out");
+    let opts = RunOptions::default();
+    let no_leftovers = || {
+        assert!(!out.exists());
+        assert!(!staging_dir(&out).exists());
+    };
+
+    // A model directory without weights.
+    let empty = tmp.path().join("no-weights");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::copy(
+        tmp.path().join("model/shears.json"),
+        empty.join("shears.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        tmp.path().join("model/tokenizer.json"),
+        empty.join("tokenizer.json"),
+    )
+    .unwrap();
+    let mut exp = good.clone();
+    exp.model.path = Some(empty);
+    let e = run::<B>(&exp, &out, &opts, &device).unwrap_err();
+    assert!(e.to_string().contains("model.safetensors"), "{e}");
+    no_leftovers();
+
+    // A dataset with no usable rows.
+    let mut exp = good.clone();
+    exp.data.labels = vec!["neutral".into(), "mixed".into()];
+    let e = run::<B>(&exp, &out, &opts, &device).unwrap_err();
+    assert!(matches!(e, TrainError::NoUsableRows { .. }), "{e}");
+    no_leftovers();
+
+    // A missing dataset file.
+    let mut exp = good.clone();
+    exp.data.path = tmp.path().join("absent.csv");
+    let e = run::<B>(&exp, &out, &opts, &device).unwrap_err();
+    assert!(e.to_string().contains("absent.csv"), "{e}");
+    no_leftovers();
+
+    // Sequences longer than the model's positions.
+    let mut exp = good;
+    exp.data.max_len = 64;
+    let e = run::<B>(&exp, &out, &opts, &device).unwrap_err();
+    assert!(e.to_string().contains("data.max_len"), "{e}");
+    no_leftovers();
+}
