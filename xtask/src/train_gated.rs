@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use burn::backend::Autodiff;
@@ -48,6 +50,8 @@ pub fn locate(path: &Path) -> PathBuf {
 /// Re-runs this command from a release build (same arguments, same directory).
 pub fn rerun_in_release(what: &str) -> Result<()> {
     eprintln!("{what}: running the release build (the first build takes a few minutes)");
+    // Ctrl-C reaches the child too; this process waits for it to checkpoint and exit.
+    ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
     let status = Command::new(env!("CARGO"))
         .args(["run", "--release", "--quiet", "--manifest-path"])
         .arg(crate::root().join("Cargo.toml"))
@@ -90,11 +94,22 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         };
         crate::root().join("runs").join(name)
     });
+    // The first Ctrl-C stops at the next step with a checkpoint; a second one kills.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again to quit at once)");
+    })
+    .context("installing the Ctrl-C handler")?;
     let opts = RunOptions {
         resume: args.resume,
         progress: true,
         stop_after: args.stop_after,
         backend: format!("{backend:?}").to_lowercase(),
+        interrupt: Some(interrupt),
     };
     eprintln!(
         "train-gated: `{}`{} on {:?} -> {}",

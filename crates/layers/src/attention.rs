@@ -1,7 +1,7 @@
 //! Multi-head self-attention, and the `AttentionBlock` trait that lets a user put their own
 //! attention into a BERT or GPT-2 without editing the layers above it.
 
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use shears_spaces::Scope;
@@ -37,6 +37,14 @@ pub trait AttentionBlock<B: Backend>: Module<B> + burn::module::ModuleDisplay {
     /// Declares which space every axis of this block's parameters lives in (paths relative
     /// to the block).
     fn declare(config: &ModelConfig, layer: usize, scope: &mut Scope<'_>, spaces: &LayerSpaces);
+
+    /// The fewest heads this block can be pruned to. The default, 1, suits a block that
+    /// cannot run without heads; a block that returns 0 must accept a config with
+    /// `n_heads == 0` for its layer (and then compute what it computes with every head
+    /// masked, so that masked == pruned still holds).
+    fn min_heads() -> usize {
+        1
+    }
 }
 
 /// Scaled dot-product multi-head self-attention with separate `query`, `key`, `value` and
@@ -64,7 +72,17 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
     fn new(config: &ModelConfig, layer: usize, device: &B::Device) -> Self {
         let l = &config.layers[layer];
         let d = config.d_model;
-        let proj = |i, o| LinearConfig::new(i, o).init(device);
+        let proj = |i, o| {
+            let c = LinearConfig::new(i, o);
+            // A block without heads has zero-width projections; the default initialiser's
+            // bounds divide by the fan-in, so start its output bias at 0 instead of inf.
+            if i == 0 || o == 0 {
+                c.with_initializer(Initializer::Zeros)
+            } else {
+                c
+            }
+            .init(device)
+        };
         Self {
             query: proj(d, l.d_attn()),
             key: proj(d, l.d_attn()),
@@ -76,8 +94,17 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>, context: &AttentionContext<B>) -> Tensor<B, 3> {
-        let [b, s, _] = x.dims();
+        let [b, s, d] = x.dims();
         let (h, dh) = (self.n_heads, self.d_head);
+        if h == 0 {
+            // Every head removed: what is left of the block is its output bias, exactly what
+            // the full block gives with every head masked.
+            let bias = match &self.output.bias {
+                Some(bias) => bias.val().reshape([1, 1, d]),
+                None => Tensor::zeros([1, 1, d], &x.device()),
+            };
+            return bias.expand([b, s, d]);
+        }
         let split = |t: Tensor<B, 3>| t.reshape([b, s, h, dh]).swap_dims(1, 2);
         let q = split(linear3(&self.query, x.clone()));
         let k = split(linear3(&self.key, x.clone()));
@@ -109,6 +136,13 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
         s.claim("weight", 0, &spaces.heads);
         s.claim("weight", 1, &spaces.hidden);
         s.claim("bias", 0, &spaces.hidden);
+    }
+
+    /// A layer may lose every head: the block then adds only its output bias and the
+    /// residual path carries the layer (Michel et al. 2019 found whole layers of heads
+    /// removable; CoFi prunes whole attention blocks).
+    fn min_heads() -> usize {
+        0
     }
 }
 

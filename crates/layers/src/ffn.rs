@@ -1,6 +1,6 @@
 //! Position-wise feed-forward block, and the `FeedForwardBlock` trait for swapping it.
 
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use shears_spaces::Scope;
 
@@ -17,6 +17,12 @@ pub trait FeedForwardBlock<B: Backend>: Module<B> + burn::module::ModuleDisplay 
 
     /// Declares the spaces of this block's parameter axes (paths relative to the block).
     fn declare(config: &ModelConfig, layer: usize, scope: &mut Scope<'_>, spaces: &LayerSpaces);
+
+    /// The fewest neurons this block can be pruned to (see
+    /// [`crate::AttentionBlock::min_heads`]); 1 unless the block accepts `d_ff == 0`.
+    fn min_neurons() -> usize {
+        1
+    }
 }
 
 /// `down(act(up(x)) ⊙ mask)`.
@@ -47,14 +53,32 @@ pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) ->
 impl<B: Backend> FeedForwardBlock<B> for FeedForward<B> {
     fn new(config: &ModelConfig, layer: usize, device: &B::Device) -> Self {
         let d_ff = config.layers[layer].d_ff;
+        // Without neurons the default initialiser's bounds (1 / fan-in) are infinite.
+        let init = |c: LinearConfig| {
+            if d_ff == 0 {
+                c.with_initializer(Initializer::Zeros)
+            } else {
+                c
+            }
+            .init(device)
+        };
         Self {
-            up: LinearConfig::new(config.d_model, d_ff).init(device),
-            down: LinearConfig::new(d_ff, config.d_model).init(device),
+            up: init(LinearConfig::new(config.d_model, d_ff)),
+            down: init(LinearConfig::new(d_ff, config.d_model)),
             activation: config.activation,
         }
     }
 
     fn forward(&self, x: Tensor<B, 3>, neuron_mask: Option<&Tensor<B, 1>>) -> Tensor<B, 3> {
+        let [b, s, d] = x.dims();
+        if self.up.weight.dims()[1] == 0 {
+            // Every neuron removed: only the output bias is left.
+            let bias = match &self.down.bias {
+                Some(bias) => bias.val().reshape([1, 1, d]),
+                None => Tensor::zeros([1, 1, d], &x.device()),
+            };
+            return bias.expand([b, s, d]);
+        }
         let mut h = activate(crate::linear3(&self.up, x), self.activation);
         if let Some(m) = neuron_mask {
             let n = m.dims()[0];
@@ -72,5 +96,10 @@ impl<B: Backend> FeedForwardBlock<B> for FeedForward<B> {
         down.claim("weight", 0, &spaces.ffn);
         down.claim("weight", 1, &spaces.hidden);
         down.claim("bias", 0, &spaces.hidden);
+    }
+
+    /// A layer may lose every neuron: the block then adds only its output bias.
+    fn min_neurons() -> usize {
+        0
     }
 }

@@ -451,6 +451,41 @@ pub fn to_hf_bert(tensors: &TensorMap) -> Result<TensorMap, LoadError> {
     Ok(out)
 }
 
+/// `transformers` 4.x cannot run a BERT layer without heads (its attention reshapes the
+/// empty `[batch, seq, 0]` projection with a `-1` axis and fails), so a headless layer is
+/// exported with one placeholder head (original head 0) whose query, key, value and output
+/// weights and biases are all zero. Its context is zero whatever it attends to, so the layer
+/// computes exactly what the headless layer computes: the output bias alone. Returns the
+/// config and tensors to export (unchanged when every layer has a head).
+pub fn with_placeholder_heads(
+    config: &ModelConfig,
+    tensors: &TensorMap,
+) -> (ModelConfig, TensorMap) {
+    let mut config = config.clone();
+    let mut tensors = tensors.clone();
+    let d = config.d_model;
+    for (l, lc) in config.layers.iter_mut().enumerate() {
+        if lc.n_heads > 0 {
+            continue;
+        }
+        let dh = lc.d_head;
+        lc.n_heads = 1;
+        lc.head_ids = vec![0];
+        let zeros =
+            |shape: Vec<usize>| HostTensor::new(shape.clone(), vec![0.0; shape.iter().product()]);
+        for p in ["query", "key", "value"] {
+            let base = format!("layers.{l}.attention.{p}");
+            tensors.insert(format!("{base}.weight"), zeros(vec![d, dh]));
+            tensors.insert(format!("{base}.bias"), zeros(vec![dh]));
+        }
+        tensors.insert(
+            format!("layers.{l}.attention.output.weight"),
+            zeros(vec![dh, d]),
+        );
+    }
+    (config, tensors)
+}
+
 /// The Hugging Face `config.json` of a head-pruned BERT: the original config with
 /// `pruned_heads` (original head indices per layer). Refuses models whose other sizes
 /// changed, since `transformers` cannot represent them.

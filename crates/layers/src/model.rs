@@ -255,6 +255,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
                     .masks
                     .heads
                     .as_ref()
+                    .filter(|_| n > 0)
                     .map(|h| h.clone().slice([l..l + 1, 0..n]).reshape([n])),
                 ffn: input.masks.ffn.as_ref().map(|f| &f[l]),
                 hidden: hm,
@@ -292,9 +293,14 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
     }
 }
 
-/// Hint given when a pruning would remove every head of a layer.
+/// Hint given when a pruning would remove every head of a layer whose attention block
+/// cannot run without heads ([`AttentionBlock::min_heads`] > 0).
 pub const ALL_HEADS_HINT: &str =
-    "keep at least one head per layer (this model type cannot represent a layer without attention)";
+    "keep at least one head per layer (this attention block cannot run without heads)";
+/// Hint given when a pruning would remove every neuron of a layer whose feed-forward block
+/// cannot run without neurons.
+pub const ALL_NEURONS_HINT: &str =
+    "keep at least one neuron per layer (this feed-forward block cannot run without neurons)";
 
 /// Declares every parameter axis of a `Transformer<B, A, F>` built from `config`:
 /// `hidden` (every axis in R^d_model: embeddings, LayerNorms, projections' inputs and
@@ -327,8 +333,11 @@ pub fn declare<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>>(
         let spaces = LayerSpaces {
             hidden: hidden.clone(),
             heads: Space::blocked(format!("layers.{l}.heads"), lc.n_heads, lc.d_head)
+                .with_min_units(A::min_heads())
                 .with_hint(ALL_HEADS_HINT),
-            ffn: Space::new(format!("layers.{l}.ffn"), lc.d_ff),
+            ffn: Space::new(format!("layers.{l}.ffn"), lc.d_ff)
+                .with_min_units(F::min_neurons())
+                .with_hint(ALL_NEURONS_HINT),
         };
         let mut s = root.child("layers");
         let mut s = s.child(&l.to_string());

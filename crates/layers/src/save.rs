@@ -144,9 +144,13 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
     /// Writes a Hugging Face BERT directory (`config.json` with `pruned_heads`, weights
     /// under Hugging Face keys) that `BertModel.from_pretrained` loads. Tokenizer files
     /// from `copy_from` (if given) are copied alongside.
+    ///
+    /// A layer without heads gets one all-zero placeholder head, which `transformers` can
+    /// run and which computes the same function (see [`hf::with_placeholder_heads`]).
     pub fn export_hf(&self, dir: &Path, copy_from: Option<&Path>) -> Result<(), LoadError> {
-        let value = hf::bert_hf_config(self.config())?;
-        let tensors = hf::to_hf_bert(&tensorio::export(self))?;
+        let (config, tensors) = hf::with_placeholder_heads(self.config(), &tensorio::export(self));
+        let value = hf::bert_hf_config(&config)?;
+        let tensors = hf::to_hf_bert(&tensors)?;
         let json = serde_json::to_string_pretty(&value).expect("config serialises");
         write_dir_atomic(dir, |tmp| {
             write_atomic(&tmp.join("config.json"), json.as_bytes())?;

@@ -2,6 +2,8 @@
 //! hidden dimensions), the seed-004 API (enable with a penalty, read gate values, read or
 //! fix masks, disable), and `prune`: harden, then remove closed units for real.
 
+use std::collections::BTreeMap;
+
 use burn::prelude::*;
 use shears_gates::{GateConfig, GateError, GateKind, GateSet, Harden, Kept, Penalty};
 use shears_layers::{Masks, ModelInput, ModelOutput, PruneError, Transformer};
@@ -15,6 +17,10 @@ pub struct GateSpec {
     pub neurons: bool,
     /// Gate the hidden dimensions (`hidden`).
     pub hidden: bool,
+    /// Gate whole layers: one gate per layer (group `layers`) that scales every head and
+    /// every neuron of its layer; a closed layer gate removes both blocks of the layer
+    /// (their output biases stay, as for any headless or neuron-less layer).
+    pub layers: bool,
     /// Gate settings.
     pub gate: GateConfig,
 }
@@ -25,6 +31,7 @@ impl Default for GateSpec {
             heads: true,
             neurons: false,
             hidden: false,
+            layers: false,
             gate: GateConfig::default(),
         }
     }
@@ -40,7 +47,7 @@ pub enum PrunerError {
     #[error(transparent)]
     Prune(#[from] PruneError),
     /// The spec gates nothing.
-    #[error("the gate spec gates no units (enable heads, neurons or hidden)")]
+    #[error("the gate spec gates no units (enable heads, neurons, hidden or layers)")]
     NothingGated,
 }
 
@@ -58,11 +65,40 @@ pub struct GatedModel<B: Backend> {
 /// What hardening decided, for reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PruneReport {
-    /// Units kept per gated space.
+    /// Units kept per gated group, as the gates decided.
     pub kept: Vec<Kept>,
-    /// Layers whose heads all closed; one head (the most open) was kept in each, since this
-    /// model type cannot yet drop a whole attention block.
-    pub rescued_layers: Vec<usize>,
+    /// Spaces the gates would have emptied below what the model allows (the hidden space,
+    /// or the heads of a user block that cannot run without heads); the most open unit of
+    /// each was kept.
+    pub rescued: Vec<String>,
+    /// Layers left without attention heads (their attention block is gone, its output
+    /// bias and the residual path stay).
+    pub headless_layers: Vec<usize>,
+    /// Layers left without feed-forward neurons.
+    pub neuronless_layers: Vec<usize>,
+}
+
+/// Hardened gates turned into units to keep.
+struct Decision {
+    /// What the gates decided, per group.
+    kept: Vec<Kept>,
+    /// The units to keep per space, after whole-layer gates and minimum sizes.
+    keeps: BTreeMap<String, Vec<usize>>,
+    /// Spaces kept above what the gates decided.
+    rescued: Vec<String>,
+}
+
+/// The name of the whole-layer gate group.
+pub const LAYERS_GROUP: &str = "layers";
+
+/// The layer of a per-layer space name (`layers.3.heads` -> 3).
+fn layer_of(space: &str) -> Option<usize> {
+    space
+        .strip_prefix("layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl<B: Backend> GatedModel<B> {
@@ -73,13 +109,14 @@ impl<B: Backend> GatedModel<B> {
         spec: &GateSpec,
         device: &B::Device,
     ) -> Result<Self, PrunerError> {
-        if !(spec.heads || spec.neurons || spec.hidden) {
+        if !(spec.heads || spec.neurons || spec.hidden || spec.layers) {
             return Err(PrunerError::NothingGated);
         }
         let mut gates = GateSet::default();
         let config = model.config().clone();
         for (l, lc) in config.layers.iter().enumerate() {
-            if spec.heads {
+            // A block already removed (0 heads or 0 neurons) has nothing left to gate.
+            if spec.heads && lc.n_heads > 0 {
                 gates.add(
                     format!("layers.{l}.heads"),
                     GateKind::Heads,
@@ -88,7 +125,7 @@ impl<B: Backend> GatedModel<B> {
                     device,
                 )?;
             }
-            if spec.neurons {
+            if spec.neurons && lc.d_ff > 0 {
                 gates.add(
                     format!("layers.{l}.ffn"),
                     GateKind::Neurons,
@@ -107,38 +144,79 @@ impl<B: Backend> GatedModel<B> {
                 device,
             )?;
         }
+        if spec.layers {
+            gates.add(
+                LAYERS_GROUP,
+                GateKind::Layers,
+                config.n_layers(),
+                &spec.gate,
+                device,
+            )?;
+        }
+        if gates.groups.is_empty() {
+            return Err(PrunerError::NothingGated);
+        }
         Ok(Self { model, gates })
     }
 
     /// The masks the gates give: noisy samples when `training`, deterministic values
-    /// otherwise. Heads are `[n_layers, max_heads]` (padding columns are 1).
+    /// otherwise. Heads are `[n_layers, max_heads]` (padding columns, and layers without a
+    /// heads group, are 1); a whole-layer gate multiplies its layer's heads and neurons.
     pub fn masks(&self, training: bool) -> Masks<B> {
         let config = self.model.config();
         let device = self.model.devices()[0].clone();
+        let n_layers = config.n_layers();
         let max = config.max_heads();
-        let mut heads = Vec::new();
-        let mut ffn = Vec::new();
+        let mut heads: Vec<Option<Tensor<B, 1>>> = vec![None; n_layers];
+        let mut ffn: Vec<Option<Tensor<B, 1>>> = vec![None; n_layers];
         let mut hidden = None;
+        let mut layer_gates = None;
         for g in &self.gates.groups {
-            let z = g.gate.gates(training);
-            match g.kind {
-                GateKind::Heads => {
-                    let n = z.dims()[0];
-                    let row = if n < max {
-                        Tensor::cat(vec![z, Tensor::ones([max - n], &device)], 0)
-                    } else {
-                        z
-                    };
-                    heads.push(row.reshape([1, max]));
+            let v = g.gate.gates(training);
+            match (g.kind, layer_of(&g.space)) {
+                (GateKind::Heads, Some(l)) if l < n_layers => heads[l] = Some(v),
+                (GateKind::Neurons, Some(l)) if l < n_layers => ffn[l] = Some(v),
+                (GateKind::Hidden, _) => hidden = Some(v),
+                (GateKind::Layers, _) => layer_gates = Some(v),
+                (kind, _) => panic!(
+                    "gate group `{}` ({kind:?}) names no layer of this model",
+                    g.space
+                ),
+            }
+        }
+        let any_heads = layer_gates.is_some() || heads.iter().any(Option::is_some);
+        let any_ffn = layer_gates.is_some() || ffn.iter().any(Option::is_some);
+        let mut head_rows = Vec::with_capacity(n_layers);
+        let mut ffn_masks = Vec::with_capacity(n_layers);
+        for (l, lc) in config.layers.iter().enumerate() {
+            let scale = layer_gates
+                .as_ref()
+                .map(|z: &Tensor<B, 1>| z.clone().slice([l..l + 1]));
+            if any_heads && max > 0 {
+                let n = lc.n_heads;
+                let mut row = match heads[l].take() {
+                    Some(h) if n < max => Tensor::cat(vec![h, Tensor::ones([max - n], &device)], 0),
+                    Some(h) => h,
+                    None => Tensor::ones([max], &device),
+                };
+                if let Some(s) = &scale {
+                    row = row * s.clone();
                 }
-                GateKind::Neurons => ffn.push(z),
-                GateKind::Hidden => hidden = Some(z),
-                GateKind::Layers => {}
+                head_rows.push(row.reshape([1, max]));
+            }
+            if any_ffn {
+                let mut m = ffn[l]
+                    .take()
+                    .unwrap_or_else(|| Tensor::ones([lc.d_ff], &device));
+                if let Some(s) = &scale {
+                    m = m * s.clone();
+                }
+                ffn_masks.push(m);
             }
         }
         Masks {
-            heads: (!heads.is_empty()).then(|| Tensor::cat(heads, 0)),
-            ffn: (!ffn.is_empty()).then_some(ffn),
+            heads: (!head_rows.is_empty()).then(|| Tensor::cat(head_rows, 0)),
+            ffn: (!ffn_masks.is_empty()).then_some(ffn_masks),
             hidden,
         }
     }
@@ -166,74 +244,119 @@ impl<B: Backend> GatedModel<B> {
         self.gates.expected_sparsity().into_scalar().elem::<f64>()
     }
 
-    /// Hard 0/1 masks from hardening (what [`GatedModel::prune`] will remove).
+    /// Hard 0/1 masks from hardening: exactly what [`GatedModel::prune`] will remove.
     pub fn hard_masks(&self, harden: Harden) -> Result<Masks<B>, PrunerError> {
-        let (kept, _) = self.decide(harden)?;
+        let keeps = self.decide(harden)?.keeps;
         let config = self.model.config();
         let device = self.model.devices()[0].clone();
-        let ones = |n: usize, keep: &[usize]| -> Tensor<B, 1> {
+        let mask = |n: usize, space: &str| -> Option<Tensor<B, 1>> {
+            let keep = keeps.get(space)?;
             let v: Vec<f32> = (0..n)
                 .map(|i| if keep.contains(&i) { 1.0 } else { 0.0 })
                 .collect();
-            Tensor::from_data(TensorData::new(v, [n]), &device)
+            Some(Tensor::from_data(TensorData::new(v, [n]), &device))
         };
         let max = config.max_heads();
         let mut masks = Masks::default();
-        let mut heads = Vec::new();
-        let mut ffn = Vec::new();
-        for k in &kept {
-            match k.kind {
-                GateKind::Heads => {
-                    let mut row = ones(k.total, &k.keep);
-                    if k.total < max {
-                        row = Tensor::cat(vec![row, Tensor::ones([max - k.total], &device)], 0);
-                    }
-                    heads.push(row.reshape([1, max]));
-                }
-                GateKind::Neurons => ffn.push(ones(k.total, &k.keep)),
-                GateKind::Hidden => masks.hidden = Some(ones(k.total, &k.keep)),
-                GateKind::Layers => {}
-            }
+        let layers = config.layers.iter().enumerate();
+        if keeps.keys().any(|k| k.ends_with(".heads")) && max > 0 {
+            let rows = layers
+                .clone()
+                .map(|(l, lc)| {
+                    let ones = |n| Tensor::ones([n], &device);
+                    let row = match mask(lc.n_heads, &format!("layers.{l}.heads")) {
+                        Some(m) if lc.n_heads < max => {
+                            Tensor::cat(vec![m, ones(max - lc.n_heads)], 0)
+                        }
+                        Some(m) => m,
+                        None => ones(max),
+                    };
+                    row.reshape([1, max])
+                })
+                .collect();
+            masks.heads = Some(Tensor::cat(rows, 0));
         }
-        masks.heads = (!heads.is_empty()).then(|| Tensor::cat(heads, 0));
-        masks.ffn = (!ffn.is_empty()).then_some(ffn);
+        if keeps.keys().any(|k| k.ends_with(".ffn")) {
+            masks.ffn = Some(
+                layers
+                    .map(|(l, lc)| {
+                        mask(lc.d_ff, &format!("layers.{l}.ffn"))
+                            .unwrap_or_else(|| Tensor::ones([lc.d_ff], &device))
+                    })
+                    .collect(),
+            );
+        }
+        masks.hidden = mask(config.d_model, "hidden");
         Ok(masks)
     }
 
-    fn decide(&self, harden: Harden) -> Result<(Vec<Kept>, Vec<usize>), PrunerError> {
-        let mut kept = self.gates.harden(harden)?;
-        let mut rescued = Vec::new();
-        for (k, g) in kept.iter_mut().zip(&self.gates.groups) {
-            if k.keep.is_empty() {
-                // Keep the most open unit rather than break the model.
-                let best = g.gate.harden_count(1)?;
-                if let Some(l) = k
-                    .space
-                    .strip_prefix("layers.")
-                    .and_then(|r| r.split('.').next())
-                {
-                    rescued.push(l.parse().unwrap_or(usize::MAX));
-                }
-                tracing::warn!(space = %k.space, unit = best[0], "every gate closed; keeping the most open unit");
-                k.keep = best;
+    /// The units to keep of every space the gates touch, after the layer gates and the
+    /// model's minimum sizes are applied, and the spaces that had to be rescued.
+    fn decide(&self, harden: Harden) -> Result<Decision, PrunerError> {
+        let kept = self.gates.harden(harden)?;
+        let config = self.model.config();
+        let registry = Transformer::<B>::registry(config);
+        let mut keeps: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut dropped_layers = Vec::new();
+        for k in &kept {
+            if k.kind == GateKind::Layers {
+                dropped_layers = (0..k.total).filter(|l| !k.keep.contains(l)).collect();
+            } else {
+                keeps.insert(k.space.clone(), k.keep.clone());
             }
         }
-        Ok((kept, rescued))
+        for l in dropped_layers {
+            keeps.insert(format!("layers.{l}.heads"), Vec::new());
+            keeps.insert(format!("layers.{l}.ffn"), Vec::new());
+        }
+        let mut rescued = Vec::new();
+        for (space, keep) in &mut keeps {
+            let min = registry.space(space).map_err(PruneError::from)?.min_units();
+            if keep.len() < min {
+                // Keep the most open units rather than break the model.
+                let g = self
+                    .gates
+                    .group(space)
+                    .expect("only gated spaces fall short");
+                let best = g.gate.harden_count(min)?;
+                tracing::warn!(%space, units = ?best, "gates closed more units than the model allows; keeping the most open");
+                *keep = best;
+                rescued.push(space.clone());
+            }
+        }
+        Ok(Decision {
+            kept,
+            keeps,
+            rescued,
+        })
     }
 
     /// Hardens the gates and removes every closed unit: a plain, smaller model (no gates)
-    /// whose config lists the new per-layer sizes, plus what was decided.
+    /// whose config lists the new per-layer sizes, plus what was decided. A layer whose
+    /// heads (or neurons) all close loses that block; its output bias and the residual path
+    /// stay, which is exactly what the masked model computes.
     pub fn prune(self, harden: Harden) -> Result<(Transformer<B>, PruneReport), PrunerError> {
-        let (kept, rescued_layers) = self.decide(harden)?;
+        let Decision {
+            kept,
+            keeps,
+            rescued,
+        } = self.decide(harden)?;
         let mut model = self.model;
-        for k in &kept {
-            model = model.keep(&k.space, &k.keep)?;
+        for (space, keep) in &keeps {
+            model = model.keep(space, keep)?;
         }
+        let layers = &model.config().layers;
+        let headless_layers = (0..layers.len())
+            .filter(|&l| layers[l].n_heads == 0)
+            .collect();
+        let neuronless_layers = (0..layers.len()).filter(|&l| layers[l].d_ff == 0).collect();
         Ok((
             model,
             PruneReport {
                 kept,
-                rescued_layers,
+                rescued,
+                headless_layers,
+                neuronless_layers,
             },
         ))
     }

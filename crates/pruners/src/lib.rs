@@ -4,8 +4,8 @@
 //! A gated model is the plain model plus a [`shears_gates::GateSet`]; the gates act only
 //! through the forward input's masks, so `shears-layers` never learns about gates.
 
-mod classifier;
 mod gated;
+mod task;
 
-pub use classifier::*;
 pub use gated::*;
+pub use task::*;

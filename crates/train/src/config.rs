@@ -135,6 +135,8 @@ pub struct GatedSection {
     pub heads: bool,
     /// Gate feed-forward neurons too.
     pub neurons: bool,
+    /// Gate whole layers too (a closed layer gate removes both blocks of its layer).
+    pub layers: bool,
 }
 
 /// Evaluation.
@@ -215,6 +217,7 @@ impl Default for GatedSection {
             batch_size: 32,
             heads: true,
             neurons: false,
+            layers: false,
         }
     }
 }
@@ -386,11 +389,12 @@ impl Experiment {
             g.batch_size > 0,
             ">= 1",
         )?;
-        if !(g.heads || g.neurons) {
+        if !(g.heads || g.neurons || g.layers) {
             return Err(TrainError::OutOfRange {
                 key: "gated.heads".into(),
                 value: "false".into(),
-                expected: "true (or gated.neurons = true): something must be gated".into(),
+                expected: "true (or gated.neurons / gated.layers = true): something must be gated"
+                    .into(),
             });
         }
         let d = &self.data;

@@ -90,8 +90,12 @@ pub struct Report {
     pub kept_heads_per_layer: Vec<usize>,
     /// Feed-forward width per layer after.
     pub ffn_per_layer: Vec<usize>,
-    /// Layers whose heads all closed (one head was kept in each).
-    pub rescued_layers: Vec<usize>,
+    /// Layers whose heads all closed: their attention block is gone (its output bias and
+    /// the residual path stay).
+    pub headless_layers: Vec<usize>,
+    /// Spaces where the gates closed more units than the model allows (the most open units
+    /// were kept); empty for heads and neurons of the built-in blocks.
+    pub rescued: Vec<String>,
     /// Parameters of the dense backbone (+ head).
     pub params_dense: usize,
     /// Parameters of the pruned backbone (+ head).
@@ -156,8 +160,8 @@ pub struct Parts<'a> {
     pub history: Vec<Point>,
     /// Gate values.
     pub gate_values: Vec<Vec<f64>>,
-    /// Rescued layers.
-    pub rescued_layers: Vec<usize>,
+    /// Spaces kept above the gates' decision.
+    pub rescued: Vec<String>,
 }
 
 /// Assembles the report.
@@ -188,7 +192,15 @@ pub fn build(p: Parts<'_>) -> Report {
         heads_kept: p.pruned_config.layers.iter().map(|l| l.n_heads).sum(),
         kept_heads_per_layer: p.pruned_config.layers.iter().map(|l| l.n_heads).collect(),
         ffn_per_layer: p.pruned_config.layers.iter().map(|l| l.d_ff).collect(),
-        rescued_layers: p.rescued_layers,
+        headless_layers: p
+            .pruned_config
+            .layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.n_heads == 0)
+            .map(|(i, _)| i)
+            .collect(),
+        rescued: p.rescued,
         params_dense: p.dense_config.param_count() + head_params,
         params_pruned: p.pruned_config.param_count() + head_params,
         flops_per_token_dense: p.dense_config.flops_per_token(p.exp.data.max_len),
@@ -292,11 +304,18 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(s, "| test perplexity | {a:.2} | {b:.2} | {} |", pct(b, a));
     }
     let _ = writeln!(s, "\nHeads kept per layer: {:?}.", r.kept_heads_per_layer);
-    if !r.rescued_layers.is_empty() {
+    if !r.headless_layers.is_empty() {
         let _ = writeln!(
             s,
-            "Layers {:?} had every head gate closed; one head was kept in each.",
-            r.rescued_layers
+            "Layers {:?} lost every head: their attention block was removed (output bias and residual path kept).",
+            r.headless_layers
+        );
+    }
+    if !r.rescued.is_empty() {
+        let _ = writeln!(
+            s,
+            "The gates closed every unit of {:?}; the most open unit of each was kept.",
+            r.rescued
         );
     }
     let _ = writeln!(s, "\nSeconds per phase: {:?}.\n", r.phase_seconds);

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
@@ -17,7 +19,7 @@ use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
-use shears_gates::{GateConfig, GateKind, Harden, Lagrangian, SparsityTarget};
+use shears_gates::{Harden, Lagrangian, SparsityTarget};
 use shears_layers::{Family, ModelConfig, Tokenizer, Transformer, save, tensorio};
 use shears_pruners::{ClassifierHead, GateSpec, GatedModel};
 
@@ -38,6 +40,9 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// Backend name for the report.
     pub backend: String,
+    /// Set (by a Ctrl-C handler) to stop at the next step, saving a checkpoint first, so
+    /// that `resume` loses no work.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 /// How a run ended.
@@ -45,7 +50,7 @@ pub struct RunOptions {
 pub enum Outcome {
     /// Everything ran; the output directory is complete.
     Done(Box<Report>),
-    /// Stopped by `stop_after`; `resume` continues it.
+    /// Stopped by `stop_after` or an interrupt, with a checkpoint; `resume` continues it.
     Stopped {
         /// Phase at the stop.
         phase: String,
@@ -77,7 +82,7 @@ struct State {
     pruned: Option<EvalResult>,
     pruned_config: Option<ModelConfig>,
     gate_values: Vec<Vec<f64>>,
-    rescued_layers: Vec<usize>,
+    rescued: Vec<String>,
     phase_seconds: BTreeMap<String, f64>,
     /// Wall seconds of earlier invocations.
     seconds_before: f64,
@@ -240,7 +245,7 @@ pub fn run<B: AutodiffBackend>(
             pruned: None,
             pruned_config: None,
             gate_values: Vec::new(),
-            rescued_layers: Vec::new(),
+            rescued: Vec::new(),
             phase_seconds: BTreeMap::new(),
             seconds_before: 0.0,
         }
@@ -259,6 +264,7 @@ pub fn run<B: AutodiffBackend>(
     B::seed(device, exp.seed);
     let mut budget = Budget {
         left: opts.stop_after,
+        interrupt: opts.interrupt.clone(),
     };
     let recorder = Rec::new();
     let n_train = data.train.len();
@@ -313,13 +319,11 @@ pub fn run<B: AutodiffBackend>(
         let spec = GateSpec {
             heads: exp.gated.heads,
             neurons: exp.gated.neurons,
-            hidden: false,
-            gate: GateConfig::default(),
+            layers: exp.gated.layers,
+            ..GateSpec::default()
         };
-        let gated = GatedTaskModel::<B> {
-            gated: GatedModel::new(trainable(dense.backbone), &spec, device)?,
-            head: dense.head.map(trainable),
-        };
+        let gated: GatedTaskModel<B> =
+            trainable::<B, TaskModel<B>>(dense).with_gates(&spec, device)?;
         let g = &exp.gated;
         let phase = PhaseParams {
             name: "gated",
@@ -358,13 +362,9 @@ pub fn run<B: AutodiffBackend>(
         state.gate_values = gate_values(&gated.gated);
         let total = gated.gated.gates.total_units();
         let keep = total - (g.target_sparsity * total as f64).round() as usize;
-        let (pruned, report) = gated.gated.prune(Harden::Count(keep.max(1)))?;
-        state.rescued_layers = report.rescued_layers;
-        state.pruned_config = Some(pruned.config().clone());
-        let model = TaskModel {
-            backbone: pruned,
-            head: gated.head,
-        };
+        let (model, report) = gated.prune(Harden::Count(keep.max(1)))?;
+        state.rescued = report.rescued;
+        state.pruned_config = Some(model.backbone.config().clone());
         model
             .save_file(stage.join("pruned"), &recorder)
             .map_err(|e| ckpt_err(&stage, e))?;
@@ -439,7 +439,7 @@ pub fn run<B: AutodiffBackend>(
         phase_seconds: state.phase_seconds.clone(),
         history: state.history.clone(),
         gate_values: state.gate_values.clone(),
-        rescued_layers: state.rescued_layers.clone(),
+        rescued: state.rescued.clone(),
     });
     let task_info = TaskInfo {
         task: exp.task,
@@ -577,21 +577,21 @@ fn eval_all<B: Backend, M: Net<B>>(
     EvalResult::from_tallies(exp.task, v, t)
 }
 
-/// Deterministic gate values per layer (heads), for the heatmap.
+/// Deterministic head gate values per layer (a whole-layer gate multiplied in), for the
+/// heatmap.
 fn gate_values<B: Backend>(gated: &GatedModel<B>) -> Vec<Vec<f64>> {
-    gated
-        .gates
-        .groups
-        .iter()
-        .filter(|g| g.kind == GateKind::Heads)
-        .map(|g| {
-            g.gate
-                .value()
-                .into_data()
-                .convert::<f64>()
-                .to_vec()
-                .unwrap_or_default()
-        })
+    let Some(values) = gated.gate_values() else {
+        return Vec::new();
+    };
+    let width = values.dims()[1];
+    let flat: Vec<f64> = values
+        .into_data()
+        .convert::<f64>()
+        .to_vec()
+        .unwrap_or_default();
+    flat.chunks(width)
+        .zip(&gated.model.config().layers)
+        .map(|(row, l)| row[..l.n_heads].to_vec())
         .collect()
 }
 
@@ -674,12 +674,22 @@ impl PhaseParams {
     }
 }
 
+/// When to stop early: after a number of steps, or when interrupted.
 struct Budget {
     left: Option<usize>,
+    interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl Budget {
+    /// Whether another step may run.
     fn take(&mut self) -> bool {
+        if self
+            .interrupt
+            .as_ref()
+            .is_some_and(|i| i.load(Ordering::SeqCst))
+        {
+            return false;
+        }
         match &mut self.left {
             None => true,
             Some(0) => false,

@@ -6,28 +6,12 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use shears_gates::GateSet;
-use shears_layers::{ModelInput, ModelOutput, Transformer};
-use shears_pruners::{ClassifierHead, GatedModel};
+use shears_layers::{ModelInput, ModelOutput};
+use shears_pruners::ClassifierHead;
 
 use crate::data::{Split, make_batch};
 
-/// A plain backbone with a classification head (BERT) or none (GPT-2's tied LM head).
-#[derive(Module, Debug)]
-pub struct TaskModel<B: Backend> {
-    /// The backbone.
-    pub backbone: Transformer<B>,
-    /// Classification head.
-    pub head: Option<ClassifierHead<B>>,
-}
-
-/// The same with gates.
-#[derive(Module, Debug)]
-pub struct GatedTaskModel<B: Backend> {
-    /// The gated backbone.
-    pub gated: GatedModel<B>,
-    /// Classification head.
-    pub head: Option<ClassifierHead<B>>,
-}
+pub use shears_pruners::{GatedTaskModel, TaskModel};
 
 /// What the training loop needs of a model.
 pub trait Net<B: Backend>: Module<B> {

@@ -137,16 +137,24 @@ fn unknown_activation_and_malformed_config() {
 fn bad_pruning_requests() {
     let device = Default::default();
     let model = tiny_bert::<B>(&device, 0);
-    let err = model.clone().keep("layers.0.heads", &[]).unwrap_err();
+    let err = model.clone().keep("hidden", &[]).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "keeping 0 of 4 units of space `layers.0.heads` is below its minimum of 1: keep at least one \
-         head per layer (this model type cannot represent a layer without attention)"
+        "keeping 0 of 16 units of space `hidden` is below its minimum of 1"
     );
+    // The built-in blocks may lose every head or neuron of a layer (the block is removed,
+    // its output bias stays); prune_heads says so in the config.
     let all: BTreeMap<usize, Vec<usize>> = [(1, vec![0, 1, 2, 3])].into();
+    let headless = model.clone().prune_heads(&all).unwrap();
+    assert_eq!(headless.config().layers[1].n_heads, 0);
+    assert!(headless.config().layers[1].head_ids.is_empty());
     assert!(matches!(
-        model.clone().prune_heads(&all).unwrap_err(),
-        PruneError::Space(SpaceError::TooFewUnits { .. })
+        headless.prune_heads(&[(1, vec![0])].into()).unwrap_err(),
+        PruneError::NoSuchHead {
+            layer: 1,
+            head: 0,
+            ..
+        }
     ));
     assert!(matches!(
         model.clone().keep("layers.9.heads", &[0]).unwrap_err(),

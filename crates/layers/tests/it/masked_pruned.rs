@@ -28,6 +28,8 @@ struct Case {
     heads: bool,
     ffn: bool,
     hidden: bool,
+    /// Layer 0 loses every head and the last layer every neuron (whole blocks removed).
+    empty: bool,
 }
 
 fn check<B: Backend>(device: &B::Device, family: Family, case: Case, seed: u64) {
@@ -44,7 +46,11 @@ fn check<B: Backend>(device: &B::Device, family: Family, case: Case, seed: u64) 
         let h = config.max_heads();
         let mut m = Vec::new();
         for (l, lc) in config.layers.iter().enumerate() {
-            let keep = pick(&mut rng, lc.n_heads);
+            let keep = if case.empty && l == 0 {
+                Vec::new()
+            } else {
+                pick(&mut rng, lc.n_heads)
+            };
             m.extend(mask_of(h, &keep));
             pruned = pruned.keep(&format!("layers.{l}.heads"), &keep).unwrap();
         }
@@ -56,7 +62,11 @@ fn check<B: Backend>(device: &B::Device, family: Family, case: Case, seed: u64) 
     if case.ffn {
         let mut v = Vec::new();
         for (l, lc) in config.layers.iter().enumerate() {
-            let keep = pick(&mut rng, lc.d_ff);
+            let keep = if case.empty && l + 1 == config.n_layers() {
+                Vec::new()
+            } else {
+                pick(&mut rng, lc.d_ff)
+            };
             v.push(Tensor::from_data(
                 TensorData::new(mask_of(lc.d_ff, &keep), [lc.d_ff]),
                 device,
@@ -102,6 +112,24 @@ fn check<B: Backend>(device: &B::Device, family: Family, case: Case, seed: u64) 
         assert!(pruned.param_count() < model.param_count());
         assert_eq!(pruned.param_count(), pruned.config().param_count());
     }
+    if case.empty {
+        let layers = &pruned.config().layers;
+        assert_eq!(layers[0].n_heads, 0, "layer 0 lost its attention block");
+        assert_eq!(layers[layers.len() - 1].d_ff, 0, "last layer lost its FFN");
+        // The emptied model still saves and loads.
+        let dir = tempfile::tempdir().unwrap();
+        pruned.save(dir.path()).unwrap();
+        let back = shears_layers::BertModel::<B>::load(dir.path(), device).unwrap();
+        assert_eq!(back.config(), pruned.config());
+        let again = back.forward(input_again(device, config.vocab_size, seed));
+        let first = pruned.forward(input_again(device, config.vocab_size, seed));
+        assert!(max_diff(&host(again.hidden), &host(first.hidden)) <= 1e-6);
+    }
+}
+
+fn input_again<B: Backend>(device: &B::Device, vocab: usize, seed: u64) -> ModelInput<B> {
+    let (ids, pad) = random_input::<B>(device, vocab, 3, 7, seed);
+    ModelInput::new(ids).with_attention_mask(pad)
 }
 
 fn all_cases<B: Backend>(device: &B::Device) {
@@ -114,6 +142,7 @@ fn all_cases<B: Backend>(device: &B::Device) {
                     heads: true,
                     ffn: false,
                     hidden: false,
+                    empty: false,
                 },
                 seed,
             );
@@ -124,6 +153,7 @@ fn all_cases<B: Backend>(device: &B::Device) {
                     heads: false,
                     ffn: true,
                     hidden: false,
+                    empty: false,
                 },
                 seed + 10,
             );
@@ -134,6 +164,7 @@ fn all_cases<B: Backend>(device: &B::Device) {
                     heads: false,
                     ffn: false,
                     hidden: true,
+                    empty: false,
                 },
                 seed + 20,
             );
@@ -144,8 +175,20 @@ fn all_cases<B: Backend>(device: &B::Device) {
                     heads: true,
                     ffn: true,
                     hidden: true,
+                    empty: false,
                 },
                 seed + 30,
+            );
+            check::<B>(
+                device,
+                family,
+                Case {
+                    heads: true,
+                    ffn: true,
+                    hidden: false,
+                    empty: true,
+                },
+                seed + 40,
             );
         }
     }

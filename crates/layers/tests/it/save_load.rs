@@ -56,3 +56,35 @@ fn roundtrip<B: Backend>(device: &B::Device) {
 fn heterogeneous_models_save_and_load() {
     on_backend!(roundtrip);
 }
+
+fn headless_layer_exports<B: Backend>(device: &B::Device) {
+    // Layer 1 loses every head. transformers cannot run a headless layer, so the export
+    // carries one all-zero placeholder head; loading the export gives the same outputs.
+    let model = tiny_bert::<B>(device, 5)
+        .prune_heads(&[(0, vec![2]), (1, vec![0, 1, 2, 3])].into())
+        .unwrap();
+    assert_eq!(model.config().layers[1].n_heads, 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hf");
+    model.export_hf(&dir, None).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["pruned_heads"],
+        serde_json::json!({"0": [2], "1": [1, 2, 3]})
+    );
+    let back = BertModel::<B>::load(&dir, device).unwrap();
+    assert_eq!(back.config().layers[1].n_heads, 1);
+    let (ids, pad) = random_input::<B>(device, model.config().vocab_size, 2, 6, 9);
+    let input = ModelInput::new(ids).with_attention_mask(pad);
+    let d = max_diff(
+        &host(model.forward(input.clone()).hidden),
+        &host(back.forward(input).hidden),
+    );
+    assert!(d <= 1e-6, "placeholder head changed the outputs by {d}");
+}
+
+#[test]
+fn headless_layers_export_to_hugging_face() {
+    on_backend!(headless_layer_exports);
+}

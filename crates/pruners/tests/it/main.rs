@@ -7,7 +7,7 @@ use burn::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use shears_gates::{Harden, Lagrangian, Penalty, SparsityTarget};
 use shears_layers::{ModelConfig, ModelInput, Transformer, tensorio};
-use shears_pruners::{ClassifierHead, GateSpec, GatedClassifier, GatedModel, PrunerError};
+use shears_pruners::{ClassifierHead, GateSpec, GatedModel, PrunerError, TaskModel};
 
 /// Runs `$f::<B>(&device)` on the backend named by `SHEARS_BACKEND`.
 macro_rules! on_backend {
@@ -49,14 +49,21 @@ fn hardened_equals_pruned<B: Backend>(device: &B::Device) {
             heads: true,
             neurons: true,
             hidden: true,
+            layers: true,
             ..Default::default()
         };
         let mut gated = GatedModel::new(model, &spec, device).unwrap();
         let mut rng = StdRng::seed_from_u64(5);
         for g in &mut gated.gates.groups {
-            let la: Vec<f32> = (0..g.gate.len())
+            let mut la: Vec<f32> = (0..g.gate.len())
                 .map(|_| rng.random_range(-3.0..3.0))
                 .collect();
+            // Every head of layer 0 closes; the layer gate keeps layer 0 and drops layer 1.
+            match g.space.as_str() {
+                "layers.0.heads" => la.fill(-5.0),
+                "layers" => la = vec![5.0, -5.0],
+                _ => {}
+            }
             g.gate.log_alpha = Param::from_tensor(Tensor::from_data(
                 TensorData::new(la.clone(), [la.len()]),
                 device,
@@ -85,7 +92,16 @@ fn hardened_equals_pruned<B: Backend>(device: &B::Device) {
             "{:?}: hardened and pruned differ by {d}",
             config.family
         );
-        assert_eq!(report.kept.len(), 5);
+        assert_eq!(report.kept.len(), 6);
+        let layers = &pruned.config().layers;
+        assert_eq!(
+            (layers[0].n_heads, layers[1].n_heads, layers[1].d_ff),
+            (0, 0, 0)
+        );
+        assert!(layers[0].d_ff > 0);
+        assert_eq!(report.headless_layers, [0, 1]);
+        assert_eq!(report.neuronless_layers, [1]);
+        assert!(report.rescued.is_empty(), "{:?}", report.rescued);
     }
 }
 
@@ -150,11 +166,9 @@ fn train_gate_prune<B: Backend>(device: &B::Device) {
     A::<B>::seed(device, 11);
     let config = tiny(ModelConfig::bert(20, 16, 2, 4, 16));
     let model = Transformer::<A<B>>::new(&config, device);
-    let gated = GatedModel::new(model, &GateSpec::default(), device).unwrap();
-    let mut clf = GatedClassifier {
-        gated,
-        head: ClassifierHead::new(16, 2, device),
-    };
+    let mut clf = TaskModel::classifier(model, ClassifierHead::new(16, 2, device))
+        .with_gates(&GateSpec::default(), device)
+        .unwrap();
     let mut opt = AdamConfig::new().init();
     // Gates learn on their own, faster schedule (as CoFi does).
     let mut gate_opt = AdamConfig::new().init();
@@ -163,7 +177,7 @@ fn train_gate_prune<B: Backend>(device: &B::Device) {
     let mut tail = Vec::new();
     for step in 0..600 {
         let (x, y) = batch::<A<B>>(&mut rng, device);
-        let logits = clf.forward(x, true);
+        let logits = clf.class_logits(x, true).unwrap();
         let task = burn::nn::loss::CrossEntropyLossConfig::new()
             .init(device)
             .forward(logits, y);
@@ -198,15 +212,16 @@ fn train_gate_prune<B: Backend>(device: &B::Device) {
     let clf = clf.valid();
     let (x, y) = batch::<B>(&mut StdRng::seed_from_u64(99), device);
     let masks = clf.gated.hard_masks(Harden::ExpectedL0).unwrap();
-    let hardened_logits = clf.head.forward(
+    let head = clf.head.clone().unwrap();
+    let hardened_logits = head.forward(
         clf.gated
             .model
             .forward(x.clone().with_masks(masks))
             .pooled
             .unwrap(),
     );
-    let head = clf.head.clone();
-    let (pruned, report) = clf.gated.prune(Harden::ExpectedL0).unwrap();
+    let (pruned, report) = clf.prune(Harden::ExpectedL0).unwrap();
+    let pruned = pruned.backbone;
     let kept: usize = report.kept.iter().map(|k| k.keep.len()).sum();
     assert!(
         (2..=6).contains(&kept),

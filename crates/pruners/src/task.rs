@@ -1,0 +1,145 @@
+//! The adapters of seed 004's pruners: a model with its task head ([`TaskModel`]: a BERT
+//! sequence classifier, a GPT-2 language model, or a bare backbone), its gated twin
+//! ([`GatedTaskModel`]), and the way from one to the other and back, smaller.
+
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+use shears_gates::Harden;
+use shears_layers::{ModelInput, ModelOutput, Transformer};
+
+use crate::{GateSpec, GatedModel, PruneReport, PrunerError};
+
+/// `logits = W · pooled + b`, on BERT's pooled output.
+#[derive(Module, Debug)]
+pub struct ClassifierHead<B: Backend> {
+    /// `[d_pooler, n_classes]`.
+    pub linear: Linear<B>,
+}
+
+impl<B: Backend> ClassifierHead<B> {
+    /// A fresh head.
+    pub fn new(d_pooler: usize, n_classes: usize, device: &B::Device) -> Self {
+        Self {
+            linear: LinearConfig::new(d_pooler, n_classes).init(device),
+        }
+    }
+
+    /// Number of classes.
+    pub fn n_classes(&self) -> usize {
+        self.linear.weight.dims()[1]
+    }
+
+    /// # Shapes
+    /// `pooled: [batch, d_pooler]` -> `[batch, n_classes]`
+    pub fn forward(&self, pooled: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.linear.forward(pooled)
+    }
+}
+
+/// A backbone and what its task puts on top: a classification head on BERT's pooled
+/// output, or nothing (GPT-2's language-model head is tied to its token embedding and
+/// lives in the backbone; a bare BERT is a feature extractor).
+#[derive(Module, Debug)]
+pub struct TaskModel<B: Backend> {
+    /// The backbone.
+    pub backbone: Transformer<B>,
+    /// The classification head (BERT sequence classification).
+    pub head: Option<ClassifierHead<B>>,
+}
+
+impl<B: Backend> TaskModel<B> {
+    /// A bare backbone (a GPT-2 keeps its LM head).
+    pub fn backbone(backbone: Transformer<B>) -> Self {
+        Self {
+            backbone,
+            head: None,
+        }
+    }
+
+    /// A BERT sequence classifier.
+    ///
+    /// # Panics
+    /// If the backbone has no pooler to put the head on.
+    pub fn classifier(backbone: Transformer<B>, head: ClassifierHead<B>) -> Self {
+        assert!(
+            backbone.config().d_pooler.is_some(),
+            "a sequence classifier needs a BERT backbone with a pooler"
+        );
+        Self {
+            backbone,
+            head: Some(head),
+        }
+    }
+
+    /// The backbone's output.
+    pub fn forward(&self, input: ModelInput<B>) -> ModelOutput<B> {
+        self.backbone.forward(input)
+    }
+
+    /// Class logits `[batch, n_classes]`, for a classifier.
+    pub fn class_logits(&self, input: ModelInput<B>) -> Option<Tensor<B, 2>> {
+        class_logits(self.head.as_ref(), self.forward(input))
+    }
+
+    /// The seed's `apply_gates`: wraps the backbone in fresh gates (the weights move, the
+    /// head comes along).
+    pub fn with_gates(
+        self,
+        spec: &GateSpec,
+        device: &B::Device,
+    ) -> Result<GatedTaskModel<B>, PrunerError> {
+        Ok(GatedTaskModel {
+            gated: GatedModel::new(self.backbone, spec, device)?,
+            head: self.head,
+        })
+    }
+}
+
+/// A [`TaskModel`] whose backbone carries gates.
+#[derive(Module, Debug)]
+pub struct GatedTaskModel<B: Backend> {
+    /// The gated backbone.
+    pub gated: GatedModel<B>,
+    /// The classification head.
+    pub head: Option<ClassifierHead<B>>,
+}
+
+impl<B: Backend> GatedTaskModel<B> {
+    /// The backbone's output with the gates as masks (noisy when `training`).
+    pub fn forward(&self, input: ModelInput<B>, training: bool) -> ModelOutput<B> {
+        self.gated.forward(input, training)
+    }
+
+    /// Class logits `[batch, n_classes]`, for a classifier.
+    pub fn class_logits(&self, input: ModelInput<B>, training: bool) -> Option<Tensor<B, 2>> {
+        class_logits(self.head.as_ref(), self.forward(input, training))
+    }
+
+    /// Hardens the gates and removes the closed units (see [`GatedModel::prune`]); the
+    /// head is kept as it is.
+    pub fn prune(self, harden: Harden) -> Result<(TaskModel<B>, PruneReport), PrunerError> {
+        let (backbone, report) = self.gated.prune(harden)?;
+        Ok((
+            TaskModel {
+                backbone,
+                head: self.head,
+            },
+            report,
+        ))
+    }
+
+    /// The seed's `remove_gates`: the task model with every unit.
+    pub fn without_gates(self) -> TaskModel<B> {
+        TaskModel {
+            backbone: self.gated.into_model(),
+            head: self.head,
+        }
+    }
+}
+
+fn class_logits<B: Backend>(
+    head: Option<&ClassifierHead<B>>,
+    out: ModelOutput<B>,
+) -> Option<Tensor<B, 2>> {
+    Some(head?.forward(out.pooled?))
+}
