@@ -77,6 +77,16 @@ impl Lagrangian {
         }
     }
 
+    /// Starts λ₂ at `l2` instead of 0: a quadratic penalty `l2 (s - t)²` from the first step
+    /// (the augmented-Lagrangian form). It pulls the expected sparsity toward the target in
+    /// proportion to the gap, so the gates follow the warm-up at once instead of waiting
+    /// for λ₁ to integrate a large gap, which then overshoots the target (the integral has to
+    /// unwind before the gates reopen).
+    pub fn with_quadratic(mut self, l2: f64) -> Self {
+        self.l2 = l2;
+        self
+    }
+
     /// The term `λ₁ (s - t) + λ₂ (s - t)²` at `step`, `[1]`, differentiable in `s`.
     pub fn term<B: Backend>(&self, expected_sparsity: Tensor<B, 1>, step: usize) -> Tensor<B, 1> {
         let gap = expected_sparsity - self.target.at(step);

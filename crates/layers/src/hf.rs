@@ -451,6 +451,20 @@ pub fn to_hf_bert(tensors: &TensorMap) -> Result<TensorMap, LoadError> {
     Ok(out)
 }
 
+/// A task head added to a Hugging Face export (see
+/// [`crate::Transformer::export_hf_with_head`]).
+#[derive(Debug, Clone)]
+pub struct HfHead {
+    /// The `architectures` entry, e.g. `BertForSequenceClassification`.
+    pub architecture: String,
+    /// Prefix of the backbone's keys in that architecture, e.g. `bert.`.
+    pub prefix: String,
+    /// The head's tensors under their Hugging Face keys and layouts.
+    pub tensors: TensorMap,
+    /// Config entries of the head (`id2label`, `label2id`, ...).
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
 /// `transformers` 4.x cannot run a BERT layer without heads (its attention reshapes the
 /// empty `[batch, seq, 0]` projection with a `-1` axis and fails), so a headless layer is
 /// exported with one placeholder head (original head 0) whose query, key, value and output

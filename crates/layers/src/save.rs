@@ -148,9 +148,34 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
     /// A layer without heads gets one all-zero placeholder head, which `transformers` can
     /// run and which computes the same function (see [`hf::with_placeholder_heads`]).
     pub fn export_hf(&self, dir: &Path, copy_from: Option<&Path>) -> Result<(), LoadError> {
+        self.export_hf_with_head(dir, copy_from, None)
+    }
+
+    /// [`Transformer::export_hf`] with a task head on top (e.g.
+    /// `BertForSequenceClassification`): the backbone's keys get the head's prefix, the
+    /// head's tensors and config entries are added.
+    pub fn export_hf_with_head(
+        &self,
+        dir: &Path,
+        copy_from: Option<&Path>,
+        head: Option<&hf::HfHead>,
+    ) -> Result<(), LoadError> {
         let (config, tensors) = hf::with_placeholder_heads(self.config(), &tensorio::export(self));
-        let value = hf::bert_hf_config(&config)?;
-        let tensors = hf::to_hf_bert(&tensors)?;
+        let mut value = hf::bert_hf_config(&config)?;
+        let mut tensors = hf::to_hf_bert(&tensors)?;
+        if let Some(head) = head {
+            tensors = tensors
+                .into_iter()
+                .map(|(k, v)| (format!("{}{k}", head.prefix), v))
+                .chain(head.tensors.clone())
+                .collect();
+            let obj = value.as_object_mut().expect("config.json is an object");
+            obj.insert(
+                "architectures".into(),
+                serde_json::json!([head.architecture]),
+            );
+            obj.extend(head.config.clone());
+        }
         let json = serde_json::to_string_pretty(&value).expect("config serialises");
         write_dir_atomic(dir, |tmp| {
             write_atomic(&tmp.join("config.json"), json.as_bytes())?;

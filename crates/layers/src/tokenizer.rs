@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use tokenizers::PostProcessor as _;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 
@@ -86,7 +87,30 @@ impl Tokenizer {
             })
     }
 
-    /// Encodes texts, truncates to `max_len` and right-pads to the longest.
+    /// Token ids of one text cut to at most `max_len` tokens the way `transformers` does
+    /// (`truncation=True, max_length=max_len`): the text is shortened and the special tokens
+    /// (`[CLS] ... [SEP]`) stay, so a long sentence still ends with `[SEP]`.
+    pub fn encode_truncated(&self, text: &str, max_len: usize) -> Result<Vec<u32>, LoadError> {
+        let err = |e: tokenizers::Error| LoadError::Tokenizer {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        let mut enc = self.inner.encode(text, false).map_err(err)?;
+        let special = self
+            .inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        enc.truncate(
+            max_len.saturating_sub(special),
+            0,
+            tokenizers::TruncationDirection::Right,
+        );
+        let enc = self.inner.post_process(enc, None, true).map_err(err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encodes texts, truncates to `max_len` (see [`Tokenizer::encode_truncated`]) and
+    /// right-pads to the longest.
     pub fn batch<B: Backend>(
         &self,
         texts: &[&str],
@@ -95,9 +119,7 @@ impl Tokenizer {
     ) -> Result<Batch<B>, LoadError> {
         let mut rows = Vec::with_capacity(texts.len());
         for t in texts {
-            let mut ids = self.encode(t)?;
-            ids.truncate(max_len);
-            rows.push(ids);
+            rows.push(self.encode_truncated(t, max_len)?);
         }
         let s = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
         let mut ids = Vec::with_capacity(rows.len() * s);

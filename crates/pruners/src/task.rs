@@ -2,10 +2,14 @@
 //! sequence classifier, a GPT-2 language model, or a bare backbone), its gated twin
 //! ([`GatedTaskModel`]), and the way from one to the other and back, smaller.
 
+use std::path::Path;
+
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use shears_gates::Harden;
-use shears_layers::{ModelInput, ModelOutput, Transformer};
+use shears_layers::hf::HfHead;
+use shears_layers::{LoadError, ModelInput, ModelOutput, Transformer, tensorio};
+use shears_spaces::TensorMap;
 
 use crate::{GateSpec, GatedModel, PruneReport, PrunerError};
 
@@ -79,6 +83,61 @@ impl<B: Backend> TaskModel<B> {
     /// Class logits `[batch, n_classes]`, for a classifier.
     pub fn class_logits(&self, input: ModelInput<B>) -> Option<Tensor<B, 2>> {
         class_logits(self.head.as_ref(), self.forward(input))
+    }
+
+    /// Writes a directory `transformers` loads: `BertForSequenceClassification` (with
+    /// `id2label` from `labels`, in class order) for a classifier, `BertModel` for a bare
+    /// BERT. Removed heads are listed in `pruned_heads`; tokenizer files are copied from
+    /// `copy_from`. GPT-2 and hidden-pruned models are refused ([`LoadError::NotRepresentable`]).
+    pub fn export_hf(
+        &self,
+        dir: &Path,
+        labels: &[String],
+        copy_from: Option<&Path>,
+    ) -> Result<(), LoadError> {
+        let Some(head) = &self.head else {
+            return self.backbone.export_hf(dir, copy_from);
+        };
+        if labels.len() != head.n_classes() {
+            return Err(LoadError::NotRepresentable(format!(
+                "{} labels given for a head of {} classes",
+                labels.len(),
+                head.n_classes()
+            )));
+        }
+        let mut tensors = TensorMap::new();
+        let t = tensorio::export(head);
+        // Burn's Linear is [in, out]; torch's is [out, in].
+        tensors.insert("classifier.weight".into(), t["linear.weight"].transpose());
+        tensors.insert("classifier.bias".into(), t["linear.bias"].clone());
+        let id2label: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), l.clone().into()))
+            .collect();
+        let label2id: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), i.into()))
+            .collect();
+        let config = [
+            ("id2label".to_string(), id2label.into()),
+            ("label2id".to_string(), label2id.into()),
+            (
+                "problem_type".to_string(),
+                "single_label_classification".into(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let hf_head = HfHead {
+            architecture: "BertForSequenceClassification".into(),
+            prefix: "bert.".into(),
+            tensors,
+            config,
+        };
+        self.backbone
+            .export_hf_with_head(dir, copy_from, Some(&hf_head))
     }
 
     /// The seed's `apply_gates`: wraps the backbone in fresh gates (the weights move, the

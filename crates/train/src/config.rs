@@ -125,6 +125,8 @@ pub struct GatedSection {
     pub gate_lr: f64,
     /// Ascent rate of the Lagrange multipliers.
     pub lagrangian_lr: f64,
+    /// Initial λ₂: a quadratic penalty on the gap to the target from the first step.
+    pub quadratic_init: f64,
     /// Fraction of the gated units to remove, in [0, 1).
     pub target_sparsity: f64,
     /// Fraction of the phase over which the target rises linearly from 0.
@@ -210,8 +212,9 @@ impl Default for GatedSection {
         Self {
             epochs: 3.0,
             lr: 3e-5,
-            gate_lr: 0.05,
+            gate_lr: 0.1,
             lagrangian_lr: 0.05,
+            quadratic_init: 100.0,
             target_sparsity: 0.5,
             warmup_fraction: 0.5,
             batch_size: 32,
@@ -383,6 +386,12 @@ impl Experiment {
         ] {
             range(k, v, v > 0.0, "> 0")?;
         }
+        range(
+            "gated.quadratic_init",
+            g.quadratic_init,
+            g.quadratic_init >= 0.0 && g.quadratic_init.is_finite(),
+            ">= 0",
+        )?;
         range(
             "gated.batch_size",
             g.batch_size as f64,

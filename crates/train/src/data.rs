@@ -274,9 +274,9 @@ pub fn load_dataset(
         match task {
             Task::Classification => {
                 for r in rows {
-                    let mut ids = tokenizer.encode(&r.text)?;
-                    ids.truncate(cfg.max_len);
-                    split.ids.push(ids);
+                    split
+                        .ids
+                        .push(tokenizer.encode_truncated(&r.text, cfg.max_len)?);
                     split
                         .labels
                         .push(class[r.label.as_deref().unwrap_or_default()]);

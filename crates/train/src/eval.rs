@@ -91,9 +91,9 @@ pub fn eval_dir<B: Backend>(
             let table = read_table(data, &text, Some(&label), &labels)?;
             dropped = table.dropped_label + table.dropped_empty;
             for r in &table.rows {
-                let mut ids = tokenizer.encode(&r.text)?;
-                ids.truncate(max_len);
-                split.ids.push(ids);
+                split
+                    .ids
+                    .push(tokenizer.encode_truncated(&r.text, max_len)?);
                 let l = r.label.as_deref().unwrap_or_default();
                 split
                     .labels

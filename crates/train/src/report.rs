@@ -96,6 +96,12 @@ pub struct Report {
     /// Spaces where the gates closed more units than the model allows (the most open units
     /// were kept); empty for heads and neurons of the built-in blocks.
     pub rescued: Vec<String>,
+    /// Directory (in the output) of the pruned model in the layout `transformers` loads
+    /// (`BertForSequenceClassification` with `pruned_heads`); `None` when the model cannot
+    /// be represented there (GPT-2, pruned hidden dimensions, per-layer FFN widths).
+    pub hf_model: Option<String>,
+    /// Why there is no `hf_model`.
+    pub hf_model_missing: Option<String>,
     /// Parameters of the dense backbone (+ head).
     pub params_dense: usize,
     /// Parameters of the pruned backbone (+ head).
@@ -162,6 +168,8 @@ pub struct Parts<'a> {
     pub gate_values: Vec<Vec<f64>>,
     /// Spaces kept above the gates' decision.
     pub rescued: Vec<String>,
+    /// The Hugging Face export's directory, or why there is none.
+    pub hf_export: Result<String, String>,
 }
 
 /// Assembles the report.
@@ -201,6 +209,8 @@ pub fn build(p: Parts<'_>) -> Report {
             .map(|(i, _)| i)
             .collect(),
         rescued: p.rescued,
+        hf_model: p.hf_export.clone().ok(),
+        hf_model_missing: p.hf_export.err(),
         params_dense: p.dense_config.param_count() + head_params,
         params_pruned: p.pruned_config.param_count() + head_params,
         flops_per_token_dense: p.dense_config.flops_per_token(p.exp.data.max_len),
@@ -317,6 +327,21 @@ pub fn markdown(r: &Report) -> String {
             "The gates closed every unit of {:?}; the most open unit of each was kept.",
             r.rescued
         );
+    }
+    match (&r.hf_model, &r.hf_model_missing) {
+        (Some(dir), _) => {
+            let _ = writeln!(
+                s,
+                "\nThe pruned model is in `model/` (shears) and `{dir}/` (transformers: `BertForSequenceClassification.from_pretrained`, removed heads in `pruned_heads`)."
+            );
+        }
+        (None, Some(why)) => {
+            let _ = writeln!(
+                s,
+                "\nThe pruned model is in `model/`; no transformers export: {why}."
+            );
+        }
+        (None, None) => {}
     }
     let _ = writeln!(s, "\nSeconds per phase: {:?}.\n", r.phase_seconds);
     let _ = writeln!(

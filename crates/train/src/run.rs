@@ -339,7 +339,8 @@ pub fn run<B: AutodiffBackend>(
                 (phase.steps as f64 * g.warmup_fraction).round() as usize,
             )?,
             g.lagrangian_lr,
-        );
+        )
+        .with_quadratic(g.quadratic_init);
         if let Some((l1, l2)) = state.lagrangian {
             (lag.l1, lag.l2) = (l1, l2);
         }
@@ -425,6 +426,13 @@ pub fn run<B: AutodiffBackend>(
         .load_file(stage.join("final"), &recorder, device)
         .map_err(|e| ckpt_err(&stage, e))?;
     let (lat_dense, lat_pruned) = latency(&dense, &pruned, data, exp, device);
+    // The pruned BERT also goes out in the layout transformers loads, when it can.
+    let hf_export = match pruned.backbone.config().family {
+        Family::Bert => shears_layers::hf::bert_hf_config(pruned.backbone.config())
+            .map(|_| HF_DIR.to_string())
+            .map_err(|e| e.to_string()),
+        Family::Gpt2 => Err("GPT-2 models are saved in shears' format only".to_string()),
+    };
     let wall = state.seconds_before + started.elapsed().as_secs_f64();
     let report = report::build(report::Parts {
         exp,
@@ -440,6 +448,7 @@ pub fn run<B: AutodiffBackend>(
         history: state.history.clone(),
         gate_values: state.gate_values.clone(),
         rescued: state.rescued.clone(),
+        hf_export: hf_export.clone(),
     });
     let task_info = TaskInfo {
         task: exp.task,
@@ -461,6 +470,13 @@ pub fn run<B: AutodiffBackend>(
             &inputs.tokenizer_dir,
             &tmp.join("dense-model"),
         )?;
+        if hf_export.is_ok() {
+            pruned.export_hf(
+                &tmp.join(HF_DIR),
+                &data.label_names,
+                Some(&inputs.tokenizer_dir),
+            )?;
+        }
         report::write(&report, tmp)
     })?;
     let _ = std::fs::remove_dir_all(&stage);
@@ -499,6 +515,8 @@ pub struct TaskInfo {
     pub max_len: usize,
 }
 
+/// Directory of the Hugging Face export of the pruned BERT in a run's output.
+pub const HF_DIR: &str = "hf-model";
 /// File of the classification head in a model directory.
 pub const HEAD_FILE: &str = "head.safetensors";
 /// File of the task description in a model directory.

@@ -162,23 +162,33 @@ fn bad_settings_are_typed_errors() {
     );
 }
 
+/// What [`train_gates`] saw.
+struct Run<B: Backend> {
+    /// Mean expected sparsity over the last 500 of 2,500 steps.
+    tail: f64,
+    /// Largest expected sparsity over the whole run.
+    peak: f64,
+    gates: GateSet<Autodiff<B>>,
+}
+
 /// Trains 60 gates against a task that rewards open gates plus the Lagrangian with ascent
-/// rate `lr`; returns the mean expected sparsity over the last 500 of 2,500 steps (the
-/// multipliers oscillate around the target with decaying amplitude) and the gates.
-fn train_gates<B: Backend>(device: &B::Device, lr: f64) -> (f64, GateSet<Autodiff<B>>) {
+/// rate `lr` and initial quadratic multiplier `quadratic` (the multipliers oscillate around
+/// the target with decaying amplitude).
+fn train_gates<B: Backend>(device: &B::Device, lr: f64, quadratic: f64) -> Run<B> {
     type A<B> = Autodiff<B>;
     A::<B>::seed(device, 3);
     let mut set = GateSet::<A<B>>::default();
     set.add("units", GateKind::Heads, 60, &GateConfig::default(), device)
         .unwrap();
     let target = SparsityTarget::new(0.6, 200).unwrap();
-    let mut lag = Lagrangian::new(target, lr);
+    let mut lag = Lagrangian::new(target, lr).with_quadratic(quadratic);
     let mut opt = AdamConfig::new().init();
     // A task that rewards open gates, unevenly: without the Lagrangian every gate stays open.
     let reward: Vec<f32> = (0..60).map(|i| 0.002 * (1.0 + i as f32 / 60.0)).collect();
     let reward = Tensor::<A<B>, 1>::from_floats(reward.as_slice(), device);
 
     let mut tail = Vec::new();
+    let mut peak = 0.0f64;
     for step in 0..2500 {
         let z = set.groups[0].gate.sample();
         let task = (z * reward.clone()).sum().neg();
@@ -188,6 +198,7 @@ fn train_gates<B: Backend>(device: &B::Device, lr: f64) -> (f64, GateSet<Autodif
         let grads = GradientsParams::from_grads(loss.backward(), &set);
         set = opt.step(0.05, set, grads);
         lag.ascend(s, step);
+        peak = peak.max(s);
         if step >= 2000 {
             tail.push(s);
         }
@@ -200,28 +211,51 @@ fn train_gates<B: Backend>(device: &B::Device, lr: f64) -> (f64, GateSet<Autodif
             );
         }
     }
-    (tail.iter().sum::<f64>() / tail.len() as f64, set)
+    Run {
+        tail: tail.iter().sum::<f64>() / tail.len() as f64,
+        peak,
+        gates: set,
+    }
 }
 
 fn lagrangian_reaches_target<B: Backend>(device: &B::Device) {
     // Control: with the multipliers frozen at 0 the gates stay open.
-    let (s, _) = train_gates::<B>(device, 0.0);
+    let s = train_gates::<B>(device, 0.0, 0.0).tail;
     assert!(
         s < 0.05,
         "without the Lagrangian the sparsity should stay near 0, got {s}"
     );
-    let (s, set) = train_gates::<B>(device, 0.05);
-    eprintln!("Lagrangian: expected sparsity {s:.3} for target 0.6");
+    let plain = train_gates::<B>(device, 0.05, 0.0);
+    let s = plain.tail;
+    eprintln!(
+        "Lagrangian: expected sparsity {s:.3} for target 0.6 (peak {:.3})",
+        plain.peak
+    );
     assert!(
         (s - 0.6).abs() < 0.03,
         "expected sparsity {s} did not reach the target 0.6"
     );
     // And hardening by expected L0 then removes about that many units.
-    let kept = set.harden(Harden::ExpectedL0).unwrap();
+    let kept = plain.gates.harden(Harden::ExpectedL0).unwrap();
     let removed = 60 - kept[0].keep.len();
     assert!(
         (removed as f64 / 60.0 - 0.6).abs() < 0.07,
         "hardening removed {removed} of 60"
+    );
+    // A quadratic penalty from the start (augmented Lagrangian) reaches the target too, with
+    // less overshoot: λ₁ has less gap to integrate while the gates lag behind.
+    let quad = train_gates::<B>(device, 0.05, 100.0);
+    eprintln!(
+        "augmented Lagrangian: expected sparsity {:.3} (peak {:.3})",
+        quad.tail, quad.peak
+    );
+    assert!((quad.tail - 0.6).abs() < 0.03, "{}", quad.tail);
+    assert!(quad.peak < 0.65, "peak {} with the quadratic term", quad.peak);
+    assert!(
+        quad.peak - 0.6 < plain.peak - 0.6,
+        "overshoot {} with the quadratic term, {} without",
+        quad.peak - 0.6,
+        plain.peak - 0.6
     );
 }
 

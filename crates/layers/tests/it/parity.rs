@@ -56,6 +56,27 @@ fn minilm_tokenizer_matches_reference() {
 fn gpt2_tokenizer_is_the_real_bpe() {
     let tok = Tokenizer::from_dir(&asset("gpt2-tokenizer")).unwrap();
     assert_eq!(tok.encode("Hello world").unwrap(), [15496, 995]);
+    // No special tokens: truncation is a plain cut.
+    assert_eq!(
+        tok.encode_truncated("Hello world again", 2).unwrap(),
+        [15496, 995]
+    );
+}
+
+#[test]
+fn truncation_keeps_the_special_tokens() {
+    // As transformers' `truncation=True, max_length=N`: [CLS] + the first N - 2 word pieces
+    // + [SEP] (a bare cut would drop [SEP], which the model was trained to see).
+    let tok = Tokenizer::from_dir(&asset("all-MiniLM-L6-v2")).unwrap();
+    let text = "An uneven but often thrilling ride through the wreckage of a once great career.";
+    let full = tok.encode(text).unwrap();
+    assert!(full.len() > 10);
+    let cut = tok.encode_truncated(text, 8).unwrap();
+    let mut expected = full[..7].to_vec();
+    expected.push(*full.last().unwrap());
+    assert_eq!(cut, expected);
+    assert_eq!((cut[0], cut[7]), (101, 102));
+    assert_eq!(tok.encode_truncated(text, 512).unwrap(), full);
 }
 
 fn gpt2_parity<B: Backend>(device: &B::Device) {

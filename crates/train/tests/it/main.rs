@@ -336,6 +336,9 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
         "report.md",
         "gates.svg",
         "curves.svg",
+        "hf-model/config.json",
+        "hf-model/model.safetensors",
+        "hf-model/tokenizer.json",
         "model/shears.json",
         "model/model.safetensors",
         "model/head.safetensors",
@@ -365,6 +368,19 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     ] {
         assert!(!json[key].is_null(), "report.json lacks {key}");
     }
+    // The transformers export is a sequence classifier with the labels and removed heads.
+    let hf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("hf-model/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(hf["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(hf["id2label"]["1"], "pos");
+    let removed: usize = hf["pruned_heads"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_array().unwrap().len())
+        .sum();
+    assert_eq!(removed, 4);
     let svg = std::fs::read_to_string(out.join("gates.svg")).unwrap();
     assert_eq!(svg.matches("<rect").count(), 8, "one cell per head");
 
