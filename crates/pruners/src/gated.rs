@@ -49,6 +49,26 @@ pub enum PrunerError {
     /// The spec gates nothing.
     #[error("the gate spec gates no units (enable heads, neurons, hidden or layers)")]
     NothingGated,
+    /// A factorization failed or was asked something impossible.
+    #[error(transparent)]
+    Factorize(#[from] shears_factorize::FactorizeError),
+    /// Weights could not be moved into the new model.
+    #[error(transparent)]
+    Load(#[from] shears_layers::LoadError),
+    /// A projection has no calibration statistics.
+    #[error("projection `{path}` saw no calibration inputs: observe at least one batch first")]
+    NotCalibrated {
+        /// The projection.
+        path: String,
+    },
+    /// A rank was given for a projection the model does not have.
+    #[error("the model has no projection `{path}` (projections: {known})")]
+    UnknownProjection {
+        /// The path given.
+        path: String,
+        /// The paths there are.
+        known: String,
+    },
 }
 
 /// A model with gates. Build it with [`GatedModel::new`] (the seed's `apply_gates`), train
@@ -191,7 +211,7 @@ impl<B: Backend> GatedModel<B> {
         for (l, lc) in config.layers.iter().enumerate() {
             let scale = layer_gates
                 .as_ref()
-                .map(|z: &Tensor<B, 1>| z.clone().slice([l..l + 1]));
+                .map(|z: &Tensor<B, 1>| z.clone().narrow(0, l, 1));
             if any_heads && max > 0 {
                 let n = lc.n_heads;
                 let mut row = match heads[l].take() {

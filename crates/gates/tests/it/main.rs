@@ -250,7 +250,11 @@ fn lagrangian_reaches_target<B: Backend>(device: &B::Device) {
         quad.tail, quad.peak
     );
     assert!((quad.tail - 0.6).abs() < 0.03, "{}", quad.tail);
-    assert!(quad.peak < 0.65, "peak {} with the quadratic term", quad.peak);
+    assert!(
+        quad.peak < 0.65,
+        "peak {} with the quadratic term",
+        quad.peak
+    );
     assert!(
         quad.peak - 0.6 < plain.peak - 0.6,
         "overshoot {} with the quadratic term, {} without",
