@@ -1,12 +1,11 @@
 //! Multi-head self-attention, and the `AttentionBlock` trait that lets a user put their own
 //! attention into a BERT or GPT-2 without editing the layers above it.
 
-use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use shears_spaces::Scope;
 
-use crate::{LayerSpaces, ModelConfig};
+use crate::{Capture, LayerSpaces, ModelConfig, Projection};
 
 /// What an attention block receives besides its input.
 #[derive(Debug, Clone)]
@@ -19,6 +18,9 @@ pub struct AttentionContext<B: Backend> {
     pub head_mask: Option<Tensor<B, 1>>,
     /// Mask out future positions (GPT-2).
     pub causal: bool,
+    /// When set, the block records the inputs of its projections (calibration for
+    /// factorization and activation statistics); blocks that do not are still correct.
+    pub capture: Option<Capture<B>>,
 }
 
 /// An attention implementation a model can be built with.
@@ -48,17 +50,18 @@ pub trait AttentionBlock<B: Backend>: Module<B> + burn::module::ModuleDisplay {
 }
 
 /// Scaled dot-product multi-head self-attention with separate `query`, `key`, `value` and
-/// `output` projections (Vaswani et al. 2017, <https://arxiv.org/abs/1706.03762>).
+/// `output` projections (Vaswani et al. 2017, <https://arxiv.org/abs/1706.03762>), each dense
+/// or factorized as the config says.
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
     /// `[d_model, n_heads * d_head]`.
-    pub query: Linear<B>,
+    pub query: Projection<B>,
     /// `[d_model, n_heads * d_head]`.
-    pub key: Linear<B>,
+    pub key: Projection<B>,
     /// `[d_model, n_heads * d_head]`.
-    pub value: Linear<B>,
+    pub value: Projection<B>,
     /// `[n_heads * d_head, d_model]`.
-    pub output: Linear<B>,
+    pub output: Projection<B>,
     /// Heads.
     pub n_heads: usize,
     /// Width of a head.
@@ -71,44 +74,33 @@ pub const MASKED: f32 = f32::MIN;
 impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
     fn new(config: &ModelConfig, layer: usize, device: &B::Device) -> Self {
         let l = &config.layers[layer];
-        let d = config.d_model;
-        let proj = |i, o| {
-            let c = LinearConfig::new(i, o);
-            // A block without heads has zero-width projections; the default initialiser's
-            // bounds divide by the fan-in, so start its output bias at 0 instead of inf.
-            if i == 0 || o == 0 {
-                c.with_initializer(Initializer::Zeros)
-            } else {
-                c
-            }
-            .init(device)
-        };
+        let (d, a) = (config.d_model, l.d_attn());
+        let proj = |name: &str, i, o| Projection::new(i, o, l.rank(name), device);
         Self {
-            query: proj(d, l.d_attn()),
-            key: proj(d, l.d_attn()),
-            value: proj(d, l.d_attn()),
-            output: proj(l.d_attn(), d),
+            query: proj("attention.query", d, a),
+            key: proj("attention.key", d, a),
+            value: proj("attention.value", d, a),
+            output: proj("attention.output", a, d),
             n_heads: l.n_heads,
             d_head: l.d_head,
         }
     }
 
     fn forward(&self, x: Tensor<B, 3>, context: &AttentionContext<B>) -> Tensor<B, 3> {
-        let [b, s, d] = x.dims();
+        let [b, s, _] = x.dims();
         let (h, dh) = (self.n_heads, self.d_head);
         if h == 0 {
             // Every head removed: what is left of the block is its output bias, exactly what
             // the full block gives with every head masked.
-            let bias = match &self.output.bias {
-                Some(bias) => bias.val().reshape([1, 1, d]),
-                None => Tensor::zeros([1, 1, d], &x.device()),
-            };
-            return bias.expand([b, s, d]);
+            return self.output.bias3(b, s, &x.device());
+        }
+        if let Some(c) = &context.capture {
+            c.record(&["query", "key", "value"], x.clone());
         }
         let split = |t: Tensor<B, 3>| t.reshape([b, s, h, dh]).swap_dims(1, 2);
-        let q = split(linear3(&self.query, x.clone()));
-        let k = split(linear3(&self.key, x.clone()));
-        let v = split(linear3(&self.value, x));
+        let q = split(self.query.forward(x.clone()));
+        let k = split(self.key.forward(x.clone()));
+        let v = split(self.value.forward(x));
         let mut scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
         if context.causal {
             let future = Tensor::<B, 2, Bool>::tril_mask([s, s], 0, &scores.device());
@@ -122,20 +114,20 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
             probs = probs * m.clone().reshape([1, h, 1, 1]);
         }
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, s, h * dh]);
-        linear3(&self.output, ctx)
+        if let Some(c) = &context.capture {
+            c.record(&["output"], ctx.clone());
+        }
+        self.output.forward(ctx)
     }
 
-    fn declare(_: &ModelConfig, _: usize, scope: &mut Scope<'_>, spaces: &LayerSpaces) {
+    fn declare(config: &ModelConfig, layer: usize, scope: &mut Scope<'_>, spaces: &LayerSpaces) {
+        let l = &config.layers[layer];
         for p in ["query", "key", "value"] {
-            let mut s = scope.child(p);
-            s.claim("weight", 0, &spaces.hidden);
-            s.claim("weight", 1, &spaces.heads);
-            s.claim("bias", 0, &spaces.heads);
+            let rank = l.rank(&format!("attention.{p}"));
+            Projection::<B>::declare(rank, scope, p, &spaces.hidden, &spaces.heads);
         }
-        let mut s = scope.child("output");
-        s.claim("weight", 0, &spaces.heads);
-        s.claim("weight", 1, &spaces.hidden);
-        s.claim("bias", 0, &spaces.hidden);
+        let rank = l.rank("attention.output");
+        Projection::<B>::declare(rank, scope, "output", &spaces.heads, &spaces.hidden);
     }
 
     /// A layer may lose every head: the block then adds only its output bias and the
@@ -144,14 +136,4 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
     fn min_heads() -> usize {
         0
     }
-}
-
-/// `x W + b` for `x: [batch, seq, d_in]` as one `[batch * seq, d_in] x [d_in, d_out]` matrix
-/// product. Burn's `Linear::forward` on a 3-D input broadcasts the weight and runs one
-/// small product per batch row, which on the CPU backend is markedly slower.
-pub fn linear3<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [b, s, d] = x.dims();
-    layer
-        .forward(x.reshape([b * s, d]))
-        .reshape([b as i32, s as i32, -1])
 }

@@ -68,6 +68,10 @@ pub struct LayerConfig {
     /// For each remaining head, its index in the original (unpruned) layer, ascending.
     /// Head-pruning requests name original heads, as Hugging Face's `prune_heads` does.
     pub head_ids: Vec<usize>,
+    /// Projections factorized to a low rank, by name (`attention.query`, `attention.key`,
+    /// `attention.value`, `attention.output`, `ffn.up`, `ffn.down`); the rest are dense.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ranks: BTreeMap<String, usize>,
 }
 
 impl LayerConfig {
@@ -78,6 +82,44 @@ impl LayerConfig {
             d_head,
             d_ff,
             head_ids: (0..n_heads).collect(),
+            ranks: BTreeMap::new(),
+        }
+    }
+
+    /// The rank of projection `name` if it is factorized.
+    pub fn rank(&self, name: &str) -> Option<usize> {
+        self.ranks.get(name).copied()
+    }
+
+    /// `(in, out)` of projection `name` in a model of width `d_model`.
+    ///
+    /// # Panics
+    /// On a name that is not one of the six projections.
+    pub fn projection_dims(&self, name: &str, d_model: usize) -> (usize, usize) {
+        match name {
+            "attention.query" | "attention.key" | "attention.value" => (d_model, self.d_attn()),
+            "attention.output" => (self.d_attn(), d_model),
+            "ffn.up" => (d_model, self.d_ff),
+            "ffn.down" => (self.d_ff, d_model),
+            other => panic!("`{other}` is not a projection of a layer"),
+        }
+    }
+
+    /// Parameters (weights and bias) of projection `name`, dense or factorized.
+    pub fn projection_params(&self, name: &str, d_model: usize) -> usize {
+        let (i, o) = self.projection_dims(name, d_model);
+        match self.rank(name) {
+            Some(r) => r * (i + o) + o,
+            None => i * o + o,
+        }
+    }
+
+    /// Multiply-adds per token of projection `name`.
+    pub fn projection_macs(&self, name: &str, d_model: usize) -> usize {
+        let (i, o) = self.projection_dims(name, d_model);
+        match self.rank(name) {
+            Some(r) => r * (i + o),
+            None => i * o,
         }
     }
 
@@ -248,6 +290,7 @@ impl ModelConfig {
                 d_head,
                 d_ff,
                 head_ids,
+                ranks: BTreeMap::new(),
             });
         }
         Ok(Self {

@@ -2,6 +2,16 @@
 
 use crate::{Family, ModelConfig};
 
+/// Every projection of a layer, by its name in `LayerConfig::ranks`.
+pub const PROJECTIONS: [&str; 6] = [
+    "attention.query",
+    "attention.key",
+    "attention.value",
+    "attention.output",
+    "ffn.up",
+    "ffn.down",
+];
+
 impl ModelConfig {
     /// Parameters of the model this config describes (the tied LM head counted once).
     pub fn param_count(&self) -> usize {
@@ -11,9 +21,10 @@ impl ModelConfig {
             n += 2 * d; // embedding LayerNorm
         }
         for l in &self.layers {
-            let a = l.d_attn();
-            n += 3 * (d * a + a) + a * d + d; // q, k, v, output
-            n += d * l.d_ff + l.d_ff + l.d_ff * d + d; // up, down
+            n += PROJECTIONS
+                .iter()
+                .map(|p| l.projection_params(p, d))
+                .sum::<usize>();
             n += 4 * d; // two LayerNorms
         }
         if let Some(p) = self.d_pooler {
@@ -26,15 +37,19 @@ impl ModelConfig {
     }
 
     /// Floating-point operations (2 per multiply-add) of the encoder / decoder stack per
-    /// token at sequence length `seq`: the projections and feed-forward matmuls plus the
-    /// attention scores and weighted sums (`2 · 2 · seq · n_heads · d_head` per layer).
-    /// Embedding lookups, LayerNorms, the pooler and the LM head are not counted.
+    /// token at sequence length `seq`: the projections and feed-forward matmuls (at their
+    /// rank when factorized) plus the attention scores and weighted sums
+    /// (`2 · 2 · seq · n_heads · d_head` per layer). Embedding lookups, LayerNorms, the
+    /// pooler and the LM head are not counted.
     pub fn flops_per_token(&self, seq: usize) -> usize {
         self.layers
             .iter()
             .map(|l| {
-                let a = l.d_attn();
-                2 * (4 * self.d_model * a + 2 * self.d_model * l.d_ff) + 4 * seq * a
+                let macs: usize = PROJECTIONS
+                    .iter()
+                    .map(|p| l.projection_macs(p, self.d_model))
+                    .sum();
+                2 * macs + 4 * seq * l.d_attn()
             })
             .sum()
     }

@@ -1,10 +1,9 @@
 //! Position-wise feed-forward block, and the `FeedForwardBlock` trait for swapping it.
 
-use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use shears_spaces::Scope;
 
-use crate::{Activation, LayerSpaces, ModelConfig};
+use crate::{Activation, Capture, LayerSpaces, ModelConfig, Projection};
 
 /// A feed-forward implementation a model can be built with.
 pub trait FeedForwardBlock<B: Backend>: Module<B> + burn::module::ModuleDisplay {
@@ -14,6 +13,18 @@ pub trait FeedForwardBlock<B: Backend>: Module<B> + burn::module::ModuleDisplay 
     /// # Shapes
     /// `x: [batch, seq, d_model]`, `neuron_mask: [d_ff]` -> `[batch, seq, d_model]`
     fn forward(&self, x: Tensor<B, 3>, neuron_mask: Option<&Tensor<B, 1>>) -> Tensor<B, 3>;
+
+    /// [`FeedForwardBlock::forward`], recording the inputs of the block's projections in
+    /// `capture` when given (calibration). The default records nothing.
+    fn forward_captured(
+        &self,
+        x: Tensor<B, 3>,
+        neuron_mask: Option<&Tensor<B, 1>>,
+        capture: Option<&Capture<B>>,
+    ) -> Tensor<B, 3> {
+        let _ = capture;
+        self.forward(x, neuron_mask)
+    }
 
     /// Declares the spaces of this block's parameter axes (paths relative to the block).
     fn declare(config: &ModelConfig, layer: usize, scope: &mut Scope<'_>, spaces: &LayerSpaces);
@@ -25,13 +36,13 @@ pub trait FeedForwardBlock<B: Backend>: Module<B> + burn::module::ModuleDisplay 
     }
 }
 
-/// `down(act(up(x)) ⊙ mask)`.
+/// `down(act(up(x)) ⊙ mask)`, each projection dense or factorized as the config says.
 #[derive(Module, Debug)]
 pub struct FeedForward<B: Backend> {
     /// `[d_model, d_ff]`.
-    pub up: Linear<B>,
+    pub up: Projection<B>,
     /// `[d_ff, d_model]`.
-    pub down: Linear<B>,
+    pub down: Projection<B>,
     /// Activation, read from the config.
     #[module(skip)]
     pub activation: Activation,
@@ -52,50 +63,53 @@ pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) ->
 
 impl<B: Backend> FeedForwardBlock<B> for FeedForward<B> {
     fn new(config: &ModelConfig, layer: usize, device: &B::Device) -> Self {
-        let d_ff = config.layers[layer].d_ff;
-        // Without neurons the default initialiser's bounds (1 / fan-in) are infinite.
-        let init = |c: LinearConfig| {
-            if d_ff == 0 {
-                c.with_initializer(Initializer::Zeros)
-            } else {
-                c
-            }
-            .init(device)
-        };
+        let l = &config.layers[layer];
         Self {
-            up: init(LinearConfig::new(config.d_model, d_ff)),
-            down: init(LinearConfig::new(d_ff, config.d_model)),
+            up: Projection::new(config.d_model, l.d_ff, l.rank("ffn.up"), device),
+            down: Projection::new(l.d_ff, config.d_model, l.rank("ffn.down"), device),
             activation: config.activation,
         }
     }
 
     fn forward(&self, x: Tensor<B, 3>, neuron_mask: Option<&Tensor<B, 1>>) -> Tensor<B, 3> {
-        let [b, s, d] = x.dims();
-        if self.up.weight.dims()[1] == 0 {
+        self.forward_captured(x, neuron_mask, None)
+    }
+
+    fn forward_captured(
+        &self,
+        x: Tensor<B, 3>,
+        neuron_mask: Option<&Tensor<B, 1>>,
+        capture: Option<&Capture<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        if self.up.d_out() == 0 {
             // Every neuron removed: only the output bias is left.
-            let bias = match &self.down.bias {
-                Some(bias) => bias.val().reshape([1, 1, d]),
-                None => Tensor::zeros([1, 1, d], &x.device()),
-            };
-            return bias.expand([b, s, d]);
+            return self.down.bias3(b, s, &x.device());
         }
-        let mut h = activate(crate::linear3(&self.up, x), self.activation);
+        if let Some(c) = capture {
+            c.record(&["up"], x.clone());
+        }
+        let mut h = activate(self.up.forward(x), self.activation);
         if let Some(m) = neuron_mask {
             let n = m.dims()[0];
             h = h * m.clone().reshape([1, 1, n]);
         }
-        crate::linear3(&self.down, h)
+        if let Some(c) = capture {
+            c.record(&["down"], h.clone());
+        }
+        self.down.forward(h)
     }
 
-    fn declare(_: &ModelConfig, _: usize, scope: &mut Scope<'_>, spaces: &LayerSpaces) {
-        let mut up = scope.child("up");
-        up.claim("weight", 0, &spaces.hidden);
-        up.claim("weight", 1, &spaces.ffn);
-        up.claim("bias", 0, &spaces.ffn);
-        let mut down = scope.child("down");
-        down.claim("weight", 0, &spaces.ffn);
-        down.claim("weight", 1, &spaces.hidden);
-        down.claim("bias", 0, &spaces.hidden);
+    fn declare(config: &ModelConfig, layer: usize, scope: &mut Scope<'_>, spaces: &LayerSpaces) {
+        let l = &config.layers[layer];
+        Projection::<B>::declare(l.rank("ffn.up"), scope, "up", &spaces.hidden, &spaces.ffn);
+        Projection::<B>::declare(
+            l.rank("ffn.down"),
+            scope,
+            "down",
+            &spaces.ffn,
+            &spaces.hidden,
+        );
     }
 
     /// A layer may lose every neuron: the block then adds only its output bias.

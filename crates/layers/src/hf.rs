@@ -439,7 +439,13 @@ pub fn to_hf_bert(tensors: &TensorMap) -> Result<TensorMap, LoadError> {
     let mut out = TensorMap::new();
     for (ours, t) in tensors {
         let (key, transform) = lookup(Family::Bert, ours).ok_or_else(|| {
-            LoadError::NotRepresentable(format!("no Hugging Face key for `{ours}`"))
+            if ours.ends_with(".first") || ours.ends_with(".second") {
+                LoadError::NotRepresentable(format!(
+                    "`{ours}` belongs to a factorized (low-rank) projection, which Hugging Face BERT cannot represent"
+                ))
+            } else {
+                LoadError::NotRepresentable(format!("no Hugging Face key for `{ours}`"))
+            }
         })?;
         let t = if transform == Transform::Transpose {
             t.transpose()

@@ -10,6 +10,9 @@
 //!   prunes any space, [`Transformer::prune_heads`] removes heads by original index.
 //! - Hugging Face checkpoints load ([`Transformer::load`]); our own format saves and loads
 //!   heterogeneous shapes; a head-pruned BERT exports for `transformers`.
+//! - Any attention or feed-forward projection may be factorized to a low rank
+//!   ([`Projection`], ranks in [`LayerConfig::ranks`]); [`Capture`] records the inputs of
+//!   every projection for calibration.
 
 mod attention;
 mod config;
@@ -19,6 +22,7 @@ mod ffn;
 pub mod hf;
 mod model;
 mod norm;
+mod projection;
 mod prune;
 pub mod save;
 pub mod tensorio;
@@ -26,8 +30,10 @@ mod tokenizer;
 
 pub use attention::*;
 pub use config::*;
+pub use cost::PROJECTIONS;
 pub use error::*;
 pub use ffn::*;
 pub use model::*;
 pub use norm::*;
+pub use projection::*;
 pub use tokenizer::*;

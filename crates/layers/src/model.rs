@@ -2,6 +2,8 @@
 //! [`ModelConfig`], with optional head / neuron / hidden masks in the forward input, and the
 //! declaration of every parameter axis's space.
 
+use std::sync::{Arc, Mutex};
+
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use shears_spaces::{Registry, Space};
@@ -39,6 +41,8 @@ pub struct ModelInput<B: Backend> {
     pub attention_mask: Option<Tensor<B, 2>>,
     /// Unit masks.
     pub masks: Masks<B>,
+    /// Records the inputs of every projection (see [`Capture`]).
+    pub capture: Option<Capture<B>>,
 }
 
 impl<B: Backend> ModelInput<B> {
@@ -49,7 +53,14 @@ impl<B: Backend> ModelInput<B> {
             token_types: None,
             attention_mask: None,
             masks: Masks::default(),
+            capture: None,
         }
+    }
+
+    /// Recording the inputs of every projection into `capture`.
+    pub fn with_capture(mut self, capture: Capture<B>) -> Self {
+        self.capture = Some(capture);
+        self
     }
 
     /// With a padding mask.
@@ -135,6 +146,90 @@ struct LayerMasks<'a, B: Backend> {
     heads: Option<Tensor<B, 1>>,
     ffn: Option<&'a Tensor<B, 1>>,
     hidden: Option<&'a Tensor<B, 1>>,
+    capture: Option<Capture<B>>,
+}
+
+/// Records the inputs of a model's projections during a forward pass, as rows
+/// `[tokens, d_in]` (padding tokens left out), keyed by the projection's parameter path
+/// (`layers.0.attention.query`). This is how calibration statistics for factorization and
+/// activation-aware sparsity are gathered without hooks. Clones share one record.
+#[derive(Clone)]
+pub struct Capture<B: Backend> {
+    sink: Arc<Mutex<Vec<Captured<B>>>>,
+    prefix: String,
+    rows: Option<Tensor<B, 1, Int>>,
+}
+
+/// One recorded input, shared by the projections in `paths` (query, key and value read the
+/// same input).
+#[derive(Debug, Clone)]
+pub struct Captured<B: Backend> {
+    /// Parameter paths of the projections that read this input.
+    pub paths: Vec<String>,
+    /// The input rows, `[tokens, d_in]`.
+    pub input: Tensor<B, 2>,
+}
+
+impl<B: Backend> std::fmt::Debug for Capture<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.sink.lock().map(|v| v.len()).unwrap_or(0);
+        write!(f, "Capture({:?}, {n} recorded)", self.prefix)
+    }
+}
+
+impl<B: Backend> Default for Capture<B> {
+    fn default() -> Self {
+        Self {
+            sink: Arc::new(Mutex::new(Vec::new())),
+            prefix: String::new(),
+            rows: None,
+        }
+    }
+}
+
+impl<B: Backend> Capture<B> {
+    /// An empty record.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The same record, with `name` appended to the path prefix.
+    pub fn child(&self, name: &str) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Self {
+            prefix,
+            ..self.clone()
+        }
+    }
+
+    /// Records `x: [batch, seq, d]` as the input of the projections `names` (relative to
+    /// this capture's prefix).
+    pub fn record(&self, names: &[&str], x: Tensor<B, 3>) {
+        let [b, s, d] = x.dims();
+        let mut rows = x.reshape([b * s, d]);
+        if let Some(keep) = &self.rows {
+            rows = rows.select(0, keep.clone());
+        }
+        let paths = names.iter().map(|n| self.child(n).prefix).collect();
+        self.sink
+            .lock()
+            .expect("capture lock")
+            .push(Captured { paths, input: rows });
+    }
+
+    /// Takes everything recorded so far.
+    pub fn take(&self) -> Vec<Captured<B>> {
+        std::mem::take(&mut *self.sink.lock().expect("capture lock"))
+    }
+
+    fn with_rows(mut self, rows: Tensor<B, 1, Int>) -> Self {
+        self.rows = Some(rows);
+        self
+    }
 }
 
 impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Layer<B, A, F> {
@@ -158,7 +253,9 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Layer<B, A, F> {
             bias: bias.clone(),
             head_mask: masks.heads,
             causal: family == Family::Gpt2,
+            capture: masks.capture.as_ref().map(|c| c.child("attention")),
         };
+        let ffn_capture = masks.capture.as_ref().map(|c| c.child("ffn"));
         let hm = masks.hidden;
         // Sublayer outputs are multiplied by the hidden mask before they join the residual
         // stream, so pruned dimensions stay exactly 0 everywhere (CoFi).
@@ -173,7 +270,11 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Layer<B, A, F> {
             Family::Bert => {
                 let a = masked(self.attention.forward(x.clone(), &context));
                 let x = self.attention_norm.forward(x + a, hm);
-                let f = masked(self.ffn.forward(x.clone(), masks.ffn));
+                let f = masked(self.ffn.forward_captured(
+                    x.clone(),
+                    masks.ffn,
+                    ffn_capture.as_ref(),
+                ));
                 self.ffn_norm.forward(x + f, hm)
             }
             Family::Gpt2 => {
@@ -181,9 +282,11 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Layer<B, A, F> {
                     .attention
                     .forward(self.attention_norm.forward(x.clone(), hm), &context);
                 let x = x + masked(a);
-                let f = self
-                    .ffn
-                    .forward(self.ffn_norm.forward(x.clone(), hm), masks.ffn);
+                let f = self.ffn.forward_captured(
+                    self.ffn_norm.forward(x.clone(), hm),
+                    masks.ffn,
+                    ffn_capture.as_ref(),
+                );
                 x + masked(f)
             }
         }
@@ -244,6 +347,25 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         if let Some(m) = hm {
             x = x * m.clone().reshape([1, 1, config.d_model]);
         }
+        // Calibration records real tokens only: the flat indices of unmasked positions.
+        let capture = input.capture.clone().map(|c| match &input.attention_mask {
+            Some(m) => {
+                let keep: Vec<i64> = m
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .expect("f32 mask")
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| **v > 0.5)
+                    .map(|(i, _)| i as i64)
+                    .collect();
+                let n = keep.len();
+                c.with_rows(Tensor::from_data(TensorData::new(keep, [n]), &device))
+            }
+            None => c,
+        });
         let bias = input.attention_mask.map(|m| {
             // (1 - mask) * MASKED, as the reference's extended attention mask.
             (m.neg() + 1.0).mul_scalar(MASKED).reshape([b, 1, 1, s])
@@ -259,6 +381,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
                     .map(|h| h.clone().slice([l..l + 1, 0..n]).reshape([n])),
                 ffn: input.masks.ffn.as_ref().map(|f| &f[l]),
                 hidden: hm,
+                capture: capture.as_ref().map(|c| c.child(&format!("layers.{l}"))),
             };
             x = layer.forward(x, config.family, &bias, masks);
         }

@@ -1,11 +1,15 @@
-//! Learned structured pruning: put Hard-Concrete gates on a shears BERT or GPT-2, train them,
-//! harden them, and physically remove the closed units through the model's spaces.
+//! Joins the model-agnostic crates to shears' BERT and GPT-2: learned structured pruning (put
+//! Hard-Concrete gates on a model, train them, harden them, and physically remove the closed
+//! units through the model's spaces), and model-level low-rank factorization (calibrate,
+//! choose ranks to a budget, replace the projections).
 //!
 //! A gated model is the plain model plus a [`shears_gates::GateSet`]; the gates act only
 //! through the forward input's masks, so `shears-layers` never learns about gates.
 
+mod factorize;
 mod gated;
 mod task;
 
+pub use factorize::*;
 pub use gated::*;
 pub use task::*;

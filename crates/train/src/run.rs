@@ -23,7 +23,7 @@ use shears_gates::{Harden, Lagrangian, SparsityTarget};
 use shears_layers::{Family, ModelConfig, Tokenizer, Transformer, save, tensorio};
 use shears_pruners::{ClassifierHead, GateSpec, GatedModel};
 
-use crate::data::{Dataset, load_dataset, make_batch, step_indices};
+use crate::data::{Dataset, Split, load_dataset, make_batch, step_indices};
 use crate::report::{self, EvalResult, Point, Report};
 use crate::task::{GatedTaskModel, Net, Tally, TaskModel, evaluate, loss, trainable};
 use crate::{Experiment, Task, TrainError};
@@ -522,7 +522,7 @@ pub const HEAD_FILE: &str = "head.safetensors";
 /// File of the task description in a model directory.
 pub const TASK_FILE: &str = "task.json";
 
-fn save_task_model<B: Backend>(
+pub(crate) fn save_task_model<B: Backend>(
     model: &TaskModel<B>,
     info: &TaskInfo,
     tokenizer_dir: &Path,
@@ -614,7 +614,7 @@ fn gate_values<B: Backend>(gated: &GatedModel<B>) -> Vec<Vec<f64>> {
 }
 
 /// Median forward latency (ms) of the dense and the pruned model on the same batch (the
-/// first `latency_batch` test examples), alternating the two so drift affects both alike.
+/// first `latency_batch` test examples).
 fn latency<B: Backend>(
     dense: &TaskModel<B>,
     pruned: &TaskModel<B>,
@@ -622,9 +622,32 @@ fn latency<B: Backend>(
     exp: &Experiment,
     device: &B::Device,
 ) -> (f64, f64) {
-    let n = exp.eval.latency_batch.min(data.test.len());
+    paired_latency(
+        dense,
+        pruned,
+        &data.test,
+        data.pad_id,
+        exp.eval.latency_batch,
+        exp.eval.latency_repeats,
+        device,
+    )
+}
+
+/// Median forward latency (ms) of two models on the same batch (the first `batch`
+/// examples of `split`), alternating the two so that drift affects both alike; one warm-up
+/// run each.
+pub(crate) fn paired_latency<B: Backend>(
+    a: &TaskModel<B>,
+    b: &TaskModel<B>,
+    split: &Split,
+    pad_id: u32,
+    batch: usize,
+    repeats: usize,
+    device: &B::Device,
+) -> (f64, f64) {
+    let n = batch.min(split.len());
     let idx: Vec<usize> = (0..n).collect();
-    let batch = make_batch::<B>(&data.test, &idx, data.pad_id, device);
+    let batch = make_batch::<B>(split, &idx, pad_id, device);
     let time = |m: &TaskModel<B>| {
         let t = Instant::now();
         let out = m.output(batch.input.clone(), false);
@@ -632,17 +655,18 @@ fn latency<B: Backend>(
             (Some(h), Some(p)) => h.forward(p).sum(),
             _ => out.logits.unwrap_or_else(|| out.hidden.clone()).sum(),
         };
+        // Reading the result forces the computation on lazy backends.
         let _: f32 = s.into_scalar().elem();
         t.elapsed().as_secs_f64() * 1e3
     };
-    time(dense);
-    time(pruned);
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..exp.eval.latency_repeats {
-        a.push(time(dense));
-        b.push(time(pruned));
+    time(a);
+    time(b);
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..repeats.max(1) {
+        ta.push(time(a));
+        tb.push(time(b));
     }
-    (median(&mut a), median(&mut b))
+    (median(&mut ta), median(&mut tb))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -868,6 +892,8 @@ struct Progress {
     total: usize,
     started: Instant,
     start_step: usize,
+    /// The step of the previous update.
+    last: std::cell::Cell<usize>,
 }
 
 impl Progress {
@@ -893,6 +919,7 @@ impl Progress {
             total,
             started: Instant::now(),
             start_step: at,
+            last: std::cell::Cell::new(at),
         }
     }
 
@@ -901,8 +928,10 @@ impl Progress {
             b.set_position(step as u64);
             b.set_message(msg.to_string());
         } else if self.lines {
-            let every = (self.total / 20).max(1);
-            if step.is_multiple_of(every) || step == self.total {
+            // A line whenever another 5% is done (updates come every 1% of the phase, so a
+            // test on exact multiples would miss most of them).
+            let twentieth = |s: usize| s * 20 / self.total.max(1);
+            if twentieth(step) > twentieth(self.last.replace(step)) || step == self.total {
                 let done = (step - self.start_step).max(1) as f64;
                 let rate = self.started.elapsed().as_secs_f64() / done;
                 let eta = rate * (self.total - step) as f64;

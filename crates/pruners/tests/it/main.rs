@@ -7,7 +7,10 @@ use burn::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use shears_gates::{Harden, Lagrangian, Penalty, SparsityTarget};
 use shears_layers::{ModelConfig, ModelInput, Transformer, tensorio};
-use shears_pruners::{ClassifierHead, GateSpec, GatedModel, PrunerError, TaskModel};
+use shears_pruners::{
+    Calibrator, ClassifierHead, FactorizeReport, GateSpec, GatedModel, PrunerError, RankPlan,
+    TaskModel, factorize_model,
+};
 
 /// Runs `$f::<B>(&device)` on the backend named by `SHEARS_BACKEND`.
 macro_rules! on_backend {
@@ -264,4 +267,158 @@ fn train_gate_prune<B: Backend>(device: &B::Device) {
 #[test]
 fn gated_training_closes_heads_and_pruning_removes_them() {
     on_backend!(train_gate_prune);
+}
+
+fn calibrated<B: Backend>(model: &Transformer<B>, device: &B::Device) -> Calibrator {
+    let mut cal = Calibrator::new();
+    for seed in 0..4 {
+        let x = input::<B>(device, 30, 100 + seed);
+        // Padding in the last two positions of every row: left out of the statistics.
+        let mask: Vec<f32> = (0..4 * 6)
+            .map(|i| if i % 6 < 4 { 1.0 } else { 0.0 })
+            .collect();
+        let x = x.with_attention_mask(Tensor::from_data(TensorData::new(mask, [4, 6]), device));
+        cal.observe(model, x).unwrap();
+    }
+    cal
+}
+
+fn factorize_tiny<B: Backend>(device: &B::Device) {
+    use shears_factorize::{Method, Rank};
+    for config in [
+        tiny(ModelConfig::bert(30, 16, 2, 4, 32)),
+        tiny(ModelConfig::gpt2(30, 16, 2, 4, 32)),
+    ] {
+        B::seed(device, 21);
+        let model = Transformer::<B>::new(&config, device);
+        let cal = calibrated(&model, device);
+        assert_eq!(cal.tokens(), 4 * 4 * 4, "padding is not calibration data");
+        let x = input::<B>(device, 30, 7);
+
+        // A uniform rank: every projection where rank 4 saves work (16 x 16: max 7; 16 x 32:
+        // max 10) is factorized.
+        let (small, report) = factorize_model(
+            model.clone(),
+            &cal,
+            &RankPlan::Uniform(Rank::Count(4)),
+            Method::default(),
+        )
+        .unwrap();
+        assert_eq!(report.projections.len(), 12);
+        assert!(report.projections.iter().all(|p| p.rank_after == Some(4)));
+        assert_eq!(small.config().layers[0].rank("ffn.up"), Some(4));
+        assert!(report.params_after < report.params_before);
+        assert_eq!(report.params_after, small.num_params());
+        assert_eq!(small.num_params(), small.config().param_count());
+        // Its spaces still validate, it saves and loads, and pruning heads still works on it.
+        Transformer::<B>::registry(small.config())
+            .validate(&tensorio::param_shapes(&small))
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        small.save(&tmp.path().join("m")).unwrap();
+        let back = Transformer::<B>::load(&tmp.path().join("m"), device).unwrap();
+        assert_eq!(back.config(), small.config());
+        let out = small.forward(x.clone()).hidden;
+        assert_eq!(max_diff(back.forward(x.clone()).hidden, out.clone()), 0.0);
+        let pruned = small.clone().keep("layers.0.heads", &[0, 2]).unwrap();
+        assert_eq!(pruned.config().layers[0].n_heads, 2);
+        let _ = pruned.forward(x.clone());
+        assert!(
+            small
+                .clone()
+                .export_hf(&tmp.path().join("hf"), None)
+                .is_err(),
+            "a factorized BERT has no transformers layout"
+        );
+
+        // Data-aware solutions fit every projection at least as well as the weight SVD.
+        let (_, svd) = factorize_model(
+            model.clone(),
+            &cal,
+            &RankPlan::Uniform(Rank::Count(4)),
+            Method::WeightSvd,
+        )
+        .unwrap();
+        for (a, b) in report.projections.iter().zip(&svd.projections) {
+            let (a, b) = (a.nmse.unwrap(), b.nmse.unwrap());
+            assert!(a <= b + 1e-9, "data-aware {a} vs SVD {b}");
+        }
+
+        // A budget: about half the projection parameters.
+        let (half, report) = factorize_model(
+            model.clone(),
+            &cal,
+            &RankPlan::Budget(0.5),
+            Method::default(),
+        )
+        .unwrap();
+        let proj = |r: &FactorizeReport, after: bool| -> usize {
+            r.projections
+                .iter()
+                .map(|p| {
+                    if after {
+                        p.params_after
+                    } else {
+                        p.params_before
+                    }
+                })
+                .sum()
+        };
+        let ratio = proj(&report, true) as f64 / proj(&report, false) as f64;
+        assert!(ratio <= 0.55, "budget 0.5 kept {ratio}");
+        let _ = half.forward(x.clone());
+
+        // Lowering the rank of a factorized model; raising it is refused.
+        let ranks = [("layers.0.ffn.up".to_string(), 2)].into();
+        let (lower, _) = factorize_model(
+            small.clone(),
+            &cal,
+            &RankPlan::PerProjection(ranks),
+            Method::default(),
+        )
+        .unwrap();
+        assert_eq!(lower.config().layers[0].rank("ffn.up"), Some(2));
+        let up = [("layers.0.ffn.up".to_string(), 6)].into();
+        let e = factorize_model(
+            small.clone(),
+            &cal,
+            &RankPlan::PerProjection(up),
+            Method::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("cannot raise the rank from 4 to 6"),
+            "{e}"
+        );
+        let bad = [("layers.0.ffn.sideways".to_string(), 2)].into();
+        let e = factorize_model(
+            small,
+            &cal,
+            &RankPlan::PerProjection(bad),
+            Method::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, PrunerError::UnknownProjection { .. }), "{e}");
+        let e = factorize_model(
+            model.clone(),
+            &cal,
+            &RankPlan::Budget(1.5),
+            Method::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("1.5"), "{e}");
+        let e = factorize_model(
+            model,
+            &Calibrator::new(),
+            &RankPlan::Budget(0.5),
+            Method::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, PrunerError::NotCalibrated { .. }), "{e}");
+    }
+}
+
+#[test]
+fn factorized_models_fit_their_calibration_and_keep_working() {
+    on_backend!(factorize_tiny);
 }

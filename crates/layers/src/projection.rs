@@ -1,0 +1,140 @@
+//! `Projection`: the linear maps inside attention and feed-forward blocks, `x W + b` (dense)
+//! or `x A B + b` (factorized to a rank recorded in the config, see
+//! [`crate::LayerConfig::ranks`]). A dense projection has the parameter paths of Burn's
+//! `Linear` (`weight [in, out]`, `bias`); a factorized one has `first [in, rank]`,
+//! `second [rank, out]` and `bias`.
+
+use burn::module::Param;
+use burn::nn::{Initializer, LinearConfig};
+use burn::prelude::*;
+use shears_spaces::{Scope, Space};
+
+/// `x W + b`, or `x A B + b`.
+#[derive(Module, Debug)]
+pub struct Projection<B: Backend> {
+    /// `[in, out]` when dense.
+    pub weight: Option<Param<Tensor<B, 2>>>,
+    /// `[in, rank]` when factorized.
+    pub first: Option<Param<Tensor<B, 2>>>,
+    /// `[rank, out]` when factorized.
+    pub second: Option<Param<Tensor<B, 2>>>,
+    /// `[out]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Projection<B> {
+    /// A freshly initialised projection (Burn's `Linear` initialisation), dense or of rank
+    /// `rank`.
+    pub fn new(d_in: usize, d_out: usize, rank: Option<usize>, device: &B::Device) -> Self {
+        let linear = |i: usize, o: usize, bias: bool| {
+            let c = LinearConfig::new(i, o).with_bias(bias);
+            // A zero-width projection (a block without heads or neurons): the default
+            // initialiser's bounds divide by the fan-in, so start at 0 instead of inf.
+            if i == 0 || o == 0 {
+                c.with_initializer(Initializer::Zeros)
+            } else {
+                c
+            }
+            .init::<B>(device)
+        };
+        match rank {
+            None => {
+                let l = linear(d_in, d_out, true);
+                Self {
+                    weight: Some(l.weight),
+                    first: None,
+                    second: None,
+                    bias: l.bias,
+                }
+            }
+            Some(r) => {
+                let a = linear(d_in, r, false);
+                let b = linear(r, d_out, true);
+                Self {
+                    weight: None,
+                    first: Some(a.weight),
+                    second: Some(b.weight),
+                    bias: b.bias,
+                }
+            }
+        }
+    }
+
+    /// Input width.
+    pub fn d_in(&self) -> usize {
+        match (&self.weight, &self.first) {
+            (Some(w), _) => w.dims()[0],
+            (None, Some(a)) => a.dims()[0],
+            _ => unreachable!("a projection is dense or factorized"),
+        }
+    }
+
+    /// Output width.
+    pub fn d_out(&self) -> usize {
+        match (&self.weight, &self.second) {
+            (Some(w), _) => w.dims()[1],
+            (None, Some(b)) => b.dims()[1],
+            _ => unreachable!("a projection is dense or factorized"),
+        }
+    }
+
+    /// The rank of a factorized projection.
+    pub fn rank(&self) -> Option<usize> {
+        self.first.as_ref().map(|a| a.dims()[1])
+    }
+
+    /// The bias broadcast to `[batch, seq, out]` (what the projection gives for a zero input,
+    /// and all a block without heads or neurons adds).
+    pub fn bias3(&self, batch: usize, seq: usize, device: &B::Device) -> Tensor<B, 3> {
+        let d = self.d_out();
+        match &self.bias {
+            Some(b) => b.val().reshape([1, 1, d]),
+            None => Tensor::zeros([1, 1, d], device),
+        }
+        .expand([batch, seq, d])
+    }
+
+    /// `x W + b` for `x: [batch, seq, in]` as one `[batch · seq, in]` matrix product per
+    /// factor (Burn's `Linear` on a 3-D input broadcasts the weight and runs one small
+    /// product per batch row, which on the CPU backend is markedly slower).
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, d] = x.dims();
+        let x = x.reshape([b * s, d]);
+        let y = match (&self.weight, &self.first, &self.second) {
+            (Some(w), _, _) => x.matmul(w.val()),
+            (None, Some(a), Some(bm)) => x.matmul(a.val()).matmul(bm.val()),
+            _ => unreachable!("a projection is dense or factorized"),
+        };
+        let o = y.dims()[1];
+        let y = match &self.bias {
+            Some(bias) => y + bias.val().reshape([1, o]),
+            None => y,
+        };
+        y.reshape([b, s, o])
+    }
+
+    /// Declares this projection's axes under `name`: inputs in `input`, outputs in `output`,
+    /// a factorized projection's rank axis free (not prunable through spaces).
+    pub fn declare(
+        rank: Option<usize>,
+        scope: &mut Scope<'_>,
+        name: &str,
+        input: &Space,
+        output: &Space,
+    ) {
+        let mut s = scope.child(name);
+        match rank {
+            None => {
+                s.claim("weight", 0, input);
+                s.claim("weight", 1, output);
+            }
+            Some(_) => {
+                s.claim("first", 0, input);
+                s.free("first", 1);
+                s.free("second", 0);
+                s.claim("second", 1, output);
+            }
+        }
+        s.claim("bias", 0, output);
+    }
+}
