@@ -3,9 +3,11 @@
 
 mod bench;
 mod eval;
+mod factorize;
 mod fetch;
 mod inspect;
 mod prune_heads;
+mod sparsify;
 mod test;
 mod train_gated;
 
@@ -89,6 +91,12 @@ enum Cmd {
     TrainGated(train_gated::Args),
     /// Evaluate a saved model on a CSV / JSON-lines file: accuracy or perplexity, latency.
     Eval(eval::Args),
+    /// Factorize a model's projections to a low rank, calibrated on real text; write the
+    /// model and a report (per-layer ranks and errors, size, FLOPs, latency, accuracy).
+    Factorize(factorize::Args),
+    /// Sparsify a model's projection weights (magnitude, Wanda, block-norm, N:M); write the
+    /// model and a report (per-tensor sparsity, accuracy, latency).
+    Sparsify(sparsify::Args),
     /// Benchmarks (release build).
     Bench(bench::Args),
     /// Run the test suite on the ndarray and the wgpu backends.
@@ -110,6 +118,8 @@ fn main() -> Result<()> {
         Cmd::PruneHeads(a) => prune_heads::main(cli.backend, a),
         Cmd::TrainGated(a) => train_gated::main(cli.backend, a),
         Cmd::Eval(a) => eval::main(cli.backend, a),
+        Cmd::Factorize(a) => factorize::main(cli.backend, a),
+        Cmd::Sparsify(a) => sparsify::main(cli.backend, a),
         Cmd::Bench(a) => bench::main(cli.backend, a),
         Cmd::Test(a) => test::main(a),
     }

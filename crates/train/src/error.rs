@@ -58,6 +58,9 @@ pub enum TrainError {
     /// Gate settings.
     #[error(transparent)]
     Gate(#[from] GateError),
+    /// Masks.
+    #[error(transparent)]
+    Sparsify(#[from] shears_sparsify::SparsifyError),
     /// A file could not be read or written.
     #[error("cannot access `{path}`: {reason}")]
     Io {

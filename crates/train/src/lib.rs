@@ -2,7 +2,7 @@
 //! flags), datasets (CSV / JSON lines, bzip2 allowed, seeded split), the gated-training
 //! pipeline (dense fine-tune -> gated training toward a target sparsity -> harden and remove
 //! -> fine-tune -> evaluate), checkpoints and resume, evaluation of saved models, and the
-//! report with its figures.
+//! report with its figures; low-rank factorization of a saved model on real text.
 //!
 //! Training runs on `B: AutodiffBackend`; evaluation and latency on its inner backend.
 
@@ -10,11 +10,18 @@ mod config;
 pub mod data;
 mod error;
 mod eval;
+mod factorize;
 pub mod report;
 mod run;
+pub mod sparsify;
 pub mod task;
 
 pub use config::*;
 pub use error::*;
 pub use eval::*;
+pub use factorize::*;
 pub use run::*;
+pub use sparsify::{
+    DEFAULT_PATTERNS, SparsifyMethod, SparsifyOptions, SparsifySummary, TensorSparsity,
+    run_sparsify,
+};

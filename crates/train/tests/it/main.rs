@@ -9,9 +9,10 @@ use burn::backend::Autodiff;
 use burn::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use shears_layers::{ModelConfig, Transformer};
+use shears_pruners::RankPlan;
 use shears_train::{
-    ConfigSources, EvalOptions, Experiment, Outcome, RunOptions, Task, TrainError, eval_dir, run,
-    staging_dir,
+    ConfigSources, EvalOptions, Experiment, FactorizeOptions, Outcome, RunOptions, SparsifyMethod,
+    SparsifyOptions, Task, TrainError, eval_dir, run, run_factorize, run_sparsify, staging_dir,
 };
 
 /// Runs `$f::<B>(&device)` on the backend named by `SHEARS_BACKEND`.
@@ -404,6 +405,100 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
         config.layers.iter().map(|l| l.n_heads).collect::<Vec<_>>(),
         report.kept_heads_per_layer
     );
+
+    // Factorize the fine-tuned dense model on the same data: calibration on the training
+    // split, accuracy on the test split before and after.
+    let fopts = FactorizeOptions {
+        data: tmp.path().join("data.csv"),
+        plan: RankPlan::Budget(0.6),
+        calibration_tokens: 500,
+        seed: 7,
+        latency_repeats: 2,
+        ..Default::default()
+    };
+    let fout = tmp.path().join("factorized");
+    let f = run_factorize::<B>(&out.join("dense-model"), &fopts, &fout, "test", device).unwrap();
+    assert!(f.factorization.calibration_tokens >= 500);
+    assert!(f.factorization.params_after < f.factorization.params_before);
+    assert!(f.flops_per_token_after < f.flops_per_token_before);
+    assert_eq!(f.test_examples, Some(report.split_sizes[2]));
+    // The test split is the one train-gated held out: the same accuracy before.
+    let before = f.before.clone().unwrap().accuracy.unwrap();
+    assert!((before - acc_dense).abs() < 1e-9, "{before} vs {acc_dense}");
+    assert!(f.after.clone().unwrap().accuracy.unwrap() > 0.6, "{f:?}");
+    for file in [
+        "model/shears.json",
+        "model/head.safetensors",
+        "model/task.json",
+        "report.json",
+        "report.md",
+    ] {
+        assert!(fout.join(file).exists(), "{file} missing");
+    }
+    let ranks = shears_layers::save::read_config(&fout.join("model")).unwrap();
+    assert!(ranks.layers.iter().any(|l| !l.ranks.is_empty()));
+    let e = run_factorize::<B>(
+        &out.join("dense-model"),
+        &FactorizeOptions {
+            plan: RankPlan::Budget(1.5),
+            ..fopts.clone()
+        },
+        &tmp.path().join("bad"),
+        "test",
+        device,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("1.5"), "{e}");
+    assert!(!tmp.path().join("bad").exists());
+
+    // Sparsify the dense model: 2:4 and Wanda (calibrated on the training split) on every
+    // projection weight; the saved model holds the zeros.
+    for method in ["nm:2:4", "wanda", "block-norm:1x4"] {
+        let sopts = SparsifyOptions {
+            data: tmp.path().join("data.csv"),
+            method: method.parse().unwrap(),
+            sparsity: 0.5,
+            calibration_tokens: 500,
+            seed: 7,
+            latency_repeats: 2,
+            ..Default::default()
+        };
+        let sout = tmp
+            .path()
+            .join(format!("sparse-{method}").replace(':', "-"));
+        let s = run_sparsify::<B>(&out.join("dense-model"), &sopts, &sout, "test", device).unwrap();
+        assert_eq!(s.selected_zeros * 2, s.selected_elements, "{method}");
+        assert!(!s.tensors.is_empty());
+        assert_eq!(s.calibration_tokens > 0, method == "wanda");
+        let before = s.before.clone().unwrap().accuracy.unwrap();
+        assert!((before - acc_dense).abs() < 1e-9, "{before} vs {acc_dense}");
+        let saved = shears_layers::BertModel::<B>::load(&sout.join("model"), device).unwrap();
+        let w = shears_layers::tensorio::export(&saved)["layers.0.ffn.up.weight"].clone();
+        let zeros = w.data.iter().filter(|v| **v == 0.0).count();
+        assert_eq!(
+            zeros * 2,
+            w.data.len(),
+            "{method}: saved weights keep the zeros"
+        );
+        assert!(sout.join("report.md").exists() && sout.join("report.json").exists());
+    }
+    let e = run_sparsify::<B>(
+        &out.join("dense-model"),
+        &SparsifyOptions {
+            data: tmp.path().join("data.csv"),
+            method: SparsifyMethod::Magnitude,
+            patterns: vec!["layers.*.atention.*.weight".into()],
+            ..Default::default()
+        },
+        &tmp.path().join("bad"),
+        "test",
+        device,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("atention"), "{e}");
+    assert!(!tmp.path().join("bad").exists());
+    let e = "nm:2".parse::<SparsifyMethod>().unwrap_err();
+    assert!(e.to_string().contains("nm:2"), "{e}");
 }
 
 #[test]
