@@ -381,7 +381,9 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
         .values()
         .map(|v| v.as_array().unwrap().len())
         .sum();
-    assert_eq!(removed, 4);
+    // transformers cannot run a layer without heads: such a layer keeps one zero
+    // placeholder head in the export, so it lists one removed head less.
+    assert_eq!(removed, 4 - report.headless_layers.len(), "{report:?}");
     let svg = std::fs::read_to_string(out.join("gates.svg")).unwrap();
     assert_eq!(svg.matches("<rect").count(), 8, "one cell per head");
 
