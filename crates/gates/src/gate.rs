@@ -13,8 +13,43 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::activation::sigmoid;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// How a forward pass draws its gates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Draw {
+    /// The deterministic evaluation values.
+    Eval,
+    /// Noisy training samples. The uniform noise comes from a host generator seeded with this
+    /// key, never from the backend's process-wide seed (`Backend::seed` is global, and tests
+    /// run in parallel threads), so the same key gives the same sample on every run and
+    /// every backend.
+    Sample(u64),
+}
+
+impl Draw {
+    /// Whether this draws noisy training samples.
+    pub fn is_sample(self) -> bool {
+        matches!(self, Draw::Sample(_))
+    }
+
+    /// The draw of the `index`-th of several gate groups: the same mode, an independent key.
+    pub fn sub(self, index: usize) -> Draw {
+        match self {
+            Draw::Eval => Draw::Eval,
+            Draw::Sample(key) => Draw::Sample(mix(key ^ mix(index as u64 + 1))),
+        }
+    }
+}
+
+/// SplitMix64's finaliser: a bijection of `u64` that scatters nearby keys.
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 /// Settings of a Hard-Concrete gate.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -27,7 +62,10 @@ pub struct GateConfig {
     pub high: f64,
     /// ε keeping the uniform noise away from 0 and 1 (default 1e-6).
     pub eps: f64,
-    /// Initial `log α` of every gate (default 2.0: P(open) ≈ 0.998, the model starts dense).
+    /// Initial `log α` of every gate (default 2.0). With the default β and stretch this gives
+    /// `P(z ≠ 0) = σ(2 - 0.33 ln(0.1 / 1.1)) ≈ 0.94`, `P(z = 1) ≈ 0.77` and a deterministic
+    /// value `σ(2) · 1.2 - 0.1 ≈ 0.96`: the model starts nearly dense, and the gates are far
+    /// enough from saturation that the task gradient moves them from the first step.
     pub init_log_alpha: f64,
 }
 
@@ -126,15 +164,15 @@ impl<B: Backend> HardConcreteGate<B> {
     }
 
     /// A noisy sample (training): differentiable in `log α`, exactly 0 or 1 with positive
-    /// probability.
-    pub fn sample(&self) -> Tensor<B, 1> {
+    /// probability. The noise `u` is drawn on the host from a generator seeded with `key`.
+    pub fn sample(&self, key: u64) -> Tensor<B, 1> {
         let c = &self.config;
         let la = self.log_alpha.val();
-        let u = Tensor::<B, 1>::random(
-            [self.len()],
-            Distribution::Uniform(c.eps, 1.0 - c.eps),
-            &la.device(),
-        );
+        let mut rng = StdRng::seed_from_u64(key);
+        let noise: Vec<f32> = (0..self.len())
+            .map(|_| rng.random_range(c.eps..1.0 - c.eps) as f32)
+            .collect();
+        let u = Tensor::<B, 1>::from_data(TensorData::new(noise, [self.len()]), &la.device());
         let logit = u.clone().log() - (u.neg() + 1.0).log();
         self.stretch_clip(sigmoid((logit + la) / c.temperature))
     }
@@ -144,12 +182,11 @@ impl<B: Backend> HardConcreteGate<B> {
         self.stretch_clip(sigmoid(self.log_alpha.val()))
     }
 
-    /// `sample()` in training, `value()` otherwise.
-    pub fn gates(&self, training: bool) -> Tensor<B, 1> {
-        if training {
-            self.sample()
-        } else {
-            self.value()
+    /// `sample(key)` for [`Draw::Sample`], `value()` for [`Draw::Eval`].
+    pub fn gates(&self, draw: Draw) -> Tensor<B, 1> {
+        match draw {
+            Draw::Sample(key) => self.sample(key),
+            Draw::Eval => self.value(),
         }
     }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use shears_gates::{GateConfig, GateError, GateKind, GateSet, Harden, Kept, Penalty};
+use shears_gates::{Draw, GateConfig, GateError, GateKind, GateSet, Harden, Kept, Penalty};
 use shears_layers::{Masks, ModelInput, ModelOutput, PruneError, Transformer};
 
 /// Which units get gates.
@@ -179,10 +179,10 @@ impl<B: Backend> GatedModel<B> {
         Ok(Self { model, gates })
     }
 
-    /// The masks the gates give: noisy samples when `training`, deterministic values
-    /// otherwise. Heads are `[n_layers, max_heads]` (padding columns, and layers without a
+    /// The masks the gates give: noisy samples for [`Draw::Sample`] (group `i` draws with
+    /// `draw.sub(i)`), deterministic values for [`Draw::Eval`]. Heads are `[n_layers, max_heads]` (padding columns, and layers without a
     /// heads group, are 1); a whole-layer gate multiplies its layer's heads and neurons.
-    pub fn masks(&self, training: bool) -> Masks<B> {
+    pub fn masks(&self, draw: Draw) -> Masks<B> {
         let config = self.model.config();
         let device = self.model.devices()[0].clone();
         let n_layers = config.n_layers();
@@ -191,8 +191,8 @@ impl<B: Backend> GatedModel<B> {
         let mut ffn: Vec<Option<Tensor<B, 1>>> = vec![None; n_layers];
         let mut hidden = None;
         let mut layer_gates = None;
-        for g in &self.gates.groups {
-            let v = g.gate.gates(training);
+        for (i, g) in self.gates.groups.iter().enumerate() {
+            let v = g.gate.gates(draw.sub(i));
             match (g.kind, layer_of(&g.space)) {
                 (GateKind::Heads, Some(l)) if l < n_layers => heads[l] = Some(v),
                 (GateKind::Neurons, Some(l)) if l < n_layers => ffn[l] = Some(v),
@@ -243,12 +243,12 @@ impl<B: Backend> GatedModel<B> {
 
     /// The seed's `get_gate_values`: deterministic head gate values `[n_layers, max_heads]`.
     pub fn gate_values(&self) -> Option<Tensor<B, 2>> {
-        self.masks(false).heads
+        self.masks(Draw::Eval).heads
     }
 
     /// Forward pass with the gates as masks (any masks in `input` are replaced).
-    pub fn forward(&self, input: ModelInput<B>, training: bool) -> ModelOutput<B> {
-        self.model.forward(input.with_masks(self.masks(training)))
+    pub fn forward(&self, input: ModelInput<B>, draw: Draw) -> ModelOutput<B> {
+        self.model.forward(input.with_masks(self.masks(draw)))
     }
 
     /// The penalty term to add to the loss at `step`, `[1]`.

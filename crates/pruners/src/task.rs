@@ -4,9 +4,11 @@
 
 use std::path::Path;
 
+use burn::module::Param;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use shears_gates::Harden;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use shears_gates::{Draw, Harden};
 use shears_layers::hf::HfHead;
 use shears_layers::{LoadError, ModelInput, ModelOutput, Transformer, tensorio};
 use shears_spaces::TensorMap;
@@ -21,11 +23,27 @@ pub struct ClassifierHead<B: Backend> {
 }
 
 impl<B: Backend> ClassifierHead<B> {
-    /// A fresh head.
-    pub fn new(d_pooler: usize, n_classes: usize, device: &B::Device) -> Self {
-        Self {
-            linear: LinearConfig::new(d_pooler, n_classes).init(device),
-        }
+    /// A fresh head, initialised as Burn's `Linear` is (weight and bias uniform in
+    /// `±1/sqrt(d_pooler)`), from a host generator seeded with `seed` rather than the
+    /// backend's process-wide seed, so the same seed gives the same head on every run.
+    pub fn new(d_pooler: usize, n_classes: usize, seed: u64, device: &B::Device) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let bound = 1.0 / (d_pooler.max(1) as f64).sqrt();
+        let mut draw = |shape: Vec<usize>| {
+            let n = shape.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|_| rng.random_range(-bound..bound) as f32)
+                .collect();
+            TensorData::new(v, shape)
+        };
+        let mut linear = LinearConfig::new(d_pooler, n_classes).init(device);
+        linear.weight =
+            Param::from_tensor(Tensor::from_data(draw(vec![d_pooler, n_classes]), device));
+        linear.bias = Some(Param::from_tensor(Tensor::from_data(
+            draw(vec![n_classes]),
+            device,
+        )));
+        Self { linear }
     }
 
     /// Number of classes.
@@ -164,14 +182,14 @@ pub struct GatedTaskModel<B: Backend> {
 }
 
 impl<B: Backend> GatedTaskModel<B> {
-    /// The backbone's output with the gates as masks (noisy when `training`).
-    pub fn forward(&self, input: ModelInput<B>, training: bool) -> ModelOutput<B> {
-        self.gated.forward(input, training)
+    /// The backbone's output with the gates as masks (noisy samples for [`Draw::Sample`]).
+    pub fn forward(&self, input: ModelInput<B>, draw: Draw) -> ModelOutput<B> {
+        self.gated.forward(input, draw)
     }
 
     /// Class logits `[batch, n_classes]`, for a classifier.
-    pub fn class_logits(&self, input: ModelInput<B>, training: bool) -> Option<Tensor<B, 2>> {
-        class_logits(self.head.as_ref(), self.forward(input, training))
+    pub fn class_logits(&self, input: ModelInput<B>, draw: Draw) -> Option<Tensor<B, 2>> {
+        class_logits(self.head.as_ref(), self.forward(input, draw))
     }
 
     /// Hardens the gates and removes the closed units (see [`GatedModel::prune`]); the

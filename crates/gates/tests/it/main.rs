@@ -6,7 +6,8 @@ use burn::module::Param;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use shears_gates::{
-    GateConfig, GateError, GateKind, GateSet, HardConcreteGate, Harden, Lagrangian, SparsityTarget,
+    Draw, GateConfig, GateError, GateKind, GateSet, HardConcreteGate, Harden, Lagrangian,
+    SparsityTarget,
 };
 
 /// Runs `$f::<B>(&device)` on the backend named by `SHEARS_BACKEND`.
@@ -31,11 +32,10 @@ fn gate_with<B: Backend>(log_alpha: f32, n: usize, device: &B::Device) -> HardCo
 }
 
 fn sampled_statistics_match_closed_form<B: Backend>(device: &B::Device) {
-    B::seed(device, 7);
     let n = 40_000;
-    for la in [-2.0f32, -0.5, 0.0, 1.0, 2.5] {
+    for (k, la) in [-2.0f32, -0.5, 0.0, 1.0, 2.5].into_iter().enumerate() {
         let g = gate_with::<B>(la, n, device);
-        let z = host(g.sample());
+        let z = host(g.sample(7 + k as u64));
         let zeros = z.iter().filter(|&&v| v == 0.0).count() as f64 / n as f64;
         let ones = z.iter().filter(|&&v| v == 1.0).count() as f64 / n as f64;
         let p0 = host(g.p_closed())[0] as f64;
@@ -53,11 +53,6 @@ fn sampled_statistics_match_closed_form<B: Backend>(device: &B::Device) {
     }
 }
 
-#[test]
-fn sampled_probabilities_match_the_closed_form() {
-    on_backend!(sampled_statistics_match_closed_form);
-}
-
 fn penalty_and_determinism<B: Backend>(device: &B::Device) {
     let mut last = -1.0;
     for la in [-3.0f32, -1.0, 0.0, 1.0, 3.0] {
@@ -69,23 +64,24 @@ fn penalty_and_determinism<B: Backend>(device: &B::Device) {
     }
     let g = gate_with::<B>(0.3, 64, device);
     assert_eq!(
-        host(g.gates(false)),
-        host(g.gates(false)),
+        host(g.gates(Draw::Eval)),
+        host(g.gates(Draw::Eval)),
         "evaluation mode must be deterministic"
     );
     assert_ne!(
-        host(g.gates(true)),
-        host(g.gates(true)),
+        host(g.gates(Draw::Sample(1))),
+        host(g.gates(Draw::Sample(2))),
         "training mode must be noisy"
     );
+    assert_eq!(
+        host(g.gates(Draw::Sample(3))),
+        host(g.gates(Draw::Sample(3))),
+        "a sample is a function of its key"
+    );
+    assert_ne!(Draw::Sample(3).sub(0), Draw::Sample(3).sub(1));
     // Evaluation value: clip(σ(log α)(h - l) + l, 0, 1).
     let expect = (1.0 / (1.0 + (-0.3f64).exp())) * 1.2 - 0.1;
     assert!((host(g.value())[0] as f64 - expect).abs() < 1e-6);
-}
-
-#[test]
-fn penalty_grows_with_log_alpha_and_evaluation_is_deterministic() {
-    on_backend!(penalty_and_determinism);
 }
 
 fn hardening<B: Backend>(device: &B::Device) {
@@ -123,11 +119,6 @@ fn hardening<B: Backend>(device: &B::Device) {
         set.harden(Harden::Count(9)).unwrap_err(),
         GateError::Count { count: 9, total: 8 }
     );
-}
-
-#[test]
-fn hardening_keeps_exactly_what_is_asked() {
-    on_backend!(hardening);
 }
 
 #[test]
@@ -190,7 +181,7 @@ fn train_gates<B: Backend>(device: &B::Device, lr: f64, quadratic: f64) -> Run<B
     let mut tail = Vec::new();
     let mut peak = 0.0f64;
     for step in 0..2500 {
-        let z = set.groups[0].gate.sample();
+        let z = set.groups[0].gate.sample(step as u64);
         let task = (z * reward.clone()).sum().neg();
         let sparsity = set.expected_sparsity();
         let s = sparsity.clone().into_scalar().elem::<f32>() as f64;
@@ -263,7 +254,28 @@ fn lagrangian_reaches_target<B: Backend>(device: &B::Device) {
     );
 }
 
-#[test]
-fn lagrangian_drives_expected_sparsity_to_the_target() {
-    on_backend!(lagrangian_reaches_target);
+/// Tests that run on every backend CI covers: `cargo xtask test` runs the `backend::` tests on
+/// each backend, everything else once.
+mod backend {
+    use super::*;
+
+    #[test]
+    fn sampled_probabilities_match_the_closed_form() {
+        on_backend!(sampled_statistics_match_closed_form);
+    }
+
+    #[test]
+    fn penalty_grows_with_log_alpha_and_evaluation_is_deterministic() {
+        on_backend!(penalty_and_determinism);
+    }
+
+    #[test]
+    fn hardening_keeps_exactly_what_is_asked() {
+        on_backend!(hardening);
+    }
+
+    #[test]
+    fn lagrangian_drives_expected_sparsity_to_the_target() {
+        on_backend!(lagrangian_reaches_target);
+    }
 }

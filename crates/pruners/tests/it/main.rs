@@ -5,7 +5,7 @@ use burn::module::{AutodiffModule, Param};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use shears_gates::{Harden, Lagrangian, Penalty, SparsityTarget};
+use shears_gates::{Draw, Harden, Lagrangian, Penalty, SparsityTarget};
 use shears_layers::{ModelConfig, ModelInput, Transformer, tensorio};
 use shears_pruners::{
     Calibrator, ClassifierHead, FactorizeReport, GateSpec, GatedModel, PrunerError, RankPlan,
@@ -109,11 +109,6 @@ fn hardened_equals_pruned<B: Backend>(device: &B::Device) {
 }
 
 #[test]
-fn hardened_gates_equal_the_pruned_model() {
-    on_backend!(hardened_equals_pruned);
-}
-
-#[test]
 fn nothing_gated_is_an_error() {
     let device = Default::default();
     let model = Transformer::<burn::backend::NdArray<f32>>::new(
@@ -164,23 +159,58 @@ fn accuracy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> f32 
     hits as f32 / n as f32
 }
 
-fn train_gate_prune<B: Backend>(device: &B::Device) {
+/// `model` with every tensor that is not constant redrawn from a host generator seeded with
+/// `seed`, at the scale of its initialisation (Burn's initialisers draw from the backend's
+/// process-wide seed, which tests running in parallel threads share).
+fn reseed<B: Backend>(model: Transformer<B>, seed: u64, device: &B::Device) -> Transformer<B> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tensors = tensorio::export(&model);
+    for t in tensors.values_mut() {
+        let scale = t.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        if t.data.iter().all(|v| *v == t.data[0]) || scale == 0.0 {
+            continue;
+        }
+        for v in &mut t.data {
+            *v = rng.random_range(-scale..scale);
+        }
+    }
+    tensorio::import(model, &tensors, device).unwrap()
+}
+
+/// Steps of the gated training: 600 on the CPU, 300 on software Vulkan (where every step
+/// costs about 30 times more); the target is reached at step 100 either way.
+fn gated_steps() -> usize {
+    if std::env::var("SHEARS_BACKEND").as_deref() == Ok("wgpu") {
+        300
+    } else {
+        600
+    }
+}
+
+/// Gated training of a tiny BERT classifier toward 50% of its 8 heads: returns the mean
+/// expected sparsity of the last third of the steps and the trained model.
+fn train_gated<B: Backend>(
+    gate_lr: f64,
+    device: &B::Device,
+) -> (f64, shears_pruners::GatedTaskModel<Autodiff<B>>) {
     type A<B> = Autodiff<B>;
-    A::<B>::seed(device, 11);
     let config = tiny(ModelConfig::bert(20, 16, 2, 4, 16));
-    let model = Transformer::<A<B>>::new(&config, device);
-    let mut clf = TaskModel::classifier(model, ClassifierHead::new(16, 2, device))
+    let model = reseed(Transformer::<A<B>>::new(&config, device), 11, device);
+    let mut clf = TaskModel::classifier(model, ClassifierHead::new(16, 2, 12, device))
         .with_gates(&GateSpec::default(), device)
         .unwrap();
     let mut opt = AdamConfig::new().init();
     // Gates learn on their own, faster schedule (as CoFi does).
     let mut gate_opt = AdamConfig::new().init();
-    let mut lag = Lagrangian::new(SparsityTarget::new(0.5, 100).unwrap(), 0.05);
+    // The augmented form (a quadratic term from the start), as the pipeline uses it.
+    let mut lag =
+        Lagrangian::new(SparsityTarget::new(0.5, 100).unwrap(), 0.05).with_quadratic(100.0);
     let mut rng = StdRng::seed_from_u64(2);
     let mut tail = Vec::new();
-    for step in 0..600 {
+    let steps = gated_steps();
+    for step in 0..steps {
         let (x, y) = batch::<A<B>>(&mut rng, device);
-        let logits = clf.class_logits(x, true).unwrap();
+        let logits = clf.class_logits(x, Draw::Sample(step as u64)).unwrap();
         let task = burn::nn::loss::CrossEntropyLossConfig::new()
             .init(device)
             .forward(logits, y);
@@ -188,11 +218,11 @@ fn train_gate_prune<B: Backend>(device: &B::Device) {
         let mut grads = loss.backward();
         let gate_grads = GradientsParams::from_module(&mut grads, &clf.gated.gates);
         let rest = GradientsParams::from_grads(grads, &clf);
-        clf.gated.gates = gate_opt.step(0.05, clf.gated.gates, gate_grads);
+        clf.gated.gates = gate_opt.step(gate_lr, clf.gated.gates, gate_grads);
         clf = opt.step(3e-3, clf, rest);
         let s = clf.gated.expected_sparsity();
         lag.ascend(s, step);
-        if step >= 450 {
+        if step >= steps - steps / 3 {
             tail.push(s);
         }
         if std::env::var_os("SHEARS_TRACE").is_some() && step % 50 == 0 {
@@ -204,30 +234,44 @@ fn train_gate_prune<B: Backend>(device: &B::Device) {
             );
         }
     }
-    // The multipliers oscillate around the target; judge the mean of the last 150 steps.
-    let s = tail.iter().sum::<f64>() / tail.len() as f64;
+    // The multipliers oscillate around the target; judge the mean of the last third.
+    (tail.iter().sum::<f64>() / tail.len() as f64, clf)
+}
+
+/// What a working gated training reaches: the mean expected sparsity of the last third
+/// within this of the 0.5 target.
+const SPARSITY_BAND: f64 = 0.04;
+
+fn train_gate_prune<B: Backend>(device: &B::Device) {
+    let (s, clf) = train_gated::<B>(0.05, device);
     assert!(
-        (s - 0.5).abs() < 0.15,
+        (s - 0.5).abs() < SPARSITY_BAND,
         "expected head sparsity {s}, target 0.5"
     );
 
-    // Evaluate: hardened gated model vs the physically pruned model, on fresh data.
+    // Evaluate: hardened gated model vs the physically pruned model, on 256 fresh examples.
     let clf = clf.valid();
-    let (x, y) = batch::<B>(&mut StdRng::seed_from_u64(99), device);
+    let mut held_out = StdRng::seed_from_u64(99);
+    let batches: Vec<_> = (0..16).map(|_| batch::<B>(&mut held_out, device)).collect();
     let masks = clf.gated.hard_masks(Harden::ExpectedL0).unwrap();
     let head = clf.head.clone().unwrap();
-    let hardened_logits = head.forward(
-        clf.gated
-            .model
-            .forward(x.clone().with_masks(masks))
-            .pooled
-            .unwrap(),
-    );
+    let hardened_logits: Vec<_> = batches
+        .iter()
+        .map(|(x, _)| {
+            head.forward(
+                clf.gated
+                    .model
+                    .forward(x.clone().with_masks(masks.clone()))
+                    .pooled
+                    .unwrap(),
+            )
+        })
+        .collect();
     let (pruned, report) = clf.prune(Harden::ExpectedL0).unwrap();
     let pruned = pruned.backbone;
     let kept: usize = report.kept.iter().map(|k| k.keep.len()).sum();
     assert!(
-        (2..=6).contains(&kept),
+        (3..=5).contains(&kept),
         "kept {kept} of 8 heads for a 50% target"
     );
     assert_eq!(
@@ -239,19 +283,24 @@ fn train_gate_prune<B: Backend>(device: &B::Device) {
             .sum::<usize>(),
         kept
     );
-    let pruned_logits = head.forward(pruned.forward(x.clone()).pooled.unwrap());
-    let d = max_diff(hardened_logits.clone(), pruned_logits.clone());
-    assert!(d <= 1e-5, "hardened and pruned logits differ by {d}");
-    assert_eq!(
-        accuracy(hardened_logits, y.clone()),
-        accuracy(pruned_logits.clone(), y.clone())
-    );
+    let mut hits = (0.0, 0.0);
+    for ((x, y), hardened) in batches.iter().zip(hardened_logits) {
+        let pruned_logits = head.forward(pruned.forward(x.clone()).pooled.unwrap());
+        let d = max_diff(hardened.clone(), pruned_logits.clone());
+        assert!(d <= 1e-5, "hardened and pruned logits differ by {d}");
+        hits.0 += accuracy(hardened, y.clone());
+        hits.1 += accuracy(pruned_logits, y.clone());
+    }
+    assert_eq!(hits.0, hits.1);
+    let acc = hits.1 / batches.len() as f32;
     assert!(
-        accuracy(pruned_logits.clone(), y) > 0.5,
-        "the pruned classifier learned nothing"
+        acc > 0.9,
+        "the pruned classifier reaches {acc} on 256 held-out examples"
     );
 
     // The pruned model saves, reloads and computes the same thing; no gates are left in it.
+    let (x, _) = &batches[0];
+    let pruned_logits = head.forward(pruned.forward(x.clone()).pooled.unwrap());
     let tmp = tempfile::tempdir().unwrap();
     pruned.save(&tmp.path().join("m")).unwrap();
     let back = Transformer::<B>::load(&tmp.path().join("m"), device).unwrap();
@@ -260,13 +309,22 @@ fn train_gate_prune<B: Backend>(device: &B::Device) {
             .keys()
             .all(|k| !k.contains("gate"))
     );
-    let d = max_diff(head.forward(back.forward(x).pooled.unwrap()), pruned_logits);
+    let d = max_diff(
+        head.forward(back.forward(x.clone()).pooled.unwrap()),
+        pruned_logits,
+    );
     assert_eq!(d, 0.0);
 }
 
+/// Negative control of the sparsity check above: with frozen gates (gate learning rate 0)
+/// the same run stays near the initial 6% expected sparsity and fails it.
 #[test]
-fn gated_training_closes_heads_and_pruning_removes_them() {
-    on_backend!(train_gate_prune);
+fn frozen_gates_fail_the_sparsity_check() {
+    let (s, _) = train_gated::<burn::backend::NdArray<f32>>(0.0, &Default::default());
+    assert!(
+        (s - 0.5).abs() >= SPARSITY_BAND,
+        "frozen gates reached expected sparsity {s}: the check cannot fail"
+    );
 }
 
 fn calibrated<B: Backend>(model: &Transformer<B>, device: &B::Device) -> Calibrator {
@@ -418,7 +476,23 @@ fn factorize_tiny<B: Backend>(device: &B::Device) {
     }
 }
 
-#[test]
-fn factorized_models_fit_their_calibration_and_keep_working() {
-    on_backend!(factorize_tiny);
+/// Tests that run on every backend CI covers: `cargo xtask test` runs the `backend::` tests on
+/// each backend, everything else once.
+mod backend {
+    use super::*;
+
+    #[test]
+    fn hardened_gates_equal_the_pruned_model() {
+        on_backend!(hardened_equals_pruned);
+    }
+
+    #[test]
+    fn gated_training_closes_heads_and_pruning_removes_them() {
+        on_backend!(train_gate_prune);
+    }
+
+    #[test]
+    fn factorized_models_fit_their_calibration_and_keep_working() {
+        on_backend!(factorize_tiny);
+    }
 }
