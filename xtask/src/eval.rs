@@ -27,6 +27,10 @@ pub struct Args {
     /// Timed forward passes.
     #[arg(long, default_value_t = 10)]
     repeats: usize,
+    /// Evaluate every row of a file other than the one the model was trained on (with that
+    /// file, only its held-out test split is evaluated).
+    #[arg(long)]
+    other_data: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -45,6 +49,7 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         label_column: args.label_column.clone(),
         batch_size: args.batch,
         repeats: args.repeats,
+        other_data: args.other_data,
     };
     let s = crate::with_backend!(backend, |B, device| {
         eval_dir::<B>(&args.model, &args.data, &opts, &device)
@@ -56,8 +61,9 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
     }
     println!("model       {}", args.model.display());
     println!(
-        "data        {} ({} examples, {} rows dropped)",
+        "data        {} ({}: {} examples, {} rows dropped)",
         args.data.display(),
+        s.rows,
         s.examples,
         s.dropped
     );

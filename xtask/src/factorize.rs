@@ -43,9 +43,14 @@ pub struct Args {
     /// Calibration tokens from the training split.
     #[arg(long, default_value_t = 4096)]
     calibration_tokens: usize,
-    /// Seed of the train / validation / test split (`train-gated`'s default is 42).
+    /// Seed of the train / validation / test split, for a model whose `task.json` does not
+    /// record the split it was trained with (otherwise the recorded one is used).
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Allow `--data` to be another file than the one the model was trained on (its "test"
+    /// split is then not held out from training).
+    #[arg(long)]
+    other_data: bool,
     /// Run in this build instead of re-running in release.
     #[arg(long)]
     no_release: bool,
@@ -91,6 +96,7 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         method: method(&args.method)?,
         calibration_tokens: args.calibration_tokens,
         seed: args.seed,
+        other_data: args.other_data,
         ..FactorizeOptions::default()
     };
     let name = format!("{backend:?}").to_lowercase();

@@ -42,9 +42,14 @@ pub struct Args {
     /// Wanda's calibration tokens from the training split.
     #[arg(long, default_value_t = 4096)]
     calibration_tokens: usize,
-    /// Seed of the train / validation / test split (`train-gated`'s default is 42).
+    /// Seed of the train / validation / test split, for a model whose `task.json` does not
+    /// record the split it was trained with (otherwise the recorded one is used).
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Allow `--data` to be another file than the one the model was trained on (its "test"
+    /// split is then not held out from training).
+    #[arg(long)]
+    other_data: bool,
     /// Run in this build instead of re-running in release.
     #[arg(long)]
     no_release: bool,
@@ -70,6 +75,7 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         sparsity: args.sparsity,
         calibration_tokens: args.calibration_tokens,
         seed: args.seed,
+        other_data: args.other_data,
         ..SparsifyOptions::default()
     };
     if !args.patterns.is_empty() {

@@ -110,6 +110,7 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         stop_after: args.stop_after,
         backend: format!("{backend:?}").to_lowercase(),
         interrupt: Some(interrupt),
+        fail_after_writes: None,
     };
     eprintln!(
         "train-gated: `{}`{} on {:?} -> {}",

@@ -85,4 +85,22 @@ pub enum TrainError {
         /// The staging directory.
         staging: PathBuf,
     },
+    /// A failure injected by `RunOptions::fail_after_writes` (tests of crash safety).
+    #[error("injected failure after write {after} (`{path}`)")]
+    InjectedFailure {
+        /// Writes done, this one included.
+        after: usize,
+        /// The file just written.
+        path: PathBuf,
+    },
+    /// A model's metrics were asked on another file than the one it was trained on.
+    #[error(
+        "the model was trained on `{recorded}` (its task.json says so), but `{given}` was given: its \"test\" split would not be the held-out one; pass the recorded file, or allow another file explicitly (--other-data)"
+    )]
+    OtherData {
+        /// The file `task.json` records.
+        recorded: PathBuf,
+        /// The file given.
+        given: PathBuf,
+    },
 }

@@ -9,8 +9,8 @@ use serde::Serialize;
 use shears_layers::Tokenizer;
 
 use crate::data::{Split, make_batch, read_table};
-use crate::run::load_task_model;
 use crate::task::{Net, evaluate};
+use crate::taskfile::load_task_model;
 use crate::{Task, TrainError};
 
 /// What `eval` measured.
@@ -34,6 +34,9 @@ pub struct EvalSummary {
     pub batch: usize,
     /// Parameters.
     pub params: usize,
+    /// Which rows were evaluated: `test split` (the held-out split of the model's recorded
+    /// training data) or `all rows` (another file, or a model that records no data).
+    pub rows: String,
 }
 
 /// Column overrides for [`eval_dir`].
@@ -47,6 +50,9 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Timed forward passes.
     pub repeats: usize,
+    /// Evaluate every row of a file other than the model's recorded training data (without
+    /// it, that is an error; with the recorded file only its test split is evaluated).
+    pub other_data: bool,
 }
 
 /// Evaluates the model in `model_dir` on every usable row of `data`.
@@ -78,8 +84,49 @@ pub fn eval_dir<B: Backend>(
         .as_ref()
         .map(|i| i.max_len)
         .unwrap_or(config.max_positions.min(128));
+    let recorded = info.as_ref().and_then(|i| i.data.clone());
+    let same_file =
+        recorded
+            .as_ref()
+            .is_some_and(|src| match (src.path.canonicalize(), data.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => src.path == data,
+            });
+    if let (Some(src), false, false) = (&recorded, same_file, opts.other_data) {
+        return Err(TrainError::OtherData {
+            recorded: src.path.clone(),
+            given: data.to_path_buf(),
+        });
+    }
     let mut split = Split::default();
     let dropped;
+    if let (Some(src), true, Some(i)) = (&recorded, same_file, &info) {
+        // The held-out test split, exactly as training split the file.
+        let section = crate::DataSection {
+            path: data.to_path_buf(),
+            text_column: text.clone(),
+            label_column: opts
+                .label_column
+                .clone()
+                .unwrap_or_else(|| i.label_column.clone()),
+            labels: i.labels.clone(),
+            split: src.split,
+            max_len,
+            limit: src.limit,
+        };
+        let ds = crate::data::load_dataset(&section, task, &tokenizer, src.seed)?;
+        return finish(
+            &model,
+            ds.test,
+            ds.dropped_label + ds.dropped_empty,
+            task,
+            "test split".into(),
+            config.param_count(),
+            opts,
+            tokenizer.pad_id(),
+            device,
+        );
+    }
     match task {
         Task::Classification => {
             let labels = info.as_ref().map(|i| i.labels.clone()).unwrap_or_default();
@@ -117,15 +164,41 @@ pub fn eval_dir<B: Backend>(
             }
         }
     }
+    finish(
+        &model,
+        split,
+        dropped,
+        task,
+        "all rows".into(),
+        config.param_count(),
+        opts,
+        tokenizer.pad_id(),
+        device,
+    )
+}
+
+/// Metrics and latency of `model` on `split`.
+#[allow(clippy::too_many_arguments)]
+fn finish<B: Backend>(
+    model: &crate::task::TaskModel<B>,
+    split: Split,
+    dropped: usize,
+    task: Task,
+    rows: String,
+    params: usize,
+    opts: &EvalOptions,
+    pad_id: u32,
+    device: &B::Device,
+) -> Result<EvalSummary, TrainError> {
     let batch = opts.batch_size.max(1);
-    let tally = evaluate(&model, &split, tokenizer.pad_id(), batch, device);
+    let tally = evaluate(model, &split, pad_id, batch, device);
     let n = batch.min(split.len());
     let idx: Vec<usize> = (0..n).collect();
-    let b = make_batch::<B>(&split, &idx, tokenizer.pad_id(), device);
+    let b = make_batch::<B>(&split, &idx, pad_id, device);
     let mut times = Vec::new();
     for i in 0..=opts.repeats.max(1) {
         let t = Instant::now();
-        let out = model.output(b.input.clone(), false);
+        let out = model.output(b.input.clone(), shears_gates::Draw::Eval);
         let _: f32 = out.hidden.sum().into_scalar().elem();
         if i > 0 {
             times.push(t.elapsed().as_secs_f64() * 1e3);
@@ -141,6 +214,7 @@ pub fn eval_dir<B: Backend>(
         perplexity: (task == Task::Lm).then(|| tally.perplexity()),
         latency_ms: times[times.len() / 2],
         batch: n,
-        params: config.param_count(),
+        params,
+        rows,
     })
 }

@@ -11,13 +11,13 @@ use std::time::Instant;
 use burn::prelude::*;
 use serde::Serialize;
 use shears_factorize::Method;
-use shears_layers::{Family, Tokenizer, save};
-use shears_pruners::{Calibrator, FactorizeReport, RankPlan, TaskModel, factorize_model};
+use shears_layers::{Tokenizer, save};
+use shears_pruners::{FactorizeReport, RankPlan, TaskModel, factorize_model};
 
-use crate::data::{Dataset, Split, load_dataset, make_batch, read_table};
-use crate::run::{TaskInfo, load_task_model, paired_latency, save_task_model};
-use crate::task::evaluate;
-use crate::{DataSection, Task, TrainError};
+use crate::derived::{DataChoice, Metrics, calibrate, dataset, task_and_len, test_metrics};
+use crate::measure::paired_latency;
+use crate::taskfile::{TaskInfo, load_task_model, save_task_model};
+use crate::{Task, TrainError};
 
 /// What to factorize and how.
 #[derive(Debug, Clone)]
@@ -34,14 +34,32 @@ pub struct FactorizeOptions {
     pub method: Method,
     /// Calibrate on at least this many training tokens (padding excluded).
     pub calibration_tokens: usize,
-    /// Seed of the train / validation / test split.
+    /// Seed of the train / validation / test split (used only when the model does not
+    /// record its data in `task.json`, or with `other_data`).
     pub seed: u64,
-    /// Split fractions.
+    /// Split fractions (the same rule as `seed`).
     pub split: [f64; 3],
+    /// Allow `data` to be another file than the one the model was trained on (its "test"
+    /// split is then not the held-out split of training). Without it that is an error.
+    pub other_data: bool,
     /// Examples per evaluation / calibration batch.
     pub batch_size: usize,
     /// Timed forward passes.
     pub latency_repeats: usize,
+}
+
+impl FactorizeOptions {
+    /// The dataset part of the options.
+    pub fn data_choice(&self) -> DataChoice {
+        DataChoice {
+            data: self.data.clone(),
+            text_column: self.text_column.clone(),
+            label_column: self.label_column.clone(),
+            seed: self.seed,
+            split: self.split,
+            other_data: self.other_data,
+        }
+    }
 }
 
 impl Default for FactorizeOptions {
@@ -55,21 +73,11 @@ impl Default for FactorizeOptions {
             calibration_tokens: 4096,
             seed: 42,
             split: [0.8, 0.1, 0.1],
+            other_data: false,
             batch_size: 32,
             latency_repeats: 10,
         }
     }
-}
-
-/// Test metrics of one model.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Metrics {
-    /// Mean loss.
-    pub loss: f64,
-    /// Accuracy (classification).
-    pub accuracy: Option<f64>,
-    /// Perplexity (language model).
-    pub perplexity: Option<f64>,
 }
 
 /// What `factorize` measured (`report.json`).
@@ -121,7 +129,13 @@ pub fn run_factorize<B: Backend>(
     let tokenizer = Tokenizer::from_dir(model_dir)?;
     let config = model.backbone.config().clone();
     let (task, max_len) = task_and_len(&model, info.as_ref());
-    let data = dataset(opts, task, info.as_ref(), &tokenizer, max_len)?;
+    let data = dataset(
+        &opts.data_choice(),
+        task,
+        info.as_ref(),
+        &tokenizer,
+        max_len,
+    )?;
     let calibrator = calibrate(
         &model,
         &data,
@@ -171,6 +185,12 @@ pub fn run_factorize<B: Backend>(
         text_column: opts.text_column.clone().unwrap_or_else(|| "text".into()),
         label_column: opts.label_column.clone().unwrap_or_else(|| "label".into()),
         max_len,
+        data: Some(crate::taskfile::DataSource {
+            path: opts.data.clone(),
+            seed: opts.seed,
+            split: opts.split,
+            limit: 0,
+        }),
     });
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
     let md = markdown(&summary);
@@ -180,123 +200,6 @@ pub fn run_factorize<B: Backend>(
         save::write_atomic(&tmp.join("report.md"), md.as_bytes())
     })?;
     Ok(summary)
-}
-
-/// The model's task (`None`: a bare BERT) and the sequence length it was trained at.
-pub(crate) fn task_and_len<B: Backend>(
-    model: &TaskModel<B>,
-    info: Option<&TaskInfo>,
-) -> (Option<Task>, usize) {
-    let config = model.backbone.config();
-    let task = match (info, config.family) {
-        (Some(i), _) => Some(i.task),
-        (None, Family::Gpt2) => Some(Task::Lm),
-        (None, Family::Bert) => None,
-    };
-    (
-        task,
-        info.map_or(config.max_positions.min(128), |i| i.max_len),
-    )
-}
-
-/// Projection-input statistics from training examples, until `tokens` tokens were seen.
-pub(crate) fn calibrate<B: Backend>(
-    model: &TaskModel<B>,
-    data: &Dataset,
-    tokens: usize,
-    batch_size: usize,
-    device: &B::Device,
-) -> Result<Calibrator, TrainError> {
-    let mut calibrator = Calibrator::new();
-    for idx in (0..data.train.len())
-        .collect::<Vec<_>>()
-        .chunks(batch_size.max(1))
-    {
-        if calibrator.tokens() >= tokens {
-            break;
-        }
-        let b = make_batch::<B>(&data.train, idx, data.pad_id, device);
-        calibrator.observe(&model.backbone, b.input)?;
-    }
-    tracing::info!(tokens = calibrator.tokens(), "calibrated");
-    Ok(calibrator)
-}
-
-/// The task metric on the test split (`None` without a task).
-pub(crate) fn test_metrics<B: Backend>(
-    model: &TaskModel<B>,
-    task: Option<Task>,
-    data: &Dataset,
-    batch_size: usize,
-    device: &B::Device,
-) -> Option<Metrics> {
-    task.map(|t| {
-        let tally = evaluate(model, &data.test, data.pad_id, batch_size, device);
-        Metrics {
-            loss: tally.loss(),
-            accuracy: (t == Task::Classification).then(|| tally.accuracy()),
-            perplexity: (t == Task::Lm).then(|| tally.perplexity()),
-        }
-    })
-}
-
-/// The dataset split as `train-gated` splits it; a bare BERT (no task) gets its texts only.
-pub(crate) fn dataset(
-    opts: &FactorizeOptions,
-    task: Option<Task>,
-    info: Option<&TaskInfo>,
-    tokenizer: &Tokenizer,
-    max_len: usize,
-) -> Result<Dataset, TrainError> {
-    let text_column = opts
-        .text_column
-        .clone()
-        .or_else(|| info.map(|i| i.text_column.clone()))
-        .unwrap_or_else(|| "text".into());
-    let label_column = opts
-        .label_column
-        .clone()
-        .or_else(|| info.map(|i| i.label_column.clone()))
-        .unwrap_or_else(|| "label".into());
-    let section = DataSection {
-        path: opts.data.clone(),
-        text_column: text_column.clone(),
-        label_column,
-        labels: info.map(|i| i.labels.clone()).unwrap_or_default(),
-        split: opts.split,
-        max_len,
-        limit: 0,
-    };
-    match task {
-        Some(t) => load_dataset(&section, t, tokenizer, opts.seed),
-        None => {
-            // Texts only: the first 80% calibrate, the rest time the forward pass.
-            let table = read_table(&opts.data, &text_column, None, &[])?;
-            let mut ids = Vec::with_capacity(table.rows.len());
-            for r in &table.rows {
-                ids.push(tokenizer.encode_truncated(&r.text, max_len)?);
-            }
-            let cut = (ids.len() * 4 / 5).max(1).min(ids.len());
-            let test = ids.split_off(cut);
-            let test = if test.is_empty() { ids.clone() } else { test };
-            Ok(Dataset {
-                path: opts.data.clone(),
-                label_names: Vec::new(),
-                train: Split {
-                    ids,
-                    labels: Vec::new(),
-                },
-                valid: Split::default(),
-                test: Split {
-                    ids: test,
-                    labels: Vec::new(),
-                },
-                dropped_label: 0,
-                dropped_empty: table.dropped_empty,
-                pad_id: tokenizer.pad_id(),
-            })
-        }
-    }
 }
 
 /// The readable report.

@@ -6,17 +6,24 @@
 //!
 //! Training runs on `B: AutodiffBackend`; evaluation and latency on its inner backend.
 
+mod checkpoint;
 mod config;
 pub mod data;
+mod derived;
 mod error;
 mod eval;
 mod factorize;
+mod measure;
+mod progress;
 pub mod report;
 mod run;
 pub mod sparsify;
 pub mod task;
+mod taskfile;
+mod trainer;
 
 pub use config::*;
+pub use derived::{DataChoice, Metrics};
 pub use error::*;
 pub use eval::*;
 pub use factorize::*;
@@ -25,3 +32,4 @@ pub use sparsify::{
     DEFAULT_PATTERNS, SparsifyMethod, SparsifyOptions, SparsifySummary, TensorSparsity,
     run_sparsify,
 };
+pub use taskfile::*;

@@ -122,6 +122,14 @@ pub struct Report {
     pub eval_dense: EvalResult,
     /// Validation and test metrics, pruned.
     pub eval_pruned: EvalResult,
+    /// Expected sparsity of the gates at the end of the gated phase, before hardening.
+    pub expected_sparsity_gated: Option<f64>,
+    /// Mean validation loss of the hardened model before the fine-tune: what the gates
+    /// chose.
+    pub valid_loss_hardened: Option<f64>,
+    /// The same, averaged over 3 seeded random kept sets of the same size on the same weights: the
+    /// control that shows the gates learned which units matter.
+    pub valid_loss_random_kept: Option<f64>,
     /// Median forward latency of the dense model (ms, `eval.latency_batch` test examples).
     pub latency_ms_dense: f64,
     /// The same, pruned.
@@ -156,6 +164,10 @@ pub struct Parts<'a> {
     pub dense_eval: EvalResult,
     /// Pruned metrics.
     pub pruned_eval: EvalResult,
+    /// Expected sparsity of the gates at the end of the gated phase.
+    pub expected_sparsity: Option<f64>,
+    /// Validation metric before the fine-tune: (learned kept set, random kept set).
+    pub gate_check: Option<(f64, f64)>,
     /// Latencies (dense, pruned).
     pub latency_ms: (f64, f64),
     /// Wall time.
@@ -221,6 +233,9 @@ pub fn build(p: Parts<'_>) -> Report {
         perplexity_pruned: p.pruned_eval.test_perplexity,
         eval_dense: p.dense_eval,
         eval_pruned: p.pruned_eval,
+        expected_sparsity_gated: p.expected_sparsity,
+        valid_loss_hardened: p.gate_check.map(|c| c.0),
+        valid_loss_random_kept: p.gate_check.map(|c| c.1),
         latency_ms_dense: p.latency_ms.0,
         latency_ms_pruned: p.latency_ms.1,
         latency_batch: p.exp.eval.latency_batch.min(p.data.test.len()),
@@ -342,6 +357,13 @@ pub fn markdown(r: &Report) -> String {
             );
         }
         (None, None) => {}
+    }
+    if let (Some(h), Some(c)) = (r.valid_loss_hardened, r.valid_loss_random_kept) {
+        let _ = writeln!(
+            s,
+            "\nGate check (mean validation loss before the fine-tune, same weights): the learned kept set {h:.4}, random kept sets of the same size {c:.4} (mean of 3). Expected sparsity at the end of the gated phase: {:.4}.",
+            r.expected_sparsity_gated.unwrap_or(f64::NAN)
+        );
     }
     let _ = writeln!(s, "\nSeconds per phase: {:?}.\n", r.phase_seconds);
     let _ = writeln!(

@@ -19,11 +19,12 @@ use shears_sparsify::{
     compute_masks, select_params,
 };
 
-use crate::factorize::{Metrics, calibrate, dataset, task_and_len, test_metrics};
-use crate::run::{TaskInfo, load_task_model, paired_latency, save_task_model};
+use crate::derived::{DataChoice, Metrics, calibrate, dataset, task_and_len, test_metrics};
+use crate::measure::paired_latency;
+use crate::taskfile::{TaskInfo, load_task_model, save_task_model};
 use shears_pruners::TaskModel;
 
-use crate::{FactorizeOptions, Task, TrainError};
+use crate::{Task, TrainError};
 
 /// The default selection: every attention and feed-forward projection weight of a shears
 /// BERT or GPT-2 (embeddings, norms, biases and the task head stay dense).
@@ -118,10 +119,13 @@ pub struct SparsifyOptions {
     pub patterns: Vec<String>,
     /// Wanda: calibrate on at least this many training tokens.
     pub calibration_tokens: usize,
-    /// Seed of the train / validation / test split.
+    /// Seed of the train / validation / test split (see [`FactorizeOptions::seed`]).
     pub seed: u64,
     /// Split fractions.
     pub split: [f64; 3],
+    /// Allow another file than the model's training data (see
+    /// [`FactorizeOptions::other_data`]).
+    pub other_data: bool,
     /// Examples per evaluation batch.
     pub batch_size: usize,
     /// Timed forward passes.
@@ -140,6 +144,7 @@ impl Default for SparsifyOptions {
             calibration_tokens: 4096,
             seed: 42,
             split: [0.8, 0.1, 0.1],
+            other_data: false,
             batch_size: 32,
             latency_repeats: 10,
         }
@@ -220,15 +225,15 @@ pub fn run_sparsify<B: Backend>(
     let (model, info) = load_task_model::<B>(model_dir, device)?;
     let tokenizer = Tokenizer::from_dir(model_dir)?;
     let (task, max_len) = task_and_len(&model, info.as_ref());
-    let data_opts = FactorizeOptions {
+    let choice = DataChoice {
         data: opts.data.clone(),
         text_column: opts.text_column.clone(),
         label_column: opts.label_column.clone(),
         seed: opts.seed,
         split: opts.split,
-        ..FactorizeOptions::default()
+        other_data: opts.other_data,
     };
-    let data = dataset(&data_opts, task, info.as_ref(), &tokenizer, max_len)?;
+    let data = dataset(&choice, task, info.as_ref(), &tokenizer, max_len)?;
     let patterns: Vec<&str> = opts.patterns.iter().map(String::as_str).collect();
     let config = Config::default().with_sparsity_level(opts.sparsity);
 
@@ -329,6 +334,12 @@ pub fn run_sparsify<B: Backend>(
         text_column: opts.text_column.clone().unwrap_or_else(|| "text".into()),
         label_column: opts.label_column.clone().unwrap_or_else(|| "label".into()),
         max_len,
+        data: Some(crate::taskfile::DataSource {
+            path: opts.data.clone(),
+            seed: opts.seed,
+            split: opts.split,
+            limit: 0,
+        }),
     });
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
     let md = markdown(&summary);

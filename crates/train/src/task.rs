@@ -5,7 +5,7 @@ use burn::module::{AutodiffModule, ModuleMapper, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use shears_gates::GateSet;
+use shears_gates::{Draw, GateSet};
 use shears_layers::{ModelInput, ModelOutput};
 use shears_pruners::ClassifierHead;
 
@@ -15,8 +15,8 @@ pub use shears_pruners::{GatedTaskModel, TaskModel};
 
 /// What the training loop needs of a model.
 pub trait Net<B: Backend>: Module<B> {
-    /// Forward pass (`training` makes gates noisy).
-    fn output(&self, input: ModelInput<B>, training: bool) -> ModelOutput<B>;
+    /// Forward pass (gates, if any, drawn as `draw` says).
+    fn output(&self, input: ModelInput<B>, draw: Draw) -> ModelOutput<B>;
     /// The classification head, if any.
     fn head(&self) -> Option<&ClassifierHead<B>>;
     /// The gates, if any.
@@ -33,7 +33,7 @@ pub trait Net<B: Backend>: Module<B> {
 }
 
 impl<B: Backend> Net<B> for TaskModel<B> {
-    fn output(&self, input: ModelInput<B>, _training: bool) -> ModelOutput<B> {
+    fn output(&self, input: ModelInput<B>, _draw: Draw) -> ModelOutput<B> {
         self.backbone.forward(input)
     }
     fn head(&self) -> Option<&ClassifierHead<B>> {
@@ -42,8 +42,8 @@ impl<B: Backend> Net<B> for TaskModel<B> {
 }
 
 impl<B: Backend> Net<B> for GatedTaskModel<B> {
-    fn output(&self, input: ModelInput<B>, training: bool) -> ModelOutput<B> {
-        self.gated.forward(input, training)
+    fn output(&self, input: ModelInput<B>, draw: Draw) -> ModelOutput<B> {
+        self.gated.forward(input, draw)
     }
     fn head(&self) -> Option<&ClassifierHead<B>> {
         self.head.as_ref()
@@ -95,11 +95,11 @@ pub fn loss<B: Backend, M: Net<B>>(
     model: &M,
     input: ModelInput<B>,
     labels: Option<Tensor<B, 1, Int>>,
-    training: bool,
+    draw: Draw,
 ) -> (Tensor<B, 1>, Tally) {
     let ids = input.ids.clone();
     let device = ids.device();
-    let out = model.output(input, training);
+    let out = model.output(input, draw);
     let ce = CrossEntropyLossConfig::new().init(&device);
     match (model.head(), labels) {
         (Some(head), Some(labels)) => {
@@ -164,7 +164,7 @@ pub fn evaluate<B: Backend, M: Net<B>>(
     let mut tally = Tally::default();
     for idx in order.chunks(batch_size) {
         let b = make_batch::<B>(split, idx, pad_id, device);
-        let (_, t) = loss(model, b.input, b.labels, false);
+        let (_, t) = loss(model, b.input, b.labels, Draw::Eval);
         tally.add(t);
     }
     tally

@@ -232,6 +232,11 @@ fn tiny_bert_dir(dir: &Path) {
 fn bert_experiment(tmp: &Path) -> Experiment {
     tiny_bert_dir(&tmp.join("model"));
     synthetic_csv(&tmp.join("data.csv"), 440, 1);
+    bert_experiment_on(tmp)
+}
+
+/// The tiny BERT experiment on the model and data already in `tmp`.
+fn bert_experiment_on(tmp: &Path) -> Experiment {
     let toml = r#"
 name = "tiny-bert"
 task = "classification"
@@ -244,15 +249,16 @@ text_column = "text"
 label_column = "label"
 labels = ["neg", "pos"]
 max_len = 16
+split = [0.6, 0.2, 0.2]
 [dense]
-epochs = 6
+epochs = 10
 lr = 3e-3
 batch_size = 16
 [gated]
 epochs = 8
 lr = 1e-3
 batch_size = 16
-target_sparsity = 0.5
+target_sparsity = 0.75
 warmup_fraction = 0.3
 [finetune]
 epochs = 2
@@ -275,9 +281,177 @@ every = 20
     exp
 }
 
+/// What gated training must show before the final fine-tune: the expected sparsity at the
+/// end of the gated phase close to the target, and the kept set the gates chose better on
+/// the validation split than random kept sets of the same size on the same weights.
+fn gates_learned(r: &shears_train::report::Report) -> Result<(), String> {
+    let target = r.config.gated.target_sparsity;
+    let s = r.expected_sparsity_gated.ok_or("no expected sparsity")?;
+    if (s - target).abs() > 0.05 {
+        return Err(format!(
+            "expected sparsity {s:.3} is not within 0.05 of {target}"
+        ));
+    }
+    let (learned, random) = (
+        r.valid_loss_hardened.ok_or("no hardened loss")?,
+        r.valid_loss_random_kept.ok_or("no control loss")?,
+    );
+    if learned > GATE_MARGIN * random {
+        return Err(format!(
+            "the learned kept set has validation loss {learned:.4}, random kept sets {random:.4}: not below {GATE_MARGIN} times it"
+        ));
+    }
+    Ok(())
+}
+
+/// The learned kept set's validation loss must be at most this fraction of the random kept
+/// sets'.
+const GATE_MARGIN: f64 = 0.8;
+
+/// Negative control of [`gates_learned`]: the same run with frozen gates (gate learning rate
+/// 0; the final fine-tune, which comes after the check, skipped) must fail it.
+#[test]
+fn frozen_gates_fail_the_gate_check() {
+    type B = burn::backend::NdArray<f32>;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut exp = bert_experiment(tmp.path());
+    exp.gated.gate_lr = 0.0;
+    exp.finetune.epochs = 0.0;
+    let Outcome::Done(r) = run::<Autodiff<B>>(
+        &exp,
+        &tmp.path().join("out"),
+        &RunOptions::default(),
+        &Default::default(),
+    )
+    .unwrap() else {
+        panic!("stopped")
+    };
+    let e = gates_learned(&r).expect_err("frozen gates passed the gate check");
+    assert!(e.contains("expected sparsity"), "{e}");
+    // Both halves of the check fail, not only the sparsity.
+    let (learned, random) = (
+        r.valid_loss_hardened.unwrap(),
+        r.valid_loss_random_kept.unwrap(),
+    );
+    assert!(learned > GATE_MARGIN * random, "{learned} vs {random}");
+}
+
+/// A small, fast variant of the tiny BERT run for the resume and crash tests.
+fn small_bert_experiment(tmp: &Path) -> Experiment {
+    tiny_bert_dir(&tmp.join("model"));
+    synthetic_csv(&tmp.join("data.csv"), 160, 2);
+    let mut exp = bert_experiment_on(tmp);
+    exp.dense.epochs = 1.0;
+    exp.gated.epochs = 2.0;
+    exp.finetune.epochs = 1.0;
+    exp.checkpoint.every = 3;
+    exp.eval.latency_repeats = 1;
+    exp
+}
+
+fn done(r: Result<Outcome, TrainError>) -> Box<shears_train::report::Report> {
+    match r.unwrap() {
+        Outcome::Done(r) => r,
+        Outcome::Stopped { phase, step } => panic!("stopped in {phase} at {step}"),
+    }
+}
+
+fn weights(out: &Path) -> (Vec<u8>, Vec<u8>) {
+    let read = |f: &str| std::fs::read(out.join("model").join(f)).unwrap();
+    (read("model.safetensors"), read("head.safetensors"))
+}
+
+/// Stopping in the middle of the gated phase and resuming gives the final weights of the
+/// uninterrupted run bit for bit (CPU backend): data order, gate noise and the head's
+/// initialisation come from keyed host generators, and the checkpoint holds the model,
+/// both optimizers and the multipliers exactly.
+#[test]
+fn resume_is_exact_on_cpu() {
+    type A = Autodiff<burn::backend::NdArray<f32>>;
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = small_bert_experiment(tmp.path());
+    let whole = tmp.path().join("whole");
+    let r = done(run::<A>(&exp, &whole, &RunOptions::default(), &device));
+    let dense_steps = r.history.iter().filter(|p| p.phase == "dense").count();
+    assert!(dense_steps > 0);
+    let parts = tmp.path().join("parts");
+    // Stop at steps that are and are not multiples of the checkpoint interval.
+    let mut budgets = vec![dense_steps + 4, 5, 3];
+    let mut stops = 0;
+    loop {
+        let opts = RunOptions {
+            resume: stops > 0,
+            stop_after: budgets.pop(),
+            ..Default::default()
+        };
+        match run::<A>(&exp, &parts, &opts, &device).unwrap() {
+            Outcome::Stopped { .. } => stops += 1,
+            Outcome::Done(p) => {
+                assert_eq!(p.history, r.history, "the same losses at every logged step");
+                break;
+            }
+        }
+    }
+    assert_eq!(stops, 3);
+    assert!(weights(&whole) == weights(&parts), "resumed weights differ");
+}
+
+/// A crash right after any file write of any checkpoint leaves a staging directory that
+/// `resume` completes, with the uninterrupted run's weights.
+#[test]
+fn a_crash_after_any_checkpoint_write_resumes() {
+    type A = Autodiff<burn::backend::NdArray<f32>>;
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut exp = small_bert_experiment(tmp.path());
+    exp.checkpoint.every = 8;
+    let whole = tmp.path().join("whole");
+    done(run::<A>(&exp, &whole, &RunOptions::default(), &device));
+    let mut k = 1;
+    loop {
+        let out = tmp.path().join(format!("crash-{k}"));
+        let crash = RunOptions {
+            fail_after_writes: Some(k),
+            ..Default::default()
+        };
+        match run::<A>(&exp, &out, &crash, &device) {
+            Err(TrainError::InjectedFailure { after, .. }) => assert_eq!(after, k),
+            // Fewer than k writes in the whole run: every write has been tried.
+            Ok(Outcome::Done(_)) => break,
+            other => panic!("write {k}: {other:?}"),
+        }
+        assert!(!out.exists(), "no output after a crash");
+        let resume = RunOptions {
+            resume: true,
+            ..Default::default()
+        };
+        done(run::<A>(&exp, &out, &resume, &device));
+        assert!(
+            weights(&whole) == weights(&out),
+            "crash after write {k}: resumed weights differ"
+        );
+        k += 1;
+    }
+    assert!(k > 10, "only {k} writes were tried");
+}
+
+/// Whether this is the software-Vulkan pass. Software Vulkan runs these tiny models about
+/// 30 times slower than the CPU (kernel compilation per shape dominates), so on wgpu the
+/// pipeline tests run a short schedule that proves the GPU path (training moves the loss and
+/// the gates, checkpoints, resume, outputs, eval, factorize, sparsify); the assertions on
+/// what a full schedule learns run on the CPU pass.
+fn short_schedule() -> bool {
+    std::env::var("SHEARS_BACKEND").as_deref() == Ok("wgpu")
+}
+
 fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     let tmp = tempfile::tempdir().unwrap();
-    let exp = bert_experiment(tmp.path());
+    let mut exp = bert_experiment(tmp.path());
+    let full = !short_schedule();
+    if !full {
+        (exp.dense.epochs, exp.gated.epochs, exp.finetune.epochs) = (3.0, 3.0, 1.0);
+    }
     let out = tmp.path().join("out");
     let opts = RunOptions {
         backend: "test".into(),
@@ -286,15 +460,26 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     };
     // Interrupt inside the gated phase, then resume.
     let stop = RunOptions {
-        stop_after: Some(131),
+        stop_after: Some(if full { 191 } else { 65 }),
         ..opts.clone()
     };
     match run::<Autodiff<B>>(&exp, &out, &stop, device).unwrap() {
-        Outcome::Stopped { phase, step } => assert_eq!((phase.as_str(), step), ("gated", 11)),
+        Outcome::Stopped { phase, step } => {
+            assert_eq!(
+                (phase.as_str(), step),
+                ("gated", if full { 41 } else { 20 })
+            )
+        }
         Outcome::Done(_) => panic!("the step budget should have stopped the run"),
     }
     assert!(!out.exists(), "no output before the run completes");
-    assert!(staging_dir(&out).join("ckpt-gated").exists());
+    let latest = std::fs::read_to_string(staging_dir(&out).join("latest")).unwrap();
+    assert!(
+        staging_dir(&out)
+            .join(latest.trim())
+            .join("model.mpk")
+            .exists()
+    );
     let again = run::<Autodiff<B>>(&exp, &out, &opts, device).unwrap_err();
     assert!(matches!(again, TrainError::Interrupted { .. }), "{again}");
     let resume = RunOptions {
@@ -307,11 +492,31 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     };
     assert!(!staging_dir(&out).exists(), "staging removed after success");
 
-    // Dense learned the task; gates closed half the heads; removal really happened.
+    // Dense learned the task; the gates learned which heads matter; removal really happened.
     let acc_dense = report.accuracy_dense.unwrap();
-    assert!(acc_dense > 0.8, "dense accuracy {acc_dense}");
     assert_eq!(report.heads_total, 8);
-    assert_eq!(report.heads_kept, 4);
+    if full {
+        assert!(acc_dense > 0.8, "dense accuracy {acc_dense}");
+        gates_learned(&report).unwrap();
+        assert!(report.accuracy_pruned.unwrap() > 0.7, "{report:?}");
+    } else {
+        // The short schedule: the gates moved toward the target (frozen ones stay at 0.06).
+        let s = report.expected_sparsity_gated.unwrap();
+        assert!(s > 0.2, "expected sparsity {s} after the short gated phase");
+        let dense: Vec<f64> = report
+            .history
+            .iter()
+            .filter(|p| p.phase == "dense")
+            .map(|p| p.loss)
+            .collect();
+        let k = dense.len() / 3;
+        let (first, last) = (&dense[..k], &dense[dense.len() - k..]);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        assert!(
+            mean(last) < mean(first),
+            "the dense loss did not fall: {dense:?}"
+        );
+    }
     assert!(report.rescued.is_empty());
     assert_eq!(
         report.kept_heads_per_layer.iter().sum::<usize>(),
@@ -319,17 +524,23 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     );
     assert!(report.params_pruned < report.params_dense);
     assert!(report.flops_per_token_pruned < report.flops_per_token_dense);
-    assert!(report.accuracy_pruned.unwrap() > 0.7, "{report:?}");
     assert_eq!(report.split_sizes.iter().sum::<usize>(), 396); // 440 rows minus 44 plot rows
     let gated_points: Vec<_> = report
         .history
         .iter()
         .filter(|p| p.phase == "gated")
         .collect();
-    assert!(gated_points.last().unwrap().expected_sparsity.unwrap() > 0.2);
     // The resumed run continued where it stopped: every step logged once per phase.
     let steps: Vec<usize> = gated_points.iter().map(|p| p.step).collect();
     assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    // Wall time of the interrupted invocation counts too: every phase has its seconds.
+    for phase in ["dense", "gated", "finetune"] {
+        assert!(
+            report.phase_seconds[phase] > 0.0,
+            "{:?}",
+            report.phase_seconds
+        );
+    }
 
     // Output files.
     for f in [
@@ -383,7 +594,11 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
         .sum();
     // transformers cannot run a layer without heads: such a layer keeps one zero
     // placeholder head in the export, so it lists one removed head less.
-    assert_eq!(removed, 4 - report.headless_layers.len(), "{report:?}");
+    assert_eq!(
+        removed,
+        report.heads_total - report.heads_kept - report.headless_layers.len(),
+        "{report:?}"
+    );
     let svg = std::fs::read_to_string(out.join("gates.svg")).unwrap();
     assert_eq!(svg.matches("<rect").count(), 8, "one cell per head");
 
@@ -399,9 +614,33 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
         device,
     )
     .unwrap();
+    // With the file it was trained on, eval scores the held-out test split, exactly as the
+    // pipeline did.
     assert_eq!(summary.task, Task::Classification);
-    assert_eq!((summary.examples, summary.dropped), (396, 44));
-    assert!(summary.accuracy.unwrap() > 0.7, "{summary:?}");
+    assert_eq!(summary.rows, "test split");
+    assert_eq!(summary.examples, report.split_sizes[2]);
+    assert_eq!(summary.accuracy, report.accuracy_pruned, "{summary:?}");
+    // Another file is refused unless allowed, naming both files.
+    let other = tmp.path().join("other.csv");
+    synthetic_csv(&other, 120, 5);
+    let e = eval_dir::<B>(&out.join("model"), &other, &EvalOptions::default(), device).unwrap_err();
+    assert!(
+        e.to_string().contains("data.csv") && e.to_string().contains("other.csv"),
+        "{e}"
+    );
+    let all = eval_dir::<B>(
+        &out.join("model"),
+        &other,
+        &EvalOptions {
+            batch_size: 32,
+            repeats: 1,
+            other_data: true,
+            ..Default::default()
+        },
+        device,
+    )
+    .unwrap();
+    assert_eq!((all.rows.as_str(), all.examples), ("all rows", 108));
     let config = shears_layers::save::read_config(&out.join("model")).unwrap();
     assert_eq!(
         config.layers.iter().map(|l| l.n_heads).collect::<Vec<_>>(),
@@ -427,7 +666,9 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     // The test split is the one train-gated held out: the same accuracy before.
     let before = f.before.clone().unwrap().accuracy.unwrap();
     assert!((before - acc_dense).abs() < 1e-9, "{before} vs {acc_dense}");
-    assert!(f.after.clone().unwrap().accuracy.unwrap() > 0.6, "{f:?}");
+    if full {
+        assert!(f.after.clone().unwrap().accuracy.unwrap() > 0.6, "{f:?}");
+    }
     for file in [
         "model/shears.json",
         "model/head.safetensors",
@@ -503,22 +744,27 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     assert!(e.to_string().contains("nm:2"), "{e}");
 }
 
-#[test]
-fn tiny_bert_trains_prunes_resumes_and_reports() {
-    on_backend!(tiny_bert_end_to_end);
-}
-
 fn tiny_gpt2_end_to_end<B: Backend>(device: &B::Device) {
     let tmp = tempfile::tempdir().unwrap();
-    // Text with structure a tiny model can learn: counting phrases.
+    // Text with structure a tiny model can learn: counting phrases, each line a distinct
+    // (start, stride, length), so the held-out lines are not training lines.
     let mut f = std::fs::File::create(tmp.path().join("text.jsonl")).unwrap();
     let words = [
         "one", "two", "three", "four", "five", "six", "seven", "eight",
     ];
-    for i in 0..200 {
-        let s: Vec<&str> = (0..12).map(|k| words[(i + k) % words.len()]).collect();
-        writeln!(f, "{{\"text\": \"{}.\"}}", s.join(" ")).unwrap();
+    let mut lines = 0;
+    for start in 0..8 {
+        for stride in 1..=3 {
+            for len in 6..=13 {
+                let s: Vec<&str> = (0..len)
+                    .map(|k| words[(start + stride * k) % words.len()])
+                    .collect();
+                writeln!(f, "{{\"text\": \"{}.\"}}", s.join(" ")).unwrap();
+                lines += 1;
+            }
+        }
     }
+    assert_eq!(lines, 192);
     drop(f);
     // GPT-2's byte-level BPE without merges: the 256 byte tokens of the real vocabulary and
     // <|endoftext|>, so the LM head is small.
@@ -560,10 +806,11 @@ epochs = 10
 lr = 1e-2
 batch_size = 16
 [gated]
-epochs = 2
+epochs = 6
 lr = 1e-3
 batch_size = 16
 target_sparsity = 0.5
+warmup_fraction = 0.3
 [finetune]
 epochs = 1
 lr = 1e-3
@@ -579,6 +826,10 @@ latency_repeats = 2
     })
     .unwrap();
     exp.resolve_paths(tmp.path(), &assets());
+    let full = !short_schedule();
+    if !full {
+        (exp.dense.epochs, exp.gated.epochs) = (4.0, 3.0);
+    }
     let out = tmp.path().join("out");
     let opts = RunOptions {
         backend: "test".into(),
@@ -590,10 +841,32 @@ latency_repeats = 2
     };
     let (pd, pp) = (r.perplexity_dense.unwrap(), r.perplexity_pruned.unwrap());
     // Uniform guessing over the vocabulary is 257; the counting text is nearly certain.
-    assert!(pd < 4.0, "dense perplexity {pd}");
-    assert!(pp.is_finite() && pp < 8.0, "pruned perplexity {pp}");
+    if full {
+        assert!(pd < 4.0, "dense perplexity {pd}");
+        assert!(pp.is_finite() && pp < 8.0, "pruned perplexity {pp}");
+    } else {
+        assert!(pd < 20.0, "dense perplexity {pd} after the short schedule");
+    }
     assert!(r.accuracy_dense.is_none());
-    assert_eq!(r.heads_kept, 4);
+    // The gates met the target and chose heads that matter (perplexity: lower is better).
+    let sp = r.expected_sparsity_gated.unwrap();
+    if full {
+        assert!((sp - 0.5).abs() < 0.05, "expected sparsity {sp}");
+    } else {
+        assert!(
+            sp > 0.2,
+            "expected sparsity {sp} after the short gated phase"
+        );
+    }
+    let (learned, random) = (
+        r.valid_loss_hardened.unwrap(),
+        r.valid_loss_random_kept.unwrap(),
+    );
+    // The gate check's comparison with random kept sets is not asserted here: on this tiny
+    // GPT-2 the four heads of a layer are interchangeable and the gates meet the target by
+    // closing uniformly (deterministic values 0.22-0.34 for all eight heads), so any kept set
+    // is as good as another. The BERT run asserts it, with its negative control.
+    assert!(learned.is_finite() && random.is_finite());
     let summary = eval_dir::<B>(
         &out.join("model"),
         &tmp.path().join("text.jsonl"),
@@ -606,12 +879,12 @@ latency_repeats = 2
     )
     .unwrap();
     assert_eq!(summary.task, Task::Lm);
-    assert!(summary.perplexity.unwrap() < 8.0, "{summary:?}");
-}
-
-#[test]
-fn tiny_gpt2_language_model_trains_and_prunes() {
-    on_backend!(tiny_gpt2_end_to_end);
+    assert_eq!(summary.rows, "test split");
+    let (a, b) = (summary.perplexity.unwrap(), pp);
+    assert!(
+        (a - b).abs() < 1e-3 * b,
+        "eval {a} vs the run's test perplexity {b}"
+    );
 }
 
 #[test]
@@ -666,4 +939,20 @@ fn bad_inputs_leave_no_output_behind() {
     let e = run::<B>(&exp, &out, &opts, &device).unwrap_err();
     assert!(e.to_string().contains("data.max_len"), "{e}");
     no_leftovers();
+}
+
+/// Tests that run on every backend CI covers: `cargo xtask test` runs the `backend::` tests on
+/// each backend, everything else once.
+mod backend {
+    use super::*;
+
+    #[test]
+    fn tiny_bert_trains_prunes_resumes_and_reports() {
+        on_backend!(tiny_bert_end_to_end);
+    }
+
+    #[test]
+    fn tiny_gpt2_language_model_trains_and_prunes() {
+        on_backend!(tiny_gpt2_end_to_end);
+    }
 }

@@ -1,0 +1,131 @@
+//! Measurements of trained models: metrics on the validation and test splits, paired
+//! latency, gate values for the report.
+
+use std::time::Instant;
+
+use burn::module::Param;
+use burn::prelude::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use shears_pruners::{GatedModel, GatedTaskModel};
+
+use crate::Experiment;
+use crate::data::{Dataset, Split, make_batch};
+use crate::report::EvalResult;
+use crate::task::{Net, TaskModel, evaluate};
+
+pub(crate) fn eval_all<B: Backend, M: Net<B>>(
+    model: &M,
+    data: &Dataset,
+    exp: &Experiment,
+    device: &B::Device,
+) -> EvalResult {
+    let e = |split| evaluate(model, split, data.pad_id, exp.eval.batch_size, device);
+    let (v, t) = (e(&data.valid), e(&data.test));
+    EvalResult::from_tallies(exp.task, v, t)
+}
+
+/// Deterministic head gate values per layer (a whole-layer gate multiplied in), for the
+/// heatmap.
+pub(crate) fn gate_values<B: Backend>(gated: &GatedModel<B>) -> Vec<Vec<f64>> {
+    let Some(values) = gated.gate_values() else {
+        return Vec::new();
+    };
+    let width = values.dims()[1];
+    let flat: Vec<f64> = values
+        .into_data()
+        .convert::<f64>()
+        .to_vec()
+        .unwrap_or_default();
+    flat.chunks(width)
+        .zip(&gated.model.config().layers)
+        .map(|(row, l)| row[..l.n_heads].to_vec())
+        .collect()
+}
+
+/// Median forward latency (ms) of the dense and the pruned model on the same batch (the
+/// first `latency_batch` test examples).
+pub(crate) fn latency<B: Backend>(
+    dense: &TaskModel<B>,
+    pruned: &TaskModel<B>,
+    data: &Dataset,
+    exp: &Experiment,
+    device: &B::Device,
+) -> (f64, f64) {
+    paired_latency(
+        dense,
+        pruned,
+        &data.test,
+        data.pad_id,
+        exp.eval.latency_batch,
+        exp.eval.latency_repeats,
+        device,
+    )
+}
+
+/// Median forward latency (ms) of two models on the same batch (the first `batch`
+/// examples of `split`), alternating the two so that drift affects both alike; one warm-up
+/// run each.
+pub(crate) fn paired_latency<B: Backend>(
+    a: &TaskModel<B>,
+    b: &TaskModel<B>,
+    split: &Split,
+    pad_id: u32,
+    batch: usize,
+    repeats: usize,
+    device: &B::Device,
+) -> (f64, f64) {
+    let n = batch.min(split.len());
+    let idx: Vec<usize> = (0..n).collect();
+    let batch = make_batch::<B>(split, &idx, pad_id, device);
+    let time = |m: &TaskModel<B>| {
+        let t = Instant::now();
+        let out = m.output(batch.input.clone(), shears_gates::Draw::Eval);
+        let s = match (&m.head, out.pooled) {
+            (Some(h), Some(p)) => h.forward(p).sum(),
+            _ => out.logits.unwrap_or_else(|| out.hidden.clone()).sum(),
+        };
+        // Reading the result forces the computation on lazy backends.
+        let _: f32 = s.into_scalar().elem();
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    time(a);
+    time(b);
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..repeats.max(1) {
+        ta.push(time(a));
+        tb.push(time(b));
+    }
+    (median(&mut ta), median(&mut tb))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The mean validation loss of `model` (cross entropy per example or per token): the gate
+/// check's measure, continuous where accuracy saturates.
+pub(crate) fn valid_loss<B: Backend, M: Net<B>>(
+    model: &M,
+    data: &Dataset,
+    exp: &Experiment,
+    device: &B::Device,
+) -> f64 {
+    evaluate(model, &data.valid, data.pad_id, exp.eval.batch_size, device).loss()
+}
+
+/// `model` with every gate's `log α` replaced by a seeded random value: hardening it by
+/// count keeps a random set of units of the size asked.
+pub(crate) fn randomize_gates<B: Backend>(
+    mut model: GatedTaskModel<B>,
+    seed: u64,
+) -> GatedTaskModel<B> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for g in &mut model.gated.gates.groups {
+        let n = g.gate.len();
+        let device = g.gate.log_alpha.val().device();
+        let la: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        g.gate.log_alpha = Param::from_tensor(Tensor::from_data(TensorData::new(la, [n]), &device));
+    }
+    model
+}
