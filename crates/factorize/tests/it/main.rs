@@ -523,7 +523,13 @@ fn flat_var<B: Backend, const D: usize>(t: Tensor<B, D>) -> f32 {
     t.reshape([n]).var(0).into_scalar().elem()
 }
 
-#[test]
-fn factorized_modules_keep_the_function_and_lower_the_rank() {
-    on_backend!(modules);
+/// Tests that run on every backend CI covers: `cargo xtask test` runs the `backend::` tests on
+/// each backend, everything else once.
+mod backend {
+    use super::*;
+
+    #[test]
+    fn factorized_modules_keep_the_function_and_lower_the_rank() {
+        on_backend!(modules);
+    }
 }

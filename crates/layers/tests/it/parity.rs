@@ -29,11 +29,6 @@ fn minilm_parity<B: Backend>(device: &B::Device) {
 }
 
 #[test]
-fn minilm_matches_reference() {
-    on_backend!(minilm_parity);
-}
-
-#[test]
 fn minilm_tokenizer_matches_reference() {
     let f = fixture("minilm.safetensors");
     let meta: serde_json::Value =
@@ -86,11 +81,6 @@ fn gpt2_parity<B: Backend>(device: &B::Device) {
     let d = max_diff(&host(out.logits.unwrap()), &f["logits"]);
     eprintln!("GPT-2 parity: logits max |diff| {d:.2e}");
     assert!(d <= 1e-4, "logits differ by {d}");
-}
-
-#[test]
-fn gpt2_matches_reference() {
-    on_backend!(gpt2_parity);
 }
 
 fn heads(spec: &[(usize, &[usize])]) -> BTreeMap<usize, Vec<usize>> {
@@ -152,7 +142,23 @@ fn prune_heads_like_reference<B: Backend>(device: &B::Device) {
     assert!(d_back <= 1e-4, "exported model differs by {d_back}");
 }
 
-#[test]
-fn prune_heads_matches_reference_prune_heads() {
-    on_backend!(prune_heads_like_reference);
+/// Tests that run on every backend CI covers: `cargo xtask test` runs the `backend::` tests on
+/// each backend, everything else once.
+mod backend {
+    use super::*;
+
+    #[test]
+    fn minilm_matches_reference() {
+        on_backend!(minilm_parity);
+    }
+
+    #[test]
+    fn gpt2_matches_reference() {
+        on_backend!(gpt2_parity);
+    }
+
+    #[test]
+    fn prune_heads_matches_reference_prune_heads() {
+        on_backend!(prune_heads_like_reference);
+    }
 }

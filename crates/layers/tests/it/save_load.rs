@@ -52,11 +52,6 @@ fn roundtrip<B: Backend>(device: &B::Device) {
     }
 }
 
-#[test]
-fn heterogeneous_models_save_and_load() {
-    on_backend!(roundtrip);
-}
-
 fn headless_layer_exports<B: Backend>(device: &B::Device) {
     // Layer 1 loses every head. transformers cannot run a headless layer, so the export
     // carries one all-zero placeholder head; loading the export gives the same outputs.
@@ -84,7 +79,18 @@ fn headless_layer_exports<B: Backend>(device: &B::Device) {
     assert!(d <= 1e-6, "placeholder head changed the outputs by {d}");
 }
 
-#[test]
-fn headless_layers_export_to_hugging_face() {
-    on_backend!(headless_layer_exports);
+/// Tests that run on every backend CI covers: `cargo xtask test` runs the `backend::` tests on
+/// each backend, everything else once.
+mod backend {
+    use super::*;
+
+    #[test]
+    fn heterogeneous_models_save_and_load() {
+        on_backend!(roundtrip);
+    }
+
+    #[test]
+    fn headless_layers_export_to_hugging_face() {
+        on_backend!(headless_layer_exports);
+    }
 }

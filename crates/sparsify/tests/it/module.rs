@@ -138,11 +138,6 @@ fn masks_on_a_module<B: Backend>(device: &B::Device) {
     }
 }
 
-#[test]
-fn masks_on_a_module_on_backend() {
-    on_backend!(masks_on_a_module);
-}
-
 fn loss<B: burn::tensor::backend::AutodiffBackend>(
     model: &Tiny<B>,
     device: &B::Device,
@@ -200,7 +195,18 @@ fn masked_weights_stay_zero_through_training<B: Backend>(device: &B::Device) {
     assert_eq!(squashed, now);
 }
 
-#[test]
-fn masked_weights_stay_zero_through_training_on_backend() {
-    on_backend!(masked_weights_stay_zero_through_training);
+/// Tests that run on every backend CI covers: `cargo xtask test` runs the `backend::` tests on
+/// each backend, everything else once.
+mod backend {
+    use super::*;
+
+    #[test]
+    fn masks_on_a_module_on_backend() {
+        on_backend!(masks_on_a_module);
+    }
+
+    #[test]
+    fn masked_weights_stay_zero_through_training_on_backend() {
+        on_backend!(masked_weights_stay_zero_through_training);
+    }
 }
