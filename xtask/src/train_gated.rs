@@ -49,11 +49,13 @@ pub fn locate(path: &Path) -> PathBuf {
 
 /// Re-runs this command from a release build (same arguments, same directory).
 pub fn rerun_in_release(what: &str) -> Result<()> {
-    eprintln!("{what}: running the release build (the first build takes a few minutes)");
+    eprintln!(
+        "{what}: building and running the release build (on a fresh machine that compiles burn a second time, for many minutes; cargo shows its progress below)"
+    );
     // Ctrl-C reaches the child too; this process waits for it to checkpoint and exit.
     ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
     let status = Command::new(env!("CARGO"))
-        .args(["run", "--release", "--quiet", "--manifest-path"])
+        .args(["run", "--release", "--manifest-path"])
         .arg(crate::root().join("Cargo.toml"))
         .args(["--package", "xtask", "--"])
         .args(std::env::args().skip(1))

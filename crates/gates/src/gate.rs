@@ -35,7 +35,7 @@ impl Draw {
     }
 
     /// The draw of the `index`-th of several gate groups: the same mode, an independent key.
-    pub fn sub(self, index: usize) -> Draw {
+    pub fn for_group(self, index: usize) -> Draw {
         match self {
             Draw::Eval => Draw::Eval,
             Draw::Sample(key) => Draw::Sample(mix(key ^ mix(index as u64 + 1))),

@@ -180,7 +180,7 @@ impl<B: Backend> GatedModel<B> {
     }
 
     /// The masks the gates give: noisy samples for [`Draw::Sample`] (group `i` draws with
-    /// `draw.sub(i)`), deterministic values for [`Draw::Eval`]. Heads are `[n_layers, max_heads]` (padding columns, and layers without a
+    /// `draw.for_group(i)`), deterministic values for [`Draw::Eval`]. Heads are `[n_layers, max_heads]` (padding columns, and layers without a
     /// heads group, are 1); a whole-layer gate multiplies its layer's heads and neurons.
     pub fn masks(&self, draw: Draw) -> Masks<B> {
         let config = self.model.config();
@@ -192,7 +192,7 @@ impl<B: Backend> GatedModel<B> {
         let mut hidden = None;
         let mut layer_gates = None;
         for (i, g) in self.gates.groups.iter().enumerate() {
-            let v = g.gate.gates(draw.sub(i));
+            let v = g.gate.gates(draw.for_group(i));
             match (g.kind, layer_of(&g.space)) {
                 (GateKind::Heads, Some(l)) if l < n_layers => heads[l] = Some(v),
                 (GateKind::Neurons, Some(l)) if l < n_layers => ffn[l] = Some(v),

@@ -78,7 +78,7 @@ fn penalty_and_determinism<B: Backend>(device: &B::Device) {
         host(g.gates(Draw::Sample(3))),
         "a sample is a function of its key"
     );
-    assert_ne!(Draw::Sample(3).sub(0), Draw::Sample(3).sub(1));
+    assert_ne!(Draw::Sample(3).for_group(0), Draw::Sample(3).for_group(1));
     // Evaluation value: clip(σ(log α)(h - l) + l, 0, 1).
     let expect = (1.0 / (1.0 + (-0.3f64).exp())) * 1.2 - 0.1;
     assert!((host(g.value())[0] as f64 - expect).abs() < 1e-6);

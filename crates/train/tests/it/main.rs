@@ -678,6 +678,32 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     ] {
         assert!(fout.join(file).exists(), "{file} missing");
     }
+    // Another file than the training data is refused (naming both) unless allowed.
+    let e = run_factorize::<B>(
+        &out.join("dense-model"),
+        &FactorizeOptions {
+            data: other.clone(),
+            ..fopts.clone()
+        },
+        &tmp.path().join("bad"),
+        "test",
+        device,
+    )
+    .unwrap_err();
+    assert!(matches!(e, TrainError::OtherData { .. }), "{e}");
+    assert!(!tmp.path().join("bad").exists());
+    let e = run_sparsify::<B>(
+        &out.join("dense-model"),
+        &SparsifyOptions {
+            data: other.clone(),
+            ..Default::default()
+        },
+        &tmp.path().join("bad"),
+        "test",
+        device,
+    )
+    .unwrap_err();
+    assert!(matches!(e, TrainError::OtherData { .. }), "{e}");
     let ranks = shears_layers::save::read_config(&fout.join("model")).unwrap();
     assert!(ranks.layers.iter().any(|l| !l.ranks.is_empty()));
     let e = run_factorize::<B>(
