@@ -1,0 +1,204 @@
+//! Bad input gets typed errors naming the key, the expected and the found value.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::backend::NdArray;
+use shears_layers::{BertModel, LoadError, ModelConfig, PruneError, hf};
+use shears_spaces::{HostTensor, SpaceError};
+
+use super::common::*;
+
+type B = NdArray<f32>;
+
+fn load(dir: &Path) -> Result<BertModel<B>, LoadError> {
+    BertModel::<B>::load(dir, &Default::default())
+}
+
+/// A copy of the tiny GPT-2 fixture with its tensors changed by `edit`.
+fn edited(edit: impl FnOnce(&mut shears_spaces::TensorMap)) -> tempfile::TempDir {
+    let src = fixtures().join("tiny-gpt2");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let mut t = hf::read_safetensors(&src.join("model.safetensors")).unwrap();
+    edit(&mut t);
+    hf::write_safetensors(&tmp.path().join("model.safetensors"), &t).unwrap();
+    tmp
+}
+
+#[test]
+fn missing_extra_and_misshapen_tensors() {
+    let key = "transformer.h.1.mlp.c_fc.weight";
+    let dir = edited(|t| {
+        t.remove(key);
+    });
+    assert_eq!(
+        load(dir.path()).unwrap_err(),
+        LoadError::MissingKey {
+            key: "h.1.mlp.c_fc.weight".into(),
+            expected: vec![48, 192]
+        }
+    );
+    let dir = edited(|t| {
+        t.insert(
+            "transformer.h.0.attn.extra".into(),
+            HostTensor::new(vec![2], vec![0.0; 2]),
+        );
+    });
+    assert_eq!(
+        load(dir.path()).unwrap_err(),
+        LoadError::UnexpectedKey {
+            key: "h.0.attn.extra".into(),
+            found: vec![2]
+        }
+    );
+    let dir = edited(|t| {
+        t.insert(
+            key.into(),
+            HostTensor::new(vec![192, 48], vec![0.0; 192 * 48]),
+        );
+    });
+    assert_eq!(
+        load(dir.path()).unwrap_err(),
+        LoadError::Shape {
+            key: "h.1.mlp.c_fc.weight".into(),
+            expected: vec![48, 192],
+            found: vec![192, 48]
+        }
+    );
+}
+
+#[test]
+fn truncated_file_wrong_dtype_and_missing_files() {
+    let dir = edited(|_| {});
+    let f = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(matches!(
+        load(dir.path()).unwrap_err(),
+        LoadError::Safetensors { .. }
+    ));
+
+    // An I32 tensor where floats are expected.
+    let data = vec![0u8; 8];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![2], &data).unwrap();
+    let bytes = safetensors::serialize(vec![("wte.weight".to_string(), view)], None).unwrap();
+    std::fs::write(&f, bytes).unwrap();
+    assert_eq!(
+        load(dir.path()).unwrap_err(),
+        LoadError::Dtype {
+            key: "wte.weight".into(),
+            expected: "F32, F16 or BF16",
+            found: "I32".into()
+        }
+    );
+
+    std::fs::remove_file(&f).unwrap();
+    assert!(matches!(
+        load(dir.path()).unwrap_err(),
+        LoadError::Io { .. }
+    ));
+    let empty = tempfile::tempdir().unwrap();
+    let err = load(empty.path()).unwrap_err().to_string();
+    assert!(err.contains("no shears.json or config.json"), "{err}");
+}
+
+#[test]
+fn unknown_activation_and_malformed_config() {
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tiny-gpt2/config.json")).unwrap(),
+    )
+    .unwrap();
+    v["activation_function"] = "swishy".into();
+    assert_eq!(
+        ModelConfig::from_hf_value(v.clone())
+            .unwrap_err()
+            .to_string(),
+        "unknown activation `swishy` (supported: gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu)"
+    );
+    v["activation_function"] = "gelu_new".into();
+    v["model_type"] = "t5".into();
+    assert!(
+        ModelConfig::from_hf_value(v)
+            .unwrap_err()
+            .to_string()
+            .contains("unsupported model_type `t5`")
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("config.json"), "{ not json").unwrap();
+    assert!(matches!(
+        load(tmp.path()).unwrap_err(),
+        LoadError::Config { .. }
+    ));
+}
+
+#[test]
+fn bad_pruning_requests() {
+    let device = Default::default();
+    let model = tiny_bert::<B>(&device, 0);
+    let err = model.clone().keep("hidden", &[]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "keeping 0 of 16 units of space `hidden` is below its minimum of 1"
+    );
+    // The built-in blocks may lose every head or neuron of a layer (the block is removed,
+    // its output bias stays); prune_heads says so in the config.
+    let all: BTreeMap<usize, Vec<usize>> = [(1, vec![0, 1, 2, 3])].into();
+    let headless = model.clone().prune_heads(&all).unwrap();
+    assert_eq!(headless.config().layers[1].n_heads, 0);
+    assert!(headless.config().layers[1].head_ids.is_empty());
+    assert!(matches!(
+        headless.prune_heads(&[(1, vec![0])].into()).unwrap_err(),
+        PruneError::NoSuchHead {
+            layer: 1,
+            head: 0,
+            ..
+        }
+    ));
+    assert!(matches!(
+        model.clone().keep("layers.9.heads", &[0]).unwrap_err(),
+        PruneError::Space(SpaceError::UnknownSpace { .. })
+    ));
+    assert!(matches!(
+        model.clone().keep("hidden", &[16]).unwrap_err(),
+        PruneError::Space(SpaceError::UnitOutOfRange { unit: 16, .. })
+    ));
+    assert_eq!(
+        model
+            .clone()
+            .prune_heads(&[(5, vec![0])].into())
+            .unwrap_err(),
+        PruneError::NoSuchLayer {
+            layer: 5,
+            n_layers: 2
+        }
+    );
+    let once = model.prune_heads(&[(0, vec![1])].into()).unwrap();
+    assert_eq!(
+        once.prune_heads(&[(0, vec![1])].into()).unwrap_err(),
+        PruneError::NoSuchHead {
+            layer: 0,
+            head: 1,
+            remaining: vec![0, 2, 3]
+        }
+    );
+}
+
+#[test]
+fn hidden_pruned_bert_refuses_hf_export() {
+    let model = tiny_bert::<B>(&Default::default(), 0)
+        .keep("hidden", &[0, 1, 2, 3])
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x");
+    assert!(matches!(
+        model.export_hf(&out, None).unwrap_err(),
+        LoadError::NotRepresentable(_)
+    ));
+    assert!(
+        !out.exists(),
+        "a failed export left {} behind",
+        out.display()
+    );
+}

@@ -1,0 +1,969 @@
+//! Tests of `shears-train`: configs, datasets, bad input, and the whole pipeline end to end
+//! on a tiny BERT (classification) and a tiny GPT-2 (language model) with synthetic data and
+//! the real tokenizers (run `cargo xtask fetch` first). Backend from `SHEARS_BACKEND`.
+
+use std::io::Write;
+
+use crate::assets;
+use std::path::Path;
+
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use shears_layers::{ModelConfig, Transformer};
+use shears_pruners::RankPlan;
+use shears_train::{
+    ConfigSources, EvalOptions, Experiment, FactorizeOptions, Outcome, RunOptions, SparsifyMethod,
+    SparsifyOptions, Task, TrainError, eval_dir, run, run_factorize, run_sparsify, staging_dir,
+};
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+fn load(
+    dir: &Path,
+    toml: &str,
+    set: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Experiment, TrainError> {
+    let file = dir.join("exp.toml");
+    write(&file, toml);
+    Experiment::load(&ConfigSources {
+        file,
+        quick: false,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        set: set.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+const MINIMAL: &str = r#"
+name = "t"
+[model]
+path = "m"
+[data]
+path = "d.csv"
+"#;
+
+#[test]
+fn config_overrides_apply_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = load(tmp.path(), MINIMAL, &[], &[]).unwrap();
+    assert_eq!(exp.gated.target_sparsity, 0.5);
+    let exp = load(
+        tmp.path(),
+        &format!("{MINIMAL}[gated]\ntarget_sparsity = 0.6\n"),
+        &["dense.lr=1e-4"],
+        &[
+            ("SHEARS_GATED__EPOCHS", "4"),
+            ("SHEARS_BACKEND", "wgpu"), // not a config key: ignored
+            ("SHEARS_DENSE__LR", "9"),  // --set wins over the environment
+        ],
+    )
+    .unwrap();
+    assert_eq!(exp.gated.target_sparsity, 0.6);
+    assert_eq!(exp.gated.epochs, 4.0);
+    assert_eq!(exp.dense.lr, 1e-4);
+
+    // --quick applies the file's [quick] table.
+    let file = tmp.path().join("q.toml");
+    write(
+        &file,
+        &format!("{MINIMAL}[quick]\ndata.limit = 100\ngated.epochs = 0.5\n"),
+    );
+    let q = Experiment::load(&ConfigSources {
+        file: file.clone(),
+        quick: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!((q.data.limit, q.gated.epochs), (100, 0.5));
+    let full = Experiment::load(&ConfigSources {
+        file,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!((full.data.limit, full.gated.epochs), (0, 3.0));
+}
+
+#[test]
+fn bad_configs_name_the_offending_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = |toml: &str, set: &[&str]| load(tmp.path(), toml, set, &[]).unwrap_err().to_string();
+    let e = err(&format!("{MINIMAL}[gated]\ntarget_sparsty = 0.6\n"), &[]);
+    assert!(e.contains("target_sparsty"), "{e}");
+    let e = err(&format!("{MINIMAL}colour = 1\n"), &[]);
+    assert!(e.contains("colour"), "{e}");
+    let e = err(MINIMAL, &["gated.target_sparsity=1.5"]);
+    assert!(
+        e.contains("gated.target_sparsity") && e.contains("1.5"),
+        "{e}"
+    );
+    let e = err(MINIMAL, &["data.split=[0.5, 0.5, 0.5]"]);
+    assert!(e.contains("data.split"), "{e}");
+    let e = err(MINIMAL, &["dense.batch_size=0"]);
+    assert!(e.contains("dense.batch_size"), "{e}");
+    let e = err(MINIMAL, &["nonsense"]);
+    assert!(e.contains("nonsense"), "{e}");
+    let e = load(tmp.path(), MINIMAL, &[], &[("SHEARS_GATED__WHATEVER", "1")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("whatever"), "{e}");
+    let missing = Experiment::load(&ConfigSources {
+        file: tmp.path().join("absent.toml"),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(missing.to_string().contains("absent.toml"), "{missing}");
+}
+
+#[test]
+fn datasets_csv_jsonl_and_bz2() {
+    use shears_train::data::read_table;
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("d.csv");
+    write(
+        &csv,
+        "category,text,other\nfresh,\"good, really\",x\nplot,A story.,y\nrotten,bad,z\nfresh,,w\n",
+    );
+    let labels = ["rotten".to_string(), "fresh".to_string()];
+    let t = read_table(&csv, "text", Some("category"), &labels).unwrap();
+    assert_eq!(t.rows.len(), 2);
+    assert_eq!(t.rows[0].text, "good, really");
+    assert_eq!((t.dropped_label, t.dropped_empty), (1, 1));
+
+    let e = read_table(&csv, "body", Some("category"), &labels).unwrap_err();
+    assert!(e.to_string().contains("no column `body`"), "{e}");
+
+    let jsonl = tmp.path().join("d.jsonl");
+    write(
+        &jsonl,
+        "{\"t\": \"one\", \"y\": 1}\n\n{\"t\": \"two\", \"y\": 0}\n",
+    );
+    let t = read_table(&jsonl, "t", Some("y"), &[]).unwrap();
+    assert_eq!(
+        t.rows
+            .iter()
+            .map(|r| r.label.clone().unwrap())
+            .collect::<Vec<_>>(),
+        ["1", "0"]
+    );
+    write(&jsonl, "{\"t\": \"one\", \"y\": 1}\n{broken\n");
+    let e = read_table(&jsonl, "t", Some("y"), &[]).unwrap_err();
+    assert!(e.to_string().contains("line 2"), "{e}");
+
+    // The real Rotten Tomatoes file (bzip2): 12,808 review rows once the plot rows go.
+    let rt = assets().join("data/rotten_tomatoes_corpus_full.csv.bz2");
+    let t = read_table(&rt, "text", Some("category"), &labels).unwrap();
+    assert_eq!(t.rows.len(), 12_808);
+    assert_eq!(t.dropped_label + t.dropped_empty, 1_097);
+
+    let e = read_table(&csv, "text", Some("category"), &["neutral".to_string()]).unwrap_err();
+    assert!(matches!(e, TrainError::NoUsableRows { read: 4, .. }), "{e}");
+}
+
+/// Synthetic sentiment: "pos" when the sentence holds "wonderful" or "great", plus plot
+/// rows the config drops.
+fn synthetic_csv(path: &Path, n: usize, seed: u64) {
+    let filler = [
+        "the", "movie", "was", "a", "film", "about", "people", "and", "some", "story", "with",
+        "long", "scenes", "actors", "music",
+    ];
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut f = std::fs::File::create(path).unwrap();
+    writeln!(f, "label,text").unwrap();
+    for i in 0..n {
+        let mut words: Vec<&str> = (0..8)
+            .map(|_| filler[rng.random_range(0..filler.len())])
+            .collect();
+        let pos = rng.random_bool(0.5);
+        if pos {
+            let at = rng.random_range(0..words.len());
+            words[at] = if rng.random_bool(0.5) {
+                "wonderful"
+            } else {
+                "great"
+            };
+        }
+        let label = if i % 10 == 9 {
+            "plot"
+        } else if pos {
+            "pos"
+        } else {
+            "neg"
+        };
+        writeln!(f, "{label},{}", words.join(" ")).unwrap();
+    }
+}
+
+fn tiny_bert_dir(dir: &Path) {
+    type B = burn::backend::NdArray<f32>;
+    B::seed(&Default::default(), 3);
+    let mut c = ModelConfig::bert(30522, 16, 2, 4, 32);
+    c.max_positions = 32;
+    Transformer::<B>::new(&c, &Default::default())
+        .save(dir)
+        .unwrap();
+    std::fs::copy(
+        assets().join("all-MiniLM-L6-v2/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+}
+
+fn bert_experiment(tmp: &Path) -> Experiment {
+    tiny_bert_dir(&tmp.join("model"));
+    synthetic_csv(&tmp.join("data.csv"), 440, 1);
+    bert_experiment_on(tmp)
+}
+
+/// The tiny BERT experiment on the model and data already in `tmp`.
+fn bert_experiment_on(tmp: &Path) -> Experiment {
+    let toml = r#"
+name = "tiny-bert"
+task = "classification"
+seed = 7
+[model]
+path = "model"
+[data]
+path = "data.csv"
+text_column = "text"
+label_column = "label"
+labels = ["neg", "pos"]
+max_len = 16
+split = [0.6, 0.2, 0.2]
+[dense]
+epochs = 10
+lr = 3e-3
+batch_size = 16
+[gated]
+epochs = 8
+lr = 1e-3
+batch_size = 16
+target_sparsity = 0.75
+warmup_fraction = 0.3
+[finetune]
+epochs = 2
+lr = 1e-3
+batch_size = 16
+[eval]
+latency_batch = 8
+latency_repeats = 3
+[checkpoint]
+every = 20
+"#;
+    let file = tmp.join("exp.toml");
+    write(&file, toml);
+    let mut exp = Experiment::load(&ConfigSources {
+        file,
+        ..Default::default()
+    })
+    .unwrap();
+    exp.resolve_paths(tmp, &assets());
+    exp
+}
+
+/// What gated training must show before the final fine-tune: the expected sparsity at the
+/// end of the gated phase close to the target, and the kept set the gates chose better on
+/// the validation split than random kept sets of the same size on the same weights.
+fn gates_learned(r: &shears_train::report::Report) -> Result<(), String> {
+    let target = r.config.gated.target_sparsity;
+    let s = r.expected_sparsity_gated.ok_or("no expected sparsity")?;
+    if (s - target).abs() > 0.05 {
+        return Err(format!(
+            "expected sparsity {s:.3} is not within 0.05 of {target}"
+        ));
+    }
+    let (learned, random) = (
+        r.valid_loss_hardened.ok_or("no hardened loss")?,
+        r.valid_loss_random_kept.ok_or("no control loss")?,
+    );
+    if learned > GATE_MARGIN * random {
+        return Err(format!(
+            "the learned kept set has validation loss {learned:.4}, random kept sets {random:.4}: not below {GATE_MARGIN} times it"
+        ));
+    }
+    Ok(())
+}
+
+/// The learned kept set's validation loss must be at most this fraction of the random kept
+/// sets'.
+const GATE_MARGIN: f64 = 0.8;
+
+/// Negative control of [`gates_learned`]: the same run with frozen gates (gate learning rate
+/// 0; the final fine-tune, which comes after the check, skipped) must fail it.
+#[test]
+fn frozen_gates_fail_the_gate_check() {
+    type B = burn::backend::NdArray<f32>;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut exp = bert_experiment(tmp.path());
+    exp.gated.gate_lr = 0.0;
+    exp.finetune.epochs = 0.0;
+    let Outcome::Done(r) = run::<Autodiff<B>>(
+        &exp,
+        &tmp.path().join("out"),
+        &RunOptions::default(),
+        &Default::default(),
+    )
+    .unwrap() else {
+        panic!("stopped")
+    };
+    let e = gates_learned(&r).expect_err("frozen gates passed the gate check");
+    assert!(e.contains("expected sparsity"), "{e}");
+    // Both halves of the check fail, not only the sparsity.
+    let (learned, random) = (
+        r.valid_loss_hardened.unwrap(),
+        r.valid_loss_random_kept.unwrap(),
+    );
+    assert!(learned > GATE_MARGIN * random, "{learned} vs {random}");
+}
+
+/// A small, fast variant of the tiny BERT run for the resume and crash tests.
+fn small_bert_experiment(tmp: &Path) -> Experiment {
+    tiny_bert_dir(&tmp.join("model"));
+    synthetic_csv(&tmp.join("data.csv"), 160, 2);
+    let mut exp = bert_experiment_on(tmp);
+    exp.dense.epochs = 1.0;
+    exp.gated.epochs = 2.0;
+    exp.finetune.epochs = 1.0;
+    exp.checkpoint.every = 3;
+    exp.eval.latency_repeats = 1;
+    exp
+}
+
+fn done(r: Result<Outcome, TrainError>) -> Box<shears_train::report::Report> {
+    match r.unwrap() {
+        Outcome::Done(r) => r,
+        Outcome::Stopped { phase, step } => panic!("stopped in {phase} at {step}"),
+    }
+}
+
+fn weights(out: &Path) -> (Vec<u8>, Vec<u8>) {
+    let read = |f: &str| std::fs::read(out.join("model").join(f)).unwrap();
+    (read("model.safetensors"), read("head.safetensors"))
+}
+
+/// Stopping in the middle of the gated phase and resuming gives the final weights of the
+/// uninterrupted run bit for bit (CPU backend): data order, gate noise and the head's
+/// initialisation come from keyed host generators, and the checkpoint holds the model,
+/// both optimizers and the multipliers exactly.
+#[test]
+fn resume_is_exact_on_cpu() {
+    type A = Autodiff<burn::backend::NdArray<f32>>;
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = small_bert_experiment(tmp.path());
+    let whole = tmp.path().join("whole");
+    let r = done(run::<A>(&exp, &whole, &RunOptions::default(), &device));
+    let dense_steps = r.history.iter().filter(|p| p.phase == "dense").count();
+    assert!(dense_steps > 0);
+    let parts = tmp.path().join("parts");
+    // Stop at steps that are and are not multiples of the checkpoint interval.
+    let mut budgets = vec![dense_steps + 4, 5, 3];
+    let mut stops = 0;
+    loop {
+        let opts = RunOptions {
+            resume: stops > 0,
+            stop_after: budgets.pop(),
+            ..Default::default()
+        };
+        match run::<A>(&exp, &parts, &opts, &device).unwrap() {
+            Outcome::Stopped { .. } => stops += 1,
+            Outcome::Done(p) => {
+                assert_eq!(p.history, r.history, "the same losses at every logged step");
+                break;
+            }
+        }
+    }
+    assert_eq!(stops, 3);
+    assert!(weights(&whole) == weights(&parts), "resumed weights differ");
+}
+
+/// A crash right after any file write of any checkpoint leaves a staging directory that
+/// `resume` completes, with the uninterrupted run's weights.
+#[test]
+fn a_crash_after_any_checkpoint_write_resumes() {
+    type A = Autodiff<burn::backend::NdArray<f32>>;
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut exp = small_bert_experiment(tmp.path());
+    exp.checkpoint.every = 8;
+    let whole = tmp.path().join("whole");
+    done(run::<A>(&exp, &whole, &RunOptions::default(), &device));
+    let mut k = 1;
+    loop {
+        let out = tmp.path().join(format!("crash-{k}"));
+        let crash = RunOptions {
+            fail_after_writes: Some(k),
+            ..Default::default()
+        };
+        match run::<A>(&exp, &out, &crash, &device) {
+            Err(TrainError::InjectedFailure { after, .. }) => assert_eq!(after, k),
+            // Fewer than k writes in the whole run: every write has been tried.
+            Ok(Outcome::Done(_)) => break,
+            other => panic!("write {k}: {other:?}"),
+        }
+        assert!(!out.exists(), "no output after a crash");
+        let resume = RunOptions {
+            resume: true,
+            ..Default::default()
+        };
+        done(run::<A>(&exp, &out, &resume, &device));
+        assert!(
+            weights(&whole) == weights(&out),
+            "crash after write {k}: resumed weights differ"
+        );
+        k += 1;
+    }
+    assert!(k > 10, "only {k} writes were tried");
+}
+
+/// Whether this is the software-Vulkan pass. Software Vulkan runs these tiny models about
+/// 30 times slower than the CPU (kernel compilation per shape dominates), so on wgpu the
+/// pipeline tests run a short schedule that proves the GPU path (training moves the loss and
+/// the gates, checkpoints, resume, outputs, eval, factorize, sparsify); the assertions on
+/// what a full schedule learns run on the CPU pass.
+fn short_schedule() -> bool {
+    std::env::var("SHEARS_BACKEND").as_deref() == Ok("wgpu")
+}
+
+fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut exp = bert_experiment(tmp.path());
+    let full = !short_schedule();
+    if !full {
+        (exp.dense.epochs, exp.gated.epochs, exp.finetune.epochs) = (3.0, 3.0, 1.0);
+    }
+    let out = tmp.path().join("out");
+    let opts = RunOptions {
+        backend: "test".into(),
+        progress: std::env::var_os("SHEARS_PROGRESS").is_some(),
+        ..Default::default()
+    };
+    // Interrupt inside the gated phase, then resume.
+    let stop = RunOptions {
+        stop_after: Some(if full { 191 } else { 65 }),
+        ..opts.clone()
+    };
+    match run::<Autodiff<B>>(&exp, &out, &stop, device).unwrap() {
+        Outcome::Stopped { phase, step } => {
+            assert_eq!(
+                (phase.as_str(), step),
+                ("gated", if full { 41 } else { 20 })
+            )
+        }
+        Outcome::Done(_) => panic!("the step budget should have stopped the run"),
+    }
+    assert!(!out.exists(), "no output before the run completes");
+    let latest = std::fs::read_to_string(staging_dir(&out).join("latest")).unwrap();
+    assert!(
+        staging_dir(&out)
+            .join(latest.trim())
+            .join("model.mpk")
+            .exists()
+    );
+    let again = run::<Autodiff<B>>(&exp, &out, &opts, device).unwrap_err();
+    assert!(matches!(again, TrainError::Interrupted { .. }), "{again}");
+    let resume = RunOptions {
+        resume: true,
+        ..opts.clone()
+    };
+    let report = match run::<Autodiff<B>>(&exp, &out, &resume, device).unwrap() {
+        Outcome::Done(r) => r,
+        Outcome::Stopped { .. } => panic!("stopped without a budget"),
+    };
+    assert!(!staging_dir(&out).exists(), "staging removed after success");
+
+    // Dense learned the task; the gates learned which heads matter; removal really happened.
+    let acc_dense = report.accuracy_dense.unwrap();
+    assert_eq!(report.heads_total, 8);
+    if full {
+        assert!(acc_dense > 0.8, "dense accuracy {acc_dense}");
+        gates_learned(&report).unwrap();
+        assert!(report.accuracy_pruned.unwrap() > 0.7, "{report:?}");
+    } else {
+        // The short schedule: the gates moved toward the target (frozen ones stay at 0.06).
+        let s = report.expected_sparsity_gated.unwrap();
+        assert!(s > 0.2, "expected sparsity {s} after the short gated phase");
+        let dense: Vec<f64> = report
+            .history
+            .iter()
+            .filter(|p| p.phase == "dense")
+            .map(|p| p.loss)
+            .collect();
+        let k = dense.len() / 3;
+        let (first, last) = (&dense[..k], &dense[dense.len() - k..]);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        assert!(
+            mean(last) < mean(first),
+            "the dense loss did not fall: {dense:?}"
+        );
+    }
+    assert!(report.rescued.is_empty());
+    assert_eq!(
+        report.kept_heads_per_layer.iter().sum::<usize>(),
+        report.heads_kept
+    );
+    assert!(report.params_pruned < report.params_dense);
+    assert!(report.flops_per_token_pruned < report.flops_per_token_dense);
+    assert_eq!(report.split_sizes.iter().sum::<usize>(), 396); // 440 rows minus 44 plot rows
+    let gated_points: Vec<_> = report
+        .history
+        .iter()
+        .filter(|p| p.phase == "gated")
+        .collect();
+    // The resumed run continued where it stopped: every step logged once per phase.
+    let steps: Vec<usize> = gated_points.iter().map(|p| p.step).collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    // Wall time of the interrupted invocation counts too: every phase has its seconds.
+    for phase in ["dense", "gated", "finetune"] {
+        assert!(
+            report.phase_seconds[phase] > 0.0,
+            "{:?}",
+            report.phase_seconds
+        );
+    }
+
+    // Output files.
+    for f in [
+        "report.json",
+        "report.md",
+        "gates.svg",
+        "curves.svg",
+        "hf-model/config.json",
+        "hf-model/model.safetensors",
+        "hf-model/tokenizer.json",
+        "model/shears.json",
+        "model/model.safetensors",
+        "model/head.safetensors",
+        "model/task.json",
+        "model/tokenizer.json",
+        "dense-model/shears.json",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    for key in [
+        "model",
+        "dataset",
+        "heads_total",
+        "heads_kept",
+        "kept_heads_per_layer",
+        "params_dense",
+        "params_pruned",
+        "flops_per_token_dense",
+        "flops_per_token_pruned",
+        "accuracy_dense",
+        "accuracy_pruned",
+        "latency_ms_dense",
+        "latency_ms_pruned",
+        "wall_seconds",
+    ] {
+        assert!(!json[key].is_null(), "report.json lacks {key}");
+    }
+    // The transformers export is a sequence classifier with the labels and removed heads.
+    let hf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("hf-model/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(hf["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(hf["id2label"]["1"], "pos");
+    let removed: usize = hf["pruned_heads"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_array().unwrap().len())
+        .sum();
+    // transformers cannot run a layer without heads: such a layer keeps one zero
+    // placeholder head in the export, so it lists one removed head less.
+    assert_eq!(
+        removed,
+        report.heads_total - report.heads_kept - report.headless_layers.len(),
+        "{report:?}"
+    );
+    let svg = std::fs::read_to_string(out.join("gates.svg")).unwrap();
+    assert_eq!(svg.matches("<rect").count(), 8, "one cell per head");
+
+    // The saved pruned model evaluates on a dataset file.
+    let summary = eval_dir::<B>(
+        &out.join("model"),
+        &tmp.path().join("data.csv"),
+        &EvalOptions {
+            batch_size: 32,
+            repeats: 2,
+            ..Default::default()
+        },
+        device,
+    )
+    .unwrap();
+    // With the file it was trained on, eval scores the held-out test split, exactly as the
+    // pipeline did.
+    assert_eq!(summary.task, Task::Classification);
+    assert_eq!(summary.rows, "test split");
+    assert_eq!(summary.examples, report.split_sizes[2]);
+    assert_eq!(summary.accuracy, report.accuracy_pruned, "{summary:?}");
+    // Another file is refused unless allowed, naming both files.
+    let other = tmp.path().join("other.csv");
+    synthetic_csv(&other, 120, 5);
+    let e = eval_dir::<B>(&out.join("model"), &other, &EvalOptions::default(), device).unwrap_err();
+    assert!(
+        e.to_string().contains("data.csv") && e.to_string().contains("other.csv"),
+        "{e}"
+    );
+    let all = eval_dir::<B>(
+        &out.join("model"),
+        &other,
+        &EvalOptions {
+            batch_size: 32,
+            repeats: 1,
+            other_data: true,
+            ..Default::default()
+        },
+        device,
+    )
+    .unwrap();
+    assert_eq!((all.rows.as_str(), all.examples), ("all rows", 108));
+    let config = shears_layers::save::read_config(&out.join("model")).unwrap();
+    assert_eq!(
+        config.layers.iter().map(|l| l.n_heads).collect::<Vec<_>>(),
+        report.kept_heads_per_layer
+    );
+
+    // Factorize the fine-tuned dense model on the same data: calibration on the training
+    // split, accuracy on the test split before and after.
+    let fopts = FactorizeOptions {
+        data: tmp.path().join("data.csv"),
+        plan: RankPlan::Budget(0.6),
+        calibration_tokens: 500,
+        seed: 7,
+        latency_repeats: 2,
+        ..Default::default()
+    };
+    let fout = tmp.path().join("factorized");
+    let f = run_factorize::<B>(&out.join("dense-model"), &fopts, &fout, "test", device).unwrap();
+    assert!(f.factorization.calibration_tokens >= 500);
+    assert!(f.factorization.params_after < f.factorization.params_before);
+    assert!(f.flops_per_token_after < f.flops_per_token_before);
+    assert_eq!(f.test_examples, Some(report.split_sizes[2]));
+    // The test split is the one train-gated held out: the same accuracy before.
+    let before = f.before.clone().unwrap().accuracy.unwrap();
+    assert!((before - acc_dense).abs() < 1e-9, "{before} vs {acc_dense}");
+    if full {
+        assert!(f.after.clone().unwrap().accuracy.unwrap() > 0.6, "{f:?}");
+    }
+    for file in [
+        "model/shears.json",
+        "model/head.safetensors",
+        "model/task.json",
+        "report.json",
+        "report.md",
+    ] {
+        assert!(fout.join(file).exists(), "{file} missing");
+    }
+    // Another file than the training data is refused (naming both) unless allowed.
+    let e = run_factorize::<B>(
+        &out.join("dense-model"),
+        &FactorizeOptions {
+            data: other.clone(),
+            ..fopts.clone()
+        },
+        &tmp.path().join("bad"),
+        "test",
+        device,
+    )
+    .unwrap_err();
+    assert!(matches!(e, TrainError::OtherData { .. }), "{e}");
+    assert!(!tmp.path().join("bad").exists());
+    let e = run_sparsify::<B>(
+        &out.join("dense-model"),
+        &SparsifyOptions {
+            data: other.clone(),
+            ..Default::default()
+        },
+        &tmp.path().join("bad"),
+        "test",
+        device,
+    )
+    .unwrap_err();
+    assert!(matches!(e, TrainError::OtherData { .. }), "{e}");
+    let ranks = shears_layers::save::read_config(&fout.join("model")).unwrap();
+    assert!(ranks.layers.iter().any(|l| !l.ranks.is_empty()));
+    let e = run_factorize::<B>(
+        &out.join("dense-model"),
+        &FactorizeOptions {
+            plan: RankPlan::Budget(1.5),
+            ..fopts.clone()
+        },
+        &tmp.path().join("bad"),
+        "test",
+        device,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("1.5"), "{e}");
+    assert!(!tmp.path().join("bad").exists());
+
+    // Sparsify the dense model: 2:4 and Wanda (calibrated on the training split) on every
+    // projection weight; the saved model holds the zeros.
+    for method in ["nm:2:4", "wanda", "block-norm:1x4"] {
+        let sopts = SparsifyOptions {
+            data: tmp.path().join("data.csv"),
+            method: method.parse().unwrap(),
+            sparsity: 0.5,
+            calibration_tokens: 500,
+            seed: 7,
+            latency_repeats: 2,
+            ..Default::default()
+        };
+        let sout = tmp
+            .path()
+            .join(format!("sparse-{method}").replace(':', "-"));
+        let s = run_sparsify::<B>(&out.join("dense-model"), &sopts, &sout, "test", device).unwrap();
+        assert_eq!(s.selected_zeros * 2, s.selected_elements, "{method}");
+        assert!(!s.tensors.is_empty());
+        assert_eq!(s.calibration_tokens > 0, method == "wanda");
+        let before = s.before.clone().unwrap().accuracy.unwrap();
+        assert!((before - acc_dense).abs() < 1e-9, "{before} vs {acc_dense}");
+        let saved = shears_layers::BertModel::<B>::load(&sout.join("model"), device).unwrap();
+        let w = shears_layers::tensorio::export(&saved)["layers.0.ffn.up.weight"].clone();
+        let zeros = w.data.iter().filter(|v| **v == 0.0).count();
+        assert_eq!(
+            zeros * 2,
+            w.data.len(),
+            "{method}: saved weights keep the zeros"
+        );
+        assert!(sout.join("report.md").exists() && sout.join("report.json").exists());
+    }
+    let e = run_sparsify::<B>(
+        &out.join("dense-model"),
+        &SparsifyOptions {
+            data: tmp.path().join("data.csv"),
+            method: SparsifyMethod::Magnitude,
+            patterns: vec!["layers.*.atention.*.weight".into()],
+            ..Default::default()
+        },
+        &tmp.path().join("bad"),
+        "test",
+        device,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("atention"), "{e}");
+    assert!(!tmp.path().join("bad").exists());
+    let e = "nm:2".parse::<SparsifyMethod>().unwrap_err();
+    assert!(e.to_string().contains("nm:2"), "{e}");
+}
+
+fn tiny_gpt2_end_to_end<B: Backend>(device: &B::Device) {
+    let tmp = tempfile::tempdir().unwrap();
+    // Text with structure a tiny model can learn: counting phrases, each line a distinct
+    // (start, stride, length), so the held-out lines are not training lines.
+    let mut f = std::fs::File::create(tmp.path().join("text.jsonl")).unwrap();
+    let words = [
+        "one", "two", "three", "four", "five", "six", "seven", "eight",
+    ];
+    let mut lines = 0;
+    for start in 0..8 {
+        for stride in 1..=3 {
+            for len in 6..=13 {
+                let s: Vec<&str> = (0..len)
+                    .map(|k| words[(start + stride * k) % words.len()])
+                    .collect();
+                writeln!(f, "{{\"text\": \"{}.\"}}", s.join(" ")).unwrap();
+                lines += 1;
+            }
+        }
+    }
+    assert_eq!(lines, 192);
+    drop(f);
+    // GPT-2's byte-level BPE without merges: the 256 byte tokens of the real vocabulary and
+    // <|endoftext|>, so the LM head is small.
+    let vocab: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(assets().join("gpt2-tokenizer/vocab.json")).unwrap(),
+    )
+    .unwrap();
+    let mut bytes: serde_json::Map<String, serde_json::Value> = vocab
+        .into_iter()
+        .filter(|(_, id)| id.as_u64().unwrap() < 256)
+        .collect();
+    assert_eq!(bytes.len(), 256);
+    bytes.insert("<|endoftext|>".into(), 256.into());
+    let tok = tmp.path().join("tok");
+    std::fs::create_dir(&tok).unwrap();
+    write(
+        &tok.join("vocab.json"),
+        &serde_json::to_string(&bytes).unwrap(),
+    );
+    write(&tok.join("merges.txt"), "#version: 0.2\n");
+    let toml = r#"
+name = "tiny-gpt2"
+task = "lm"
+seed = 3
+[model]
+tokenizer = "tok"
+[model.init]
+vocab_size = 257
+max_positions = 32
+d_model = 16
+n_layers = 2
+n_heads = 4
+d_ff = 32
+[data]
+path = "text.jsonl"
+max_len = 32
+[dense]
+epochs = 10
+lr = 1e-2
+batch_size = 16
+[gated]
+epochs = 6
+lr = 1e-3
+batch_size = 16
+target_sparsity = 0.5
+warmup_fraction = 0.3
+[finetune]
+epochs = 1
+lr = 1e-3
+batch_size = 16
+[eval]
+latency_batch = 4
+latency_repeats = 2
+"#;
+    write(&tmp.path().join("exp.toml"), toml);
+    let mut exp = Experiment::load(&ConfigSources {
+        file: tmp.path().join("exp.toml"),
+        ..Default::default()
+    })
+    .unwrap();
+    exp.resolve_paths(tmp.path(), &assets());
+    let full = !short_schedule();
+    if !full {
+        (exp.dense.epochs, exp.gated.epochs) = (4.0, 3.0);
+    }
+    let out = tmp.path().join("out");
+    let opts = RunOptions {
+        backend: "test".into(),
+        progress: std::env::var_os("SHEARS_PROGRESS").is_some(),
+        ..Default::default()
+    };
+    let Outcome::Done(r) = run::<Autodiff<B>>(&exp, &out, &opts, device).unwrap() else {
+        panic!("stopped")
+    };
+    let (pd, pp) = (r.perplexity_dense.unwrap(), r.perplexity_pruned.unwrap());
+    // Uniform guessing over the vocabulary is 257; the counting text is nearly certain.
+    if full {
+        assert!(pd < 4.0, "dense perplexity {pd}");
+        assert!(pp.is_finite() && pp < 8.0, "pruned perplexity {pp}");
+    } else {
+        assert!(pd < 20.0, "dense perplexity {pd} after the short schedule");
+    }
+    assert!(r.accuracy_dense.is_none());
+    // The gates met the target and chose heads that matter (perplexity: lower is better).
+    let sp = r.expected_sparsity_gated.unwrap();
+    if full {
+        assert!((sp - 0.5).abs() < 0.05, "expected sparsity {sp}");
+    } else {
+        assert!(
+            sp > 0.2,
+            "expected sparsity {sp} after the short gated phase"
+        );
+    }
+    let (learned, random) = (
+        r.valid_loss_hardened.unwrap(),
+        r.valid_loss_random_kept.unwrap(),
+    );
+    // The gate check's comparison with random kept sets is not asserted here: on this tiny
+    // GPT-2 the four heads of a layer are interchangeable and the gates meet the target by
+    // closing uniformly (deterministic values 0.22-0.34 for all eight heads), so any kept set
+    // is as good as another. The BERT run asserts it, with its negative control.
+    assert!(learned.is_finite() && random.is_finite());
+    let summary = eval_dir::<B>(
+        &out.join("model"),
+        &tmp.path().join("text.jsonl"),
+        &EvalOptions {
+            batch_size: 8,
+            repeats: 1,
+            ..Default::default()
+        },
+        device,
+    )
+    .unwrap();
+    assert_eq!(summary.task, Task::Lm);
+    assert_eq!(summary.rows, "test split");
+    let (a, b) = (summary.perplexity.unwrap(), pp);
+    assert!(
+        (a - b).abs() < 1e-3 * b,
+        "eval {a} vs the run's test perplexity {b}"
+    );
+}
+
+#[test]
+fn bad_inputs_leave_no_output_behind() {
+    type B = Autodiff<burn::backend::NdArray<f32>>;
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = bert_experiment(tmp.path());
+    let out = tmp.path().join("out");
+    let opts = RunOptions::default();
+    let no_leftovers = || {
+        assert!(!out.exists());
+        assert!(!staging_dir(&out).exists());
+    };
+
+    // A model directory without weights.
+    let empty = tmp.path().join("no-weights");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::copy(
+        tmp.path().join("model/shears.json"),
+        empty.join("shears.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        tmp.path().join("model/tokenizer.json"),
+        empty.join("tokenizer.json"),
+    )
+    .unwrap();
+    let mut exp = good.clone();
+    exp.model.path = Some(empty);
+    let e = run::<B>(&exp, &out, &opts, &device).unwrap_err();
+    assert!(e.to_string().contains("model.safetensors"), "{e}");
+    no_leftovers();
+
+    // A dataset with no usable rows.
+    let mut exp = good.clone();
+    exp.data.labels = vec!["neutral".into(), "mixed".into()];
+    let e = run::<B>(&exp, &out, &opts, &device).unwrap_err();
+    assert!(matches!(e, TrainError::NoUsableRows { .. }), "{e}");
+    no_leftovers();
+
+    // A missing dataset file.
+    let mut exp = good.clone();
+    exp.data.path = tmp.path().join("absent.csv");
+    let e = run::<B>(&exp, &out, &opts, &device).unwrap_err();
+    assert!(e.to_string().contains("absent.csv"), "{e}");
+    no_leftovers();
+
+    // Sequences longer than the model's positions.
+    let mut exp = good;
+    exp.data.max_len = 64;
+    let e = run::<B>(&exp, &out, &opts, &device).unwrap_err();
+    assert!(e.to_string().contains("data.max_len"), "{e}");
+    no_leftovers();
+}
+
+/// Tests that run on every backend CI covers: `cargo xtask test` runs the `backend::` tests on
+/// each backend, everything else once.
+mod backend {
+    use super::*;
+
+    #[test]
+    fn tiny_bert_trains_prunes_resumes_and_reports() {
+        on_backend!(tiny_bert_end_to_end);
+    }
+
+    #[test]
+    fn tiny_gpt2_language_model_trains_and_prunes() {
+        on_backend!(tiny_gpt2_end_to_end);
+    }
+}

@@ -1,0 +1,161 @@
+//! What both binaries of `cargo xtask` share, and the commands that need no model: `fetch`
+//! and `test`. Nothing here instantiates a Burn backend, so the `xtask` binary that runs
+//! them builds in seconds once the dependencies are built; the model commands live in the
+//! `shears` binary (`src/bin/shears`).
+
+pub mod fetch;
+pub mod test;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// The commands of the `shears` binary, which the `xtask` binary hands on (the `shears`
+/// binary checks this list against its own at start).
+pub const MODEL_NAMES: [&str; 7] = [
+    "inspect",
+    "prune-heads",
+    "train-gated",
+    "eval",
+    "factorize",
+    "sparsify",
+    "bench",
+];
+
+/// Which Burn backend runs the command.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Backend {
+    /// CPU (burn-ndarray).
+    Ndarray,
+    /// GPU through wgpu (Vulkan, Metal, DX12; software Vulkan works too).
+    Wgpu,
+}
+
+/// Parses `0:1,2;3:0`.
+pub fn parse_heads(spec: &str) -> Result<BTreeMap<usize, Vec<usize>>> {
+    let mut out: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (layer, heads) = part
+            .split_once(':')
+            .with_context(|| format!("`{part}` is not LAYER:H,H (in --heads `{spec}`)"))?;
+        let layer: usize = layer
+            .trim()
+            .parse()
+            .with_context(|| format!("layer `{layer}` is not a number"))?;
+        for h in heads.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let h: usize = h
+                .parse()
+                .with_context(|| format!("head `{h}` of layer {layer} is not a number"))?;
+            let list = out.entry(layer).or_default();
+            if list.contains(&h) {
+                bail!("head {h} of layer {layer} is listed twice");
+            }
+            list.push(h);
+        }
+    }
+    if out.is_empty() {
+        bail!("--heads `{spec}` names no heads");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    /// The layering of the design: `spaces` <- `layers` (and later `gates`, `factorize`,
+    /// `sparsify`) <- `pruners` <- `train` <- `xtask`, `examples`. `layers` must never learn about
+    /// gates, and nothing below `pruners` may depend on it.
+    #[test]
+    fn dependency_direction() {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--no-deps",
+                "--offline",
+            ])
+            .current_dir(super::root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let deps: BTreeMap<String, Vec<String>> = meta["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let name = p["name"].as_str().unwrap().to_string();
+                let ds = p["dependencies"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|d| d["kind"].is_null())
+                    .map(|d| d["name"].as_str().unwrap().to_string())
+                    .filter(|d| d.starts_with("shears-"))
+                    .collect();
+                (name, ds)
+            })
+            .collect();
+        let allowed: &[(&str, &[&str])] = &[
+            ("shears-spaces", &[]),
+            ("shears-layers", &["shears-spaces"]),
+            ("shears-gates", &["shears-spaces"]),
+            ("shears-factorize", &["shears-spaces"]),
+            ("shears-sparsify", &["shears-spaces"]),
+            (
+                "shears-pruners",
+                &[
+                    "shears-spaces",
+                    "shears-layers",
+                    "shears-gates",
+                    "shears-factorize",
+                    "shears-sparsify",
+                ],
+            ),
+            (
+                "shears-train",
+                &[
+                    "shears-spaces",
+                    "shears-layers",
+                    "shears-gates",
+                    "shears-factorize",
+                    "shears-sparsify",
+                    "shears-pruners",
+                ],
+            ),
+        ];
+        for (krate, may) in allowed {
+            if let Some(actual) = deps.get(*krate) {
+                for d in actual {
+                    assert!(may.contains(&d.as_str()), "{krate} must not depend on {d}");
+                }
+            }
+        }
+        assert!(deps.contains_key("shears-spaces") && deps.contains_key("shears-layers"));
+    }
+
+    #[test]
+    fn parse_heads_spec() {
+        let h = super::parse_heads("0:1,2; 3:0").unwrap();
+        assert_eq!(h, BTreeMap::from([(0, vec![1, 2]), (3, vec![0])]));
+        for bad in ["", "0", "x:1", "0:y", "0:1,1"] {
+            assert!(super::parse_heads(bad).is_err(), "`{bad}` was accepted");
+        }
+    }
+}
