@@ -12,17 +12,6 @@ use shears_sparsify::{
     WandaStats, apply_masks, compute_masks, matches, param_shapes, select_params, step_and_mask,
 };
 
-/// Runs `$f::<B>(&device)` on the backend named by `SHEARS_BACKEND`.
-macro_rules! on_backend {
-    ($f:ident) => {
-        match std::env::var("SHEARS_BACKEND").as_deref() {
-            Ok("ndarray") | Err(_) => $f::<burn::backend::NdArray<f32>>(&Default::default()),
-            Ok("wgpu") => $f::<burn::backend::Wgpu<f32, i32>>(&Default::default()),
-            Ok(other) => panic!("SHEARS_BACKEND=`{other}` is not ndarray or wgpu"),
-        }
-    };
-}
-
 /// Two linear layers, 8 -> 16 -> 4.
 #[derive(Module, Debug)]
 struct Tiny<B: Backend> {
