@@ -107,6 +107,7 @@ fn run<B: Backend>(device: &B::Device) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match std::env::var("SHEARS_BACKEND").as_deref() {
         Ok("wgpu") => run::<burn::backend::Wgpu<f32, i32>>(&Default::default()),
-        _ => run::<burn::backend::NdArray<f32>>(&Default::default()),
+        Ok("ndarray") => run::<burn::backend::NdArray<f32>>(&Default::default()),
+        _ => run::<burn::backend::Flex>(&Default::default()),
     }
 }

@@ -35,6 +35,8 @@ pub const MODEL_NAMES: [&str; 7] = [
 /// Which Burn backend runs the command.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Backend {
+    /// CPU (burn-flex: the fastest CPU backend measured here, see docs/PERFORMANCE.md).
+    Flex,
     /// CPU (burn-ndarray).
     Ndarray,
     /// GPU through wgpu (Vulkan, Metal, DX12; software Vulkan works too).

@@ -43,7 +43,7 @@ struct Cli {
 enum Cmd {
     /// Download and verify the real assets (MiniLM, GPT-2 tokenizer, Rotten Tomatoes).
     Fetch,
-    /// Run the test suite on the ndarray and the wgpu backends.
+    /// Run the test suite on the flex, ndarray and wgpu backends.
     Test(xtask::test::Args),
     #[command(external_subcommand)]
     Model(Vec<OsString>),
@@ -83,13 +83,14 @@ fn model_command(backend: Option<xtask::Backend>, args: Vec<OsString>) -> Result
         .arg(xtask::root().join("Cargo.toml"))
         .args(["--package", "xtask", "--bin", "shears"]);
     let features: Vec<&str> = [
+        ("flex", cfg!(feature = "flex")),
         ("ndarray", cfg!(feature = "ndarray")),
         ("wgpu", cfg!(feature = "wgpu")),
     ]
     .into_iter()
     .filter_map(|(f, on)| on.then_some(f))
     .collect();
-    if features.len() < 2 {
+    if features.len() < 3 {
         cmd.arg("--no-default-features");
         if !features.is_empty() {
             cmd.args(["--features", &features.join(",")]);

@@ -1,8 +1,9 @@
-//! `cargo xtask test`: fetches the assets, then runs the whole suite on ndarray and the
-//! backend-dependent tests (the `backend::` modules of the integration tests) on wgpu.
+//! `cargo xtask test`: fetches the assets, then runs the whole suite on flex (the default
+//! CPU backend) and the backend-dependent tests (the `backend::` modules of the integration
+//! tests: parity, masked == pruned, training, ...) on ndarray and on wgpu.
 //!
 //! Tests that touch no backend (config parsing, spaces, data, masks on the host, negative
-//! controls) run once, in the ndarray pass; the `backend::` tests run in every pass.
+//! controls) run once, in the flex pass; the `backend::` tests run in every pass.
 
 use std::process::Command;
 use std::time::Instant;
@@ -12,7 +13,8 @@ use anyhow::{Result, bail};
 /// Arguments.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Only this backend (default: both). `--only wgpu` runs the `backend::` tests alone.
+    /// Only this backend (default: all three). `--only ndarray` or `--only wgpu` runs the
+    /// `backend::` tests alone.
     #[arg(long, value_enum)]
     only: Option<crate::Backend>,
     /// Extra arguments for `cargo test` (after `--`).
@@ -25,12 +27,17 @@ pub fn main(args: Args) -> Result<()> {
     crate::fetch::ensure()?;
     let backends = match args.only {
         Some(b) => vec![b],
-        None => vec![crate::Backend::Ndarray, crate::Backend::Wgpu],
+        None => vec![
+            crate::Backend::Flex,
+            crate::Backend::Ndarray,
+            crate::Backend::Wgpu,
+        ],
     };
     let mut times = Vec::new();
     for b in backends {
         let (name, all) = match b {
-            crate::Backend::Ndarray => ("ndarray", true),
+            crate::Backend::Flex => ("flex", true),
+            crate::Backend::Ndarray => ("ndarray", false),
             crate::Backend::Wgpu => ("wgpu", false),
         };
         let t = Instant::now();

@@ -2,10 +2,11 @@
 //! attention into a BERT or GPT-2 without editing the layers above it.
 
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use shears_spaces::Scope;
 
-use crate::{Capture, LayerSpaces, ModelConfig, Projection};
+use crate::{Capture, LayerSpaces, ModelConfig, Projection, kernels};
 
 /// What an attention block receives besides its input.
 #[derive(Debug, Clone)]
@@ -97,23 +98,25 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
         if let Some(c) = &context.capture {
             c.record(&["query", "key", "value"], x.clone());
         }
-        let split = |t: Tensor<B, 3>| t.reshape([b, s, h, dh]).swap_dims(1, 2);
+        let split = |t: Tensor<B, 3>| kernels::split_heads(t.reshape([b * s, h * dh]), b, h);
         let q = split(self.query.forward(x.clone()));
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x));
-        let mut scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
-        if context.causal {
-            let future = Tensor::<B, 2, Bool>::tril_mask([s, s], 0, &scores.device());
-            scores = scores.mask_fill(future.reshape([1, 1, s, s]), MASKED);
-        }
-        if let Some(bias) = &context.bias {
-            scores = scores + bias.clone();
-        }
-        let mut probs = softmax(scores, 3);
+        // Burn's attention operation (one fused kernel on flex; scores, softmax and the
+        // weighted sum elsewhere, differentiable under autodiff), with the padding bias
+        // broadcast over heads and query positions and GPT-2's causal mask.
+        let bias = context.bias.clone().map(|bias| bias.expand([b, 1, s, s]));
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: context.causal,
+        };
+        let mut ctx = attention(q, k, v, None, bias, options);
+        // A head mask scales each head's probabilities, which is scaling its output.
         if let Some(m) = &context.head_mask {
-            probs = probs * m.clone().reshape([1, h, 1, 1]);
+            ctx = ctx * m.clone().reshape([1, h, 1, 1]);
         }
-        let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, s, h * dh]);
+        let ctx = kernels::merge_heads(ctx);
         if let Some(c) = &context.capture {
             c.record(&["output"], ctx.clone());
         }

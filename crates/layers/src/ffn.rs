@@ -51,7 +51,7 @@ pub struct FeedForward<B: Backend> {
 /// Applies an activation.
 pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
     match act {
-        Activation::Gelu => x.clone() * ((x / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5,
+        Activation::Gelu => crate::kernels::gelu(x),
         Activation::GeluTanh => {
             let c = (2.0 / std::f64::consts::PI).sqrt();
             let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715) * c;

@@ -20,6 +20,7 @@ mod cost;
 mod error;
 mod ffn;
 pub mod hf;
+pub mod kernels;
 mod model;
 mod norm;
 mod projection;

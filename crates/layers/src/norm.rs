@@ -3,6 +3,7 @@
 
 use burn::module::Param;
 use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
 
 /// Layer normalisation over the last axis, `y = (x - μ) / √(σ² + ε) · weight + bias`.
 ///
@@ -35,16 +36,17 @@ impl<B: Backend> LayerNorm<B> {
     /// `x: [batch, seq, d_model]`, `hidden_mask: [d_model]` -> `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>, hidden_mask: Option<&Tensor<B, 1>>) -> Tensor<B, 3> {
         let d = x.dims()[2];
-        let w = self.weight.val().reshape([1, 1, d]);
-        let b = self.bias.val().reshape([1, 1, d]);
         match hidden_mask {
-            None => {
-                let mean = x.clone().mean_dim(2);
-                let xc = x - mean;
-                let var = xc.clone().powi_scalar(2).mean_dim(2);
-                xc / (var + self.eps).sqrt() * w + b
-            }
+            // Burn's layer-norm operation (fused on flex; the same formula elsewhere).
+            None => Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
+                x.into_primitive().tensor(),
+                self.weight.val().into_primitive().tensor(),
+                Some(self.bias.val().into_primitive().tensor()),
+                self.eps,
+            ))),
             Some(mask) => {
+                let w = self.weight.val().reshape([1, 1, d]);
+                let b = self.bias.val().reshape([1, 1, d]);
                 let keep = mask.clone().not_equal_elem(0.0).float().reshape([1, 1, d]);
                 let n = keep.clone().sum().reshape([1, 1, 1]);
                 let mean = (x.clone() * keep.clone()).sum_dim(2) / n.clone();

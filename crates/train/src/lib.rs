@@ -33,3 +33,4 @@ pub use sparsify::{
     run_sparsify,
 };
 pub use taskfile::*;
+pub use trainer::{MAX_GRAD_NORM, dense_step, weight_optimizer};

@@ -178,7 +178,28 @@ pub(crate) struct Ctx<'a, B: AutodiffBackend> {
 }
 
 /// Maximum global gradient norm of the weights.
-const MAX_GRAD_NORM: f64 = 1.0;
+pub const MAX_GRAD_NORM: f64 = 1.0;
+
+/// The optimizer of the weights in every phase: AdamW with weight decay 0.01.
+pub fn weight_optimizer<B: AutodiffBackend, M: AutodiffModule<B>>() -> impl Optimizer<M, B> {
+    AdamWConfig::new().with_weight_decay(0.01).init::<B, M>()
+}
+
+/// One training step of a model without gates, as every phase without gates runs it:
+/// forward, loss (with its tally: one read-back of the loss and, for a classifier, of the
+/// correct count), backward, global-norm clipping at [`MAX_GRAD_NORM`], one step of `opt`
+/// at `lr`. `cargo xtask bench train-step` times this function.
+pub fn dense_step<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
+    model: M,
+    opt: &mut impl Optimizer<M, B>,
+    batch: crate::data::Batch<B>,
+    lr: f64,
+) -> (M, Tally) {
+    let (l, tally) = loss(&model, batch.input, batch.labels, Draw::Eval);
+    let mut grads = GradientsParams::from_grads(l.backward(), &model);
+    clip_global_norm(&model, &mut grads, MAX_GRAD_NORM);
+    (opt.step(lr, model, grads), tally)
+}
 
 /// Trains `model` for the rest of `phase` (from `state.step`; from the current
 /// checkpoint's records when that is past 0), checkpointing every `phase.every` steps.
@@ -192,7 +213,7 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
 ) -> Result<Option<M>, TrainError> {
     let (exp, data, device) = (ctx.exp, ctx.data, ctx.device);
     let recorder = Rec::new();
-    let mut opt = AdamWConfig::new().with_weight_decay(0.01).init::<B, M>();
+    let mut opt = weight_optimizer::<B, M>();
     let mut gate_opt = AdamConfig::new().init::<B, GateSet<B>>();
     if state.step > 0 {
         let path = ctx.stage.record("model")?;
@@ -227,28 +248,34 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
         let step = state.step;
         let idx = step_indices(data.train.len(), phase.batch_size, order_seed, step);
         let batch = make_batch::<B>(&data.train, &idx, data.pad_id, device);
-        let draw = Draw::Sample(key(exp.seed, state.global_step, Purpose::GateNoise));
-        let (task_loss, tally) = loss(&model, batch.input, batch.labels, draw);
-        let total = match (&lag, model.gates()) {
-            (Some(l), Some(g)) => task_loss + l.term(g.expected_sparsity(), step),
-            _ => task_loss,
-        };
-        let mut grads = total.backward();
-        if let (Some(gate_lr), Some(g)) = (phase.gate_lr, model.gates()) {
-            let gg = GradientsParams::from_module(&mut grads, g);
-            model = model.map_gates(|gs| gate_opt.step(gate_lr, gs, gg));
+        if model.gates().is_none() {
+            let (next, tally) = dense_step(model, &mut opt, batch, phase.lr_at(step));
+            model = next;
+            window.add(tally);
+        } else {
+            let draw = Draw::Sample(key(exp.seed, state.global_step, Purpose::GateNoise));
+            let (task_loss, tally) = loss(&model, batch.input, batch.labels, draw);
+            let total = match (&lag, model.gates()) {
+                (Some(l), Some(g)) => task_loss + l.term(g.expected_sparsity(), step),
+                _ => task_loss,
+            };
+            let mut grads = total.backward();
+            if let (Some(gate_lr), Some(g)) = (phase.gate_lr, model.gates()) {
+                let gg = GradientsParams::from_module(&mut grads, g);
+                model = model.map_gates(|gs| gate_opt.step(gate_lr, gs, gg));
+            }
+            // The weights' gradients (the gates', if any, were taken out above: CoFi clips the
+            // model's parameters, not the L0 module's).
+            let mut rest = GradientsParams::from_grads(grads, &model);
+            clip_global_norm(&model, &mut rest, MAX_GRAD_NORM);
+            model = opt.step(phase.lr_at(step), model, rest);
+            if let (Some(l), Some(g)) = (lag.as_deref_mut(), model.gates()) {
+                last_s = g.expected_sparsity().into_scalar().elem::<f64>();
+                l.ascend(last_s, step);
+                state.lagrangian = Some((l.l1.to_bits(), l.l2.to_bits()));
+            }
+            window.add(tally);
         }
-        // The weights' gradients (the gates', if any, were taken out above: CoFi clips the
-        // model's parameters, not the L0 module's).
-        let mut rest = GradientsParams::from_grads(grads, &model);
-        clip_global_norm(&model, &mut rest, MAX_GRAD_NORM);
-        model = opt.step(phase.lr_at(step), model, rest);
-        if let (Some(l), Some(g)) = (lag.as_deref_mut(), model.gates()) {
-            last_s = g.expected_sparsity().into_scalar().elem::<f64>();
-            l.ascend(last_s, step);
-            state.lagrangian = Some((l.l1.to_bits(), l.l2.to_bits()));
-        }
-        window.add(tally);
         state.step += 1;
         state.global_step += 1;
         if state.step.is_multiple_of(log_every) || state.step == phase.steps {

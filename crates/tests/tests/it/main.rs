@@ -10,9 +10,10 @@ use std::path::PathBuf;
 macro_rules! on_backend {
     ($f:ident) => {
         match std::env::var("SHEARS_BACKEND").as_deref() {
-            Ok("ndarray") | Err(_) => $f::<burn::backend::NdArray<f32>>(&Default::default()),
+            Ok("flex") | Err(_) => $f::<burn::backend::Flex>(&Default::default()),
+            Ok("ndarray") => $f::<burn::backend::NdArray<f32>>(&Default::default()),
             Ok("wgpu") => $f::<burn::backend::Wgpu<f32, i32>>(&Default::default()),
-            Ok(other) => panic!("SHEARS_BACKEND=`{other}` is not ndarray or wgpu"),
+            Ok(other) => panic!("SHEARS_BACKEND=`{other}` is not flex, ndarray or wgpu"),
         }
     };
 }

@@ -1,41 +1,59 @@
-//! `cargo xtask bench forward|factorize|sparsify [--peer VENV]`: times our side (the optimised `shears` binary), and
-//! the Python reference in the same run when a peer venv is given, and prints the ratio.
+//! `cargo xtask bench forward|train-step|pruned|factorize|sparsify [--peer VENV]`: times our
+//! side (the optimised `shears` binary), and the Python reference in the same run when a peer
+//! venv is given, and prints the ratio. Each time is the median, with the minimum and maximum,
+//! of `--iters` runs after two warm-up runs, next to the peak resident memory of the process
+//! during them.
 //!
-//! - `forward`: the dense MiniLM forward pass against transformers' `BertModel`.
+//! - `forward`: the dense MiniLM forward pass against transformers' `BertModel` with eager and
+//!   with sdpa attention (`inference_mode`, fp32), at batch 1 x 32, 8 x 128 and 32 x 64.
+//! - `train-step`: one step of the classifier as training runs it
+//!   ([`shears_train::dense_step`]) against the same step of `BertForSequenceClassification`
+//!   (`tools/bench/bert_peer.py`), batch 32 x 64.
+//! - `pruned`: fresh models of irregular pruned shapes (odd FFN widths, hidden 301, a headless
+//!   layer) against the dense one: latency ratio next to the FLOPs ratio, batch 1 and 32.
 //! - `factorize`: the data-aware low-rank solution of a 384 x 1536 and a 768 x 3072 layer
 //!   from 4096 calibration rows against Composer's `factorize_matrix`, same inputs, same rank
 //!   (a quarter of the input width, Composer's default).
 //! - `sparsify`: one block-norm `step` on a 1,000,000 x 128 embedding (block 1 x 4, 50%)
 //!   against torch's `DataNormSparsifier`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::backend::Autodiff;
 use burn::prelude::*;
-use shears_layers::{BertModel, ModelInput};
+use serde::Serialize;
+use shears_layers::{BertModel, LayerConfig, ModelConfig, ModelInput, Transformer};
+use shears_train::data::Batch;
+use shears_train::task::{TaskModel, trainable};
 
 /// Arguments.
 #[derive(clap::Args)]
 pub struct Args {
-    /// What to time: `forward`, `factorize` or `sparsify`.
+    /// What to time: `forward`, `train-step`, `pruned`, `factorize` or `sparsify`.
     what: String,
     /// A Python venv with torch and transformers (shared/peer/setup_peer_venv.sh).
     #[arg(long)]
     peer: Option<PathBuf>,
-    /// Batch size.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    /// Sequence length.
-    #[arg(long, default_value_t = 128)]
-    seq: usize,
+    /// Batch size (with or without `--seq`: one size instead of the default set).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Sequence length (with or without `--batch`: one size instead of the default set).
+    #[arg(long)]
+    seq: Option<usize>,
     /// Timed iterations (after 2 warm-up runs).
     #[arg(long, default_value_t = 10)]
     iters: usize,
-    /// Threads for the reference (ours uses rayon's default: every core).
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
+    /// Threads for both sides of `forward` and `train-step` (ours: rayon's pool and
+    /// ndarray's GEMM; torch: `set_num_threads`). Default: every core. (`factorize` and
+    /// `sparsify` use every core here and 2 torch threads.)
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Also write the results as JSON to this file (`-` for standard output).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -43,12 +61,231 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Times of one piece of work over the repeats, and the peak memory while it ran.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
+struct Timing {
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    /// Peak resident memory of the process during the warm-up and timed runs, MiB.
+    peak_mib: f64,
+}
+
+impl Timing {
+    /// `f` run twice to warm up, then `iters` times.
+    fn of(iters: usize, mut f: impl FnMut()) -> Timing {
+        reset_peak();
+        f();
+        f();
+        let mut times = Vec::new();
+        for _ in 0..iters.max(1) {
+            let t = Instant::now();
+            f();
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        Timing {
+            min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
+            max_ms: times.iter().copied().fold(0.0, f64::max),
+            median_ms: median(times),
+            peak_mib: peak_mib(),
+        }
+    }
+
+    fn cell(&self) -> String {
+        format!(
+            "{:.1} ({:.1}-{:.1}) {:.0} MiB",
+            self.median_ms, self.min_ms, self.max_ms, self.peak_mib
+        )
+    }
+}
+
+/// Resets the peak resident memory the kernel records for this process (Linux; elsewhere
+/// the peak is the process's whole life).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The peak resident memory of this process (`VmHWM`), MiB; NaN where unknown.
+fn peak_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// One row of a forward / train-step table.
+#[derive(Debug, Serialize)]
+struct Row {
+    batch: usize,
+    seq: usize,
+    ours: Timing,
+    eager: Option<Timing>,
+    sdpa: Option<Timing>,
+    /// Ours over the faster of eager and sdpa.
+    ratio: Option<f64>,
+}
+
+/// One row of the pruned-shapes table.
+#[derive(Debug, Serialize)]
+struct PrunedRow {
+    shape: String,
+    batch: usize,
+    seq: usize,
+    dense: Timing,
+    pruned: Timing,
+    latency_ratio: f64,
+    flops_ratio: f64,
+}
+
+/// The JSON document of a run.
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    what: &'a str,
+    backend: String,
+    threads: usize,
+    iters: usize,
+    rows: Vec<Row>,
+    pruned: Vec<PrunedRow>,
+}
+
+/// The deterministic ids both sides use: `(i * 7919 + 13) % (vocab - 1000) + 1000`.
+fn ids<B: Backend>(vocab: usize, b: usize, s: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+    let ids: Vec<i64> = (0..b * s)
+        .map(|i| ((i * 7919 + 13) % (vocab - 1000) + 1000) as i64)
+        .collect();
+    Tensor::from_data(TensorData::new(ids, [b, s]), device)
+}
+
+/// Times `model`'s forward pass at batch `b` x seq `s`.
+fn time_forward<B: Backend>(
+    model: &Transformer<B>,
+    b: usize,
+    s: usize,
+    iters: usize,
+    device: &B::Device,
+) -> Timing {
+    let ids = ids::<B>(model.config().vocab_size, b, s, device);
+    let mask = Tensor::<B, 2>::ones([b, s], device);
+    Timing::of(iters, || {
+        let out = model.forward(ModelInput::new(ids.clone()).with_attention_mask(mask.clone()));
+        // Reading the result back forces the computation on lazy backends.
+        let _ = out.hidden.into_data();
+    })
+}
+
+/// Times one training step of the classifier (`shears_train::dense_step`: forward,
+/// cross-entropy, backward, global-norm clipping, AdamW) at batch `b` x seq `s`.
+fn time_train_step<B: Backend>(
+    dir: &Path,
+    b: usize,
+    s: usize,
+    iters: usize,
+    device: &B::Device,
+) -> Result<Timing> {
+    type M<B> = TaskModel<Autodiff<B>>;
+    let backbone = BertModel::<B>::load(dir, device)?;
+    let d_pooler = backbone.config().d_pooler.context("MiniLM has a pooler")?;
+    let vocab = backbone.config().vocab_size;
+    let head = shears_pruners::ClassifierHead::new(d_pooler, 2, 0, device);
+    let mut model: Option<M<B>> = Some(trainable::<Autodiff<B>, M<B>>(TaskModel::classifier(
+        backbone, head,
+    )));
+    let mut opt = shears_train::weight_optimizer::<Autodiff<B>, M<B>>();
+    let ids = ids::<Autodiff<B>>(vocab, b, s, device);
+    let mask = Tensor::<Autodiff<B>, 2>::ones([b, s], device);
+    let labels: Vec<i64> = (0..b as i64).map(|i| i % 2).collect();
+    let labels = Tensor::<Autodiff<B>, 1, Int>::from_data(TensorData::new(labels, [b]), device);
+    Ok(Timing::of(iters, || {
+        let batch = Batch {
+            input: ModelInput::new(ids.clone()).with_attention_mask(mask.clone()),
+            labels: Some(labels.clone()),
+            tokens: b * s,
+        };
+        let m = model.take().expect("the model is put back after each step");
+        let (m, _) = shears_train::dense_step(m, &mut opt, batch, 2e-5);
+        model = Some(m);
+    }))
+}
+
+/// Runs the reference for `what` with attention `attn` at `sizes`.
+fn peer(
+    venv: &Path,
+    dir: &Path,
+    what: &str,
+    attn: &str,
+    iters: usize,
+    threads: usize,
+    sizes: &[(usize, usize)],
+) -> Result<Vec<Timing>> {
+    let py = venv.join("bin/python");
+    let out = Command::new(&py)
+        .arg(crate::root().join("tools/bench/bert_peer.py"))
+        .arg(dir)
+        .args([what, attn])
+        .args([iters, threads].map(|v| v.to_string()))
+        .args(sizes.iter().map(|(b, s)| format!("{b}x{s}")))
+        .output()
+        .with_context(|| format!("running {}", py.display()))?;
+    if !out.status.success() {
+        bail!(
+            "reference benchmark ({what}, {attn}) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).with_context(|| format!("reading the reference's `{l}`")))
+        .collect()
+}
+
+/// The thread count of this run; re-runs this process with `RAYON_NUM_THREADS` and
+/// `MATMUL_NUM_THREADS` (ndarray's GEMM) set when `--threads` asks for other values (both
+/// are read once, at the first parallel call). Returns `None` in the parent that re-ran.
+fn bind_threads(threads: Option<usize>) -> Result<Option<usize>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Some(n) = threads else {
+        return Ok(Some(
+            std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(cores),
+        ));
+    };
+    if n == 0 {
+        bail!("--threads 0: give at least one thread");
+    }
+    let want = n.to_string();
+    let bound = ["RAYON_NUM_THREADS", "MATMUL_NUM_THREADS"]
+        .iter()
+        .all(|v| std::env::var(v).ok().as_deref() == Some(want.as_str()));
+    if bound {
+        return Ok(Some(n));
+    }
+    let status = Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .env("RAYON_NUM_THREADS", &want)
+        .env("MATMUL_NUM_THREADS", &want)
+        .status()
+        .context("re-running the benchmark with its thread count")?;
+    if !status.success() {
+        bail!("the benchmark with --threads {n} failed");
+    }
+    Ok(None)
+}
+
 /// `bench`.
 pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
-    if !["forward", "factorize", "sparsify"].contains(&args.what.as_str()) {
+    let known = ["forward", "train-step", "pruned", "factorize", "sparsify"];
+    if !known.contains(&args.what.as_str()) {
         bail!(
-            "unknown benchmark `{}` (available: forward, factorize, sparsify)",
-            args.what
+            "unknown benchmark `{}` (available: {})",
+            args.what,
+            known.join(", ")
         );
     }
     if cfg!(debug_assertions) {
@@ -62,63 +299,199 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
     if args.what == "sparsify" {
         return sparsify(&args);
     }
+    let Some(threads) = bind_threads(args.threads)? else {
+        return Ok(());
+    };
     let dir = crate::fetch::minilm()?;
-    let (b, s) = (args.batch, args.seq);
-    let ours = crate::with_backend!(backend, |B, device| {
-        let model = BertModel::<B>::load(&dir, &device)?;
-        let vocab = model.config().vocab_size;
-        let ids: Vec<i64> = (0..b * s)
-            .map(|i| ((i * 7919 + 13) % (vocab - 1000) + 1000) as i64)
-            .collect();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, s]), &device);
-        let mask = Tensor::<B, 2>::ones([b, s], &device);
-        let run = || {
-            let out = model.forward(ModelInput::new(ids.clone()).with_attention_mask(mask.clone()));
-            // Reading the result back forces the computation on lazy backends.
-            let _ = out.hidden.into_data();
-        };
-        run();
-        run();
-        let mut times = Vec::new();
-        for _ in 0..args.iters {
-            let t = Instant::now();
-            run();
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
+    let what = args.what.as_str();
+    let sizes: Vec<(usize, usize)> = match (args.batch, args.seq, what) {
+        (None, None, "forward") => vec![(1, 32), (8, 128), (32, 64)],
+        (None, None, "train-step") => vec![(32, 64)],
+        (None, None, _) => vec![(1, 64), (32, 64)],
+        (b, s, "train-step") => vec![(b.unwrap_or(32), s.unwrap_or(64))],
+        (b, s, _) => vec![(b.unwrap_or(8), s.unwrap_or(128))],
+    };
+    let name = format!("{backend:?}").to_lowercase();
+    let mut report = Report {
+        what,
+        backend: name.clone(),
+        threads,
+        iters: args.iters,
+        rows: Vec::new(),
+        pruned: Vec::new(),
+    };
+    if what == "pruned" {
+        report.pruned = pruned(backend, &dir, &sizes, args.iters)?;
+    } else {
+        let ours: Vec<Timing> = crate::with_backend!(backend, |B, device| {
+            let mut out = Vec::new();
+            if what == "forward" {
+                let model = BertModel::<B>::load(&dir, &device)?;
+                for &(b, s) in &sizes {
+                    let t = time_forward(&model, b, s, args.iters, &device);
+                    println!(
+                        "shears  MiniLM-L6 forward, batch {b} x seq {s}, {backend:?}: {:.1} ms (median of {})",
+                        t.median_ms, args.iters
+                    );
+                    out.push(t);
+                }
+            } else {
+                for &(b, s) in &sizes {
+                    let t = time_train_step::<B>(&dir, b, s, args.iters, &device)?;
+                    println!(
+                        "shears  MiniLM-L6 train step, batch {b} x seq {s}, {backend:?}: {:.1} ms (median of {})",
+                        t.median_ms, args.iters
+                    );
+                    out.push(t);
+                }
+            }
+            out
+        });
+        let (mut eager, mut sdpa) = (None, None);
+        if let Some(venv) = &args.peer {
+            eager = Some(peer(
+                venv, &dir, what, "eager", args.iters, threads, &sizes,
+            )?);
+            sdpa = Some(peer(venv, &dir, what, "sdpa", args.iters, threads, &sizes)?);
         }
-        median(times)
-    });
-    println!(
-        "shears  MiniLM-L6 forward, batch {b} x seq {s}, {backend:?}: {ours:.1} ms (median of {})",
-        args.iters
-    );
-    if let Some(venv) = args.peer {
-        let py = venv.join("bin/python");
-        let out = Command::new(&py)
-            .arg(crate::root().join("tools/bench/forward_peer.py"))
-            .arg(&dir)
-            .args([b, s, args.iters, args.threads].map(|v| v.to_string()))
-            .output()
-            .with_context(|| format!("running {}", py.display()))?;
-        if !out.status.success() {
-            bail!(
-                "reference benchmark failed: {}",
-                String::from_utf8_lossy(&out.stderr)
+        for (i, (&(b, s), t)) in sizes.iter().zip(ours).enumerate() {
+            let e = eager.as_ref().map(|v| v[i]);
+            let d = sdpa.as_ref().map(|v| v[i]);
+            let best = match (e, d) {
+                (Some(e), Some(d)) => Some(e.median_ms.min(d.median_ms)),
+                _ => None,
+            };
+            report.rows.push(Row {
+                batch: b,
+                seq: s,
+                ours: t,
+                eager: e,
+                sdpa: d,
+                ratio: best.map(|best| t.median_ms / best),
+            });
+        }
+        println!(
+            "\n{what} on {name}, {threads} threads; ms as median (min-max) of {} runs, peak resident memory",
+            args.iters
+        );
+        println!(
+            "| batch x seq | shears ({name}) | torch eager | torch sdpa | ratio to the best |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        let dash = || "-".to_string();
+        for r in &report.rows {
+            println!(
+                "| {} x {} | {} | {} | {} | {} |",
+                r.batch,
+                r.seq,
+                r.ours.cell(),
+                r.eager.map_or_else(dash, |t| t.cell()),
+                r.sdpa.map_or_else(dash, |t| t.cell()),
+                r.ratio.map_or_else(dash, |v| format!("{v:.2}")),
             );
         }
-        let theirs: f64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .context("reading the reference time")?;
-        println!(
-            "torch   transformers BertModel, {} threads: {theirs:.1} ms",
-            args.threads
-        );
-        println!(
-            "ratio   shears / torch = {:.2} (below 1 means shears is faster)",
-            ours / theirs
-        );
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            shears_layers::save::write_atomic(path, text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
     }
     Ok(())
+}
+
+/// The irregular pruned shapes of MiniLM (6 layers, hidden 384, 12 heads of 32, FFN 1536)
+/// that the latency-against-FLOPs check runs on.
+fn pruned_shapes(dense: &ModelConfig) -> Vec<(&'static str, ModelConfig)> {
+    let with = |f: &dyn Fn(usize, &mut LayerConfig)| {
+        let mut c = dense.clone();
+        for (l, layer) in c.layers.iter_mut().enumerate() {
+            f(l, layer);
+            layer.head_ids = (0..layer.n_heads).collect();
+        }
+        c
+    };
+    let mut hidden = dense.clone();
+    hidden.d_model = 301;
+    hidden.d_pooler = Some(301);
+    let heads = [12, 7, 0, 5, 12, 3];
+    let ffn = [517, 1023, 1536, 777, 300, 1023];
+    vec![
+        ("ffn 517", with(&|_, l| l.d_ff = 517)),
+        ("ffn 1023", with(&|_, l| l.d_ff = 1023)),
+        ("hidden 301", hidden),
+        ("heads 6 per layer", with(&|_, l| l.n_heads = 6)),
+        (
+            "layer 2 headless",
+            with(&|i, l| {
+                if i == 2 {
+                    l.n_heads = 0
+                }
+            }),
+        ),
+        (
+            "mixed (heads 12,7,0,5,12,3; ffn 517,1023,1536,777,300,1023)",
+            with(&|i, l| {
+                l.n_heads = heads[i];
+                l.d_ff = ffn[i];
+            }),
+        ),
+    ]
+}
+
+/// `pruned`: the latency of each pruned shape over the dense model's, against the ratio of
+/// their FLOPs per token, at each size.
+fn pruned(
+    backend: crate::Backend,
+    dir: &Path,
+    sizes: &[(usize, usize)],
+    iters: usize,
+) -> Result<Vec<PrunedRow>> {
+    let dense = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+    let mut rows = Vec::new();
+    crate::with_backend!(backend, |B, device| {
+        let model = Transformer::<B>::new(&dense, &device);
+        for &(b, s) in sizes {
+            let base = time_forward(&model, b, s, iters, &device);
+            for (shape, config) in pruned_shapes(&dense) {
+                let small = Transformer::<B>::new(&config, &device);
+                let t = time_forward(&small, b, s, iters, &device);
+                rows.push(PrunedRow {
+                    shape: shape.into(),
+                    batch: b,
+                    seq: s,
+                    dense: base,
+                    pruned: t,
+                    latency_ratio: t.median_ms / base.median_ms,
+                    flops_ratio: config.flops_per_token(s) as f64 / dense.flops_per_token(s) as f64,
+                });
+            }
+        }
+    });
+    println!(
+        "\npruned shapes on {backend:?} (fresh weights), latency and FLOPs per token as ratios to the dense model; ms as median (min-max) of {iters} runs"
+    );
+    println!(
+        "| shape | batch x seq | dense | pruned | latency ratio | FLOPs ratio | latency / FLOPs |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} x {} | {} | {} | {:.3} | {:.3} | {:.3} |",
+            r.shape,
+            r.batch,
+            r.seq,
+            r.dense.cell(),
+            r.pruned.cell(),
+            r.latency_ratio,
+            r.flops_ratio,
+            r.latency_ratio / r.flops_ratio
+        );
+    }
+    Ok(rows)
 }
 
 /// Seeded normal values (Box-Muller on a small LCG: the bench needs no extra crate).

@@ -18,6 +18,12 @@ use xtask::{Backend, fetch, root};
 macro_rules! with_backend {
     ($backend:expr, |$B:ident, $device:ident| $body:expr) => {
         match $backend {
+            #[cfg(feature = "flex")]
+            $crate::Backend::Flex => {
+                type $B = burn::backend::Flex;
+                let $device = burn::backend::flex::FlexDevice;
+                $body
+            }
             #[cfg(feature = "ndarray")]
             $crate::Backend::Ndarray => {
                 type $B = burn::backend::NdArray<f32>;
@@ -50,7 +56,7 @@ struct Cli {
         long,
         value_enum,
         global = true,
-        default_value = "ndarray",
+        default_value = "flex",
         env = "SHEARS_BACKEND"
     )]
     backend: Backend,

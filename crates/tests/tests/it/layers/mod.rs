@@ -1,8 +1,9 @@
 //! Integration tests of `shears-layers`. Every test runs on the backend named by
-//! `SHEARS_BACKEND` (`ndarray`, the default, or `wgpu`); `cargo xtask test` runs both.
+//! `SHEARS_BACKEND` (`flex`, the default, `ndarray` or `wgpu`); `cargo xtask test` runs all three.
 
 mod common;
 mod errors;
+mod kernels;
 mod masked_pruned;
 mod parity;
 mod save_load;
