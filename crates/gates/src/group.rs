@@ -5,30 +5,15 @@ use burn::prelude::*;
 
 use crate::{GateConfig, GateError, HardConcreteGate};
 
-/// What a gate group masks. The pruners use it to route the gate values into a forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum GateKind {
-    /// The heads of one layer.
-    Heads,
-    /// The feed-forward neurons of one layer.
-    Neurons,
-    /// Hidden dimensions.
-    Hidden,
-    /// Whole layers (one gate per layer).
-    Layers,
-}
-
 /// One group of gates over the units of one space.
 #[derive(Module, Debug)]
 pub struct GateGroup<B: Backend> {
     /// The gates, one per unit of the space.
     pub gate: HardConcreteGate<B>,
-    /// Name of the space the gates mask (as in the model's `Registry`).
+    /// Name of what the gates mask: an opaque key that the model's pruner gives and reads
+    /// (a space of its `Registry`, or a whole block).
     #[module(skip)]
     pub space: String,
-    /// What the space is.
-    #[module(skip)]
-    pub kind: GateKind,
 }
 
 /// Units to keep of one space, from hardening.
@@ -36,8 +21,6 @@ pub struct GateGroup<B: Backend> {
 pub struct Kept {
     /// The space.
     pub space: String,
-    /// What it is.
-    pub kind: GateKind,
     /// Units kept (ascending).
     pub keep: Vec<usize>,
     /// Units the space had.
@@ -74,7 +57,6 @@ impl<B: Backend> GateSet<B> {
     pub fn add(
         &mut self,
         space: impl Into<String>,
-        kind: GateKind,
         n_units: usize,
         config: &GateConfig,
         device: &B::Device,
@@ -82,7 +64,6 @@ impl<B: Backend> GateSet<B> {
         self.groups.push(GateGroup {
             gate: config.init(n_units, device)?,
             space: space.into(),
-            kind,
         });
         Ok(())
     }
@@ -123,7 +104,6 @@ impl<B: Backend> GateSet<B> {
     pub fn harden(&self, mode: Harden) -> Result<Vec<Kept>, GateError> {
         let kept_of = |g: &GateGroup<B>, keep: Vec<usize>| Kept {
             space: g.space.clone(),
-            kind: g.kind,
             keep,
             total: g.gate.len(),
         };

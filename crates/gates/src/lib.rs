@@ -1,5 +1,5 @@
 //! Hard-Concrete gates for learning which structured units (attention heads, neurons,
-//! hidden dimensions, layers) a model can lose.
+//! hidden dimensions, whole blocks) a model can lose.
 //!
 //! A gate per unit multiplies the unit's output; training adds an L0 penalty (the expected
 //! number of open gates) or a Lagrangian that steers the expected sparsity to a target;

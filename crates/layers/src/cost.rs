@@ -20,13 +20,7 @@ impl ModelConfig {
         if self.family == Family::Bert {
             n += 2 * d; // embedding LayerNorm
         }
-        for l in &self.layers {
-            n += PROJECTIONS
-                .iter()
-                .map(|p| l.projection_params(p, d))
-                .sum::<usize>();
-            n += 4 * d; // two LayerNorms
-        }
+        n += self.layer_params();
         if let Some(p) = self.d_pooler {
             n += d * p + p;
         }
@@ -34,6 +28,21 @@ impl ModelConfig {
             n += 2 * d;
         }
         n
+    }
+
+    /// Parameters of the layer stack alone: every layer's projections (weights and biases)
+    /// and its two LayerNorms. Embeddings, the pooler and GPT-2's final norm are not in it;
+    /// this is what a size target on parameters counts.
+    pub fn layer_params(&self) -> usize {
+        let d = self.d_model;
+        self.layers
+            .iter()
+            .map(|l| {
+                let projections: usize =
+                    PROJECTIONS.iter().map(|p| l.projection_params(p, d)).sum();
+                projections + 4 * d // two LayerNorms
+            })
+            .sum()
     }
 
     /// Floating-point operations (2 per multiply-add) of the encoder / decoder stack per

@@ -112,6 +112,23 @@ pub enum PruneError {
         /// The layer's remaining original heads.
         remaining: Vec<usize>,
     },
+    /// A space whose size shears cannot change in the config: a block name (a block is
+    /// one unit: prune its heads or neurons) or a space a user block declares.
+    #[error(
+        "space `{space}` cannot be resized: a block is removed by keeping none of its units, and a space a user block declares has no entry in the model config"
+    )]
+    NotResizable {
+        /// The space.
+        space: String,
+    },
+    /// Units of a block other than `[]` (remove it) or `[0]` (keep it).
+    #[error("block `{block}` is one unit: keep [] removes it, [0] keeps it, not {keep:?}")]
+    BlockUnits {
+        /// The block.
+        block: String,
+        /// The units asked for.
+        keep: Vec<usize>,
+    },
     /// Re-importing the pruned parameters failed (a bug in a declaration).
     #[error(transparent)]
     Load(#[from] LoadError),

@@ -10,7 +10,7 @@ use shears_spaces::{Registry, Space};
 
 use crate::{
     AttentionBlock, AttentionContext, Family, FeedForward, FeedForwardBlock, LayerNorm,
-    ModelConfig, SelfAttention, attention::MASKED,
+    ModelConfig, SelfAttention, SpaceName, attention::MASKED,
 };
 
 /// A BERT encoder (`config.family == Family::Bert`).
@@ -434,9 +434,9 @@ pub fn declare<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>>(
     config: &ModelConfig,
 ) -> Registry {
     let mut reg = Registry::new();
-    let hidden = Space::new("hidden", config.d_model);
-    let vocab = Space::new("vocab", config.vocab_size);
-    let positions = Space::new("positions", config.max_positions);
+    let hidden = Space::new(SpaceName::Hidden.to_string(), config.d_model);
+    let vocab = Space::new(SpaceName::Vocab.to_string(), config.vocab_size);
+    let positions = Space::new(SpaceName::Positions.to_string(), config.max_positions);
     let mut root = reg.scope("");
     {
         let mut e = root.child("embeddings");
@@ -445,7 +445,7 @@ pub fn declare<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>>(
         e.claim("position.weight", 0, &positions);
         e.claim("position.weight", 1, &hidden);
         if config.family == Family::Bert {
-            let types = Space::new("token_types", config.type_vocab_size);
+            let types = Space::new(SpaceName::TokenTypes.to_string(), config.type_vocab_size);
             e.claim("token_type.weight", 0, &types);
             e.claim("token_type.weight", 1, &hidden);
             e.claim("norm.weight", 0, &hidden);
@@ -455,10 +455,10 @@ pub fn declare<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>>(
     for (l, lc) in config.layers.iter().enumerate() {
         let spaces = LayerSpaces {
             hidden: hidden.clone(),
-            heads: Space::blocked(format!("layers.{l}.heads"), lc.n_heads, lc.d_head)
+            heads: Space::blocked(SpaceName::Heads(l).to_string(), lc.n_heads, lc.d_head)
                 .with_min_units(A::min_heads())
                 .with_hint(ALL_HEADS_HINT),
-            ffn: Space::new(format!("layers.{l}.ffn"), lc.d_ff)
+            ffn: Space::new(SpaceName::Ffn(l).to_string(), lc.d_ff)
                 .with_min_units(F::min_neurons())
                 .with_hint(ALL_NEURONS_HINT),
         };
@@ -477,7 +477,7 @@ pub fn declare<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>>(
     if let Some(d_pooler) = config.d_pooler {
         // The pooler's output has the hidden width but is its own space: pruning hidden
         // dimensions must not shrink it.
-        let pooler = Space::new("pooler", d_pooler);
+        let pooler = Space::new(SpaceName::Pooler.to_string(), d_pooler);
         let mut p = root.child("pooler");
         p.claim("weight", 0, &hidden);
         p.claim("weight", 1, &pooler);

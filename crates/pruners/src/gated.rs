@@ -5,22 +5,25 @@
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use shears_gates::{Draw, GateConfig, GateError, GateKind, GateSet, Harden, Kept, Penalty};
-use shears_layers::{Masks, ModelInput, ModelOutput, PruneError, Transformer};
+use shears_gates::{Draw, GateConfig, GateError, GateSet, Harden, Kept, Penalty};
+use shears_layers::{Masks, ModelInput, ModelOutput, PruneError, SpaceName, Transformer};
 
 /// Which units get gates.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GateSpec {
-    /// Gate every attention head (`layers.L.heads`).
+    /// Gate every attention head ([`SpaceName::Heads`]).
     pub heads: bool,
-    /// Gate every feed-forward neuron (`layers.L.ffn`).
+    /// Gate every feed-forward neuron ([`SpaceName::Ffn`]).
     pub neurons: bool,
-    /// Gate the hidden dimensions (`hidden`).
+    /// Gate the hidden dimensions ([`SpaceName::Hidden`]).
     pub hidden: bool,
-    /// Gate whole layers: one gate per layer (group `layers`) that scales every head and
-    /// every neuron of its layer; a closed layer gate removes both blocks of the layer
-    /// (their output biases stay, as for any headless or neuron-less layer).
-    pub layers: bool,
+    /// Gate each layer's whole attention block ([`SpaceName::AttentionBlock`], CoFi's MHA
+    /// gate): one gate per layer that scales every head; closed, it removes every head
+    /// (the output bias stays, as in any headless layer).
+    pub attention_blocks: bool,
+    /// Gate each layer's whole feed-forward block ([`SpaceName::FfnBlock`], CoFi's MLP
+    /// gate): one gate per layer that scales every neuron; closed, it removes them all.
+    pub ffn_blocks: bool,
     /// Gate settings.
     pub gate: GateConfig,
 }
@@ -31,7 +34,8 @@ impl Default for GateSpec {
             heads: true,
             neurons: false,
             hidden: false,
-            layers: false,
+            attention_blocks: false,
+            ffn_blocks: false,
             gate: GateConfig::default(),
         }
     }
@@ -47,7 +51,9 @@ pub enum PrunerError {
     #[error(transparent)]
     Prune(#[from] PruneError),
     /// The spec gates nothing.
-    #[error("the gate spec gates no units (enable heads, neurons, hidden or layers)")]
+    #[error(
+        "the gate spec gates no units (enable heads, neurons, hidden, attention_blocks or ffn_blocks)"
+    )]
     NothingGated,
     /// A factorization failed or was asked something impossible.
     #[error(transparent)]
@@ -102,23 +108,10 @@ pub struct PruneReport {
 struct Decision {
     /// What the gates decided, per group.
     kept: Vec<Kept>,
-    /// The units to keep per space, after whole-layer gates and minimum sizes.
-    keeps: BTreeMap<String, Vec<usize>>,
+    /// The units to keep per space, after block gates and minimum sizes.
+    keeps: BTreeMap<SpaceName, Vec<usize>>,
     /// Spaces kept above what the gates decided.
     rescued: Vec<String>,
-}
-
-/// The name of the whole-layer gate group.
-pub const LAYERS_GROUP: &str = "layers";
-
-/// The layer of a per-layer space name (`layers.3.heads` -> 3).
-fn layer_of(space: &str) -> Option<usize> {
-    space
-        .strip_prefix("layers.")?
-        .split('.')
-        .next()?
-        .parse()
-        .ok()
 }
 
 impl<B: Backend> GatedModel<B> {
@@ -129,49 +122,35 @@ impl<B: Backend> GatedModel<B> {
         spec: &GateSpec,
         device: &B::Device,
     ) -> Result<Self, PrunerError> {
-        if !(spec.heads || spec.neurons || spec.hidden || spec.layers) {
+        if !(spec.heads || spec.neurons || spec.hidden || spec.attention_blocks || spec.ffn_blocks)
+        {
             return Err(PrunerError::NothingGated);
         }
         let mut gates = GateSet::default();
         let config = model.config().clone();
+        let mut add =
+            |name: SpaceName, n: usize| gates.add(name.to_string(), n, &spec.gate, device);
         for (l, lc) in config.layers.iter().enumerate() {
             // A block already removed (0 heads or 0 neurons) has nothing left to gate.
-            if spec.heads && lc.n_heads > 0 {
-                gates.add(
-                    format!("layers.{l}.heads"),
-                    GateKind::Heads,
-                    lc.n_heads,
-                    &spec.gate,
-                    device,
-                )?;
+            if lc.n_heads > 0 {
+                if spec.heads {
+                    add(SpaceName::Heads(l), lc.n_heads)?;
+                }
+                if spec.attention_blocks {
+                    add(SpaceName::AttentionBlock(l), 1)?;
+                }
             }
-            if spec.neurons && lc.d_ff > 0 {
-                gates.add(
-                    format!("layers.{l}.ffn"),
-                    GateKind::Neurons,
-                    lc.d_ff,
-                    &spec.gate,
-                    device,
-                )?;
+            if lc.d_ff > 0 {
+                if spec.neurons {
+                    add(SpaceName::Ffn(l), lc.d_ff)?;
+                }
+                if spec.ffn_blocks {
+                    add(SpaceName::FfnBlock(l), 1)?;
+                }
             }
         }
         if spec.hidden {
-            gates.add(
-                "hidden",
-                GateKind::Hidden,
-                config.d_model,
-                &spec.gate,
-                device,
-            )?;
-        }
-        if spec.layers {
-            gates.add(
-                LAYERS_GROUP,
-                GateKind::Layers,
-                config.n_layers(),
-                &spec.gate,
-                device,
-            )?;
+            add(SpaceName::Hidden, config.d_model)?;
         }
         if gates.groups.is_empty() {
             return Err(PrunerError::NothingGated);
@@ -181,7 +160,7 @@ impl<B: Backend> GatedModel<B> {
 
     /// The masks the gates give: noisy samples for [`Draw::Sample`] (group `i` draws with
     /// `draw.for_group(i)`), deterministic values for [`Draw::Eval`]. Heads are `[n_layers, max_heads]` (padding columns, and layers without a
-    /// heads group, are 1); a whole-layer gate multiplies its layer's heads and neurons.
+    /// heads group, are 1); a block gate multiplies its layer's heads (neurons).
     pub fn masks(&self, draw: Draw) -> Masks<B> {
         let config = self.model.config();
         let device = self.model.devices()[0].clone();
@@ -189,29 +168,31 @@ impl<B: Backend> GatedModel<B> {
         let max = config.max_heads();
         let mut heads: Vec<Option<Tensor<B, 1>>> = vec![None; n_layers];
         let mut ffn: Vec<Option<Tensor<B, 1>>> = vec![None; n_layers];
+        let mut attention_block: Vec<Option<Tensor<B, 1>>> = vec![None; n_layers];
+        let mut ffn_block: Vec<Option<Tensor<B, 1>>> = vec![None; n_layers];
         let mut hidden = None;
-        let mut layer_gates = None;
         for (i, g) in self.gates.groups.iter().enumerate() {
             let v = g.gate.gates(draw.for_group(i));
-            match (g.kind, layer_of(&g.space)) {
-                (GateKind::Heads, Some(l)) if l < n_layers => heads[l] = Some(v),
-                (GateKind::Neurons, Some(l)) if l < n_layers => ffn[l] = Some(v),
-                (GateKind::Hidden, _) => hidden = Some(v),
-                (GateKind::Layers, _) => layer_gates = Some(v),
-                (kind, _) => panic!(
-                    "gate group `{}` ({kind:?}) names no layer of this model",
+            let name = SpaceName::parse(&g.space);
+            let slot = match name {
+                SpaceName::Heads(l) if l < n_layers => &mut heads[l],
+                SpaceName::Ffn(l) if l < n_layers => &mut ffn[l],
+                SpaceName::AttentionBlock(l) if l < n_layers => &mut attention_block[l],
+                SpaceName::FfnBlock(l) if l < n_layers => &mut ffn_block[l],
+                SpaceName::Hidden => &mut hidden,
+                _ => panic!(
+                    "gate group `{}` names no gateable structure of this model",
                     g.space
                 ),
-            }
+            };
+            *slot = Some(v);
         }
-        let any_heads = layer_gates.is_some() || heads.iter().any(Option::is_some);
-        let any_ffn = layer_gates.is_some() || ffn.iter().any(Option::is_some);
+        let any = |v: &[Option<Tensor<B, 1>>]| v.iter().any(Option::is_some);
+        let any_heads = any(&heads) || any(&attention_block);
+        let any_ffn = any(&ffn) || any(&ffn_block);
         let mut head_rows = Vec::with_capacity(n_layers);
         let mut ffn_masks = Vec::with_capacity(n_layers);
         for (l, lc) in config.layers.iter().enumerate() {
-            let scale = layer_gates
-                .as_ref()
-                .map(|z: &Tensor<B, 1>| z.clone().narrow(0, l, 1));
             if any_heads && max > 0 {
                 let n = lc.n_heads;
                 let mut row = match heads[l].take() {
@@ -219,8 +200,8 @@ impl<B: Backend> GatedModel<B> {
                     Some(h) => h,
                     None => Tensor::ones([max], &device),
                 };
-                if let Some(s) = &scale {
-                    row = row * s.clone();
+                if let Some(s) = attention_block[l].take() {
+                    row = row * s;
                 }
                 head_rows.push(row.reshape([1, max]));
             }
@@ -228,8 +209,8 @@ impl<B: Backend> GatedModel<B> {
                 let mut m = ffn[l]
                     .take()
                     .unwrap_or_else(|| Tensor::ones([lc.d_ff], &device));
-                if let Some(s) = &scale {
-                    m = m * s.clone();
+                if let Some(s) = ffn_block[l].take() {
+                    m = m * s;
                 }
                 ffn_masks.push(m);
             }
@@ -269,8 +250,8 @@ impl<B: Backend> GatedModel<B> {
         let keeps = self.decide(harden)?.keeps;
         let config = self.model.config();
         let device = self.model.devices()[0].clone();
-        let mask = |n: usize, space: &str| -> Option<Tensor<B, 1>> {
-            let keep = keeps.get(space)?;
+        let mask = |n: usize, space: SpaceName| -> Option<Tensor<B, 1>> {
+            let keep = keeps.get(&space)?;
             let v: Vec<f32> = (0..n)
                 .map(|i| if keep.contains(&i) { 1.0 } else { 0.0 })
                 .collect();
@@ -279,12 +260,12 @@ impl<B: Backend> GatedModel<B> {
         let max = config.max_heads();
         let mut masks = Masks::default();
         let layers = config.layers.iter().enumerate();
-        if keeps.keys().any(|k| k.ends_with(".heads")) && max > 0 {
+        if keeps.keys().any(|k| matches!(k, SpaceName::Heads(_))) && max > 0 {
             let rows = layers
                 .clone()
                 .map(|(l, lc)| {
                     let ones = |n| Tensor::ones([n], &device);
-                    let row = match mask(lc.n_heads, &format!("layers.{l}.heads")) {
+                    let row = match mask(lc.n_heads, SpaceName::Heads(l)) {
                         Some(m) if lc.n_heads < max => {
                             Tensor::cat(vec![m, ones(max - lc.n_heads)], 0)
                         }
@@ -296,52 +277,60 @@ impl<B: Backend> GatedModel<B> {
                 .collect();
             masks.heads = Some(Tensor::cat(rows, 0));
         }
-        if keeps.keys().any(|k| k.ends_with(".ffn")) {
+        if keeps.keys().any(|k| matches!(k, SpaceName::Ffn(_))) {
             masks.ffn = Some(
                 layers
                     .map(|(l, lc)| {
-                        mask(lc.d_ff, &format!("layers.{l}.ffn"))
+                        mask(lc.d_ff, SpaceName::Ffn(l))
                             .unwrap_or_else(|| Tensor::ones([lc.d_ff], &device))
                     })
                     .collect(),
             );
         }
-        masks.hidden = mask(config.d_model, "hidden");
+        masks.hidden = mask(config.d_model, SpaceName::Hidden);
         Ok(masks)
     }
 
-    /// The units to keep of every space the gates touch, after the layer gates and the
+    /// The units to keep of every space the gates touch, after the block gates and the
     /// model's minimum sizes are applied, and the spaces that had to be rescued.
     fn decide(&self, harden: Harden) -> Result<Decision, PrunerError> {
         let kept = self.gates.harden(harden)?;
         let config = self.model.config();
         let registry = Transformer::<B>::registry(config);
-        let mut keeps: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        let mut dropped_layers = Vec::new();
+        let mut keeps: BTreeMap<SpaceName, Vec<usize>> = BTreeMap::new();
+        let mut closed_blocks = Vec::new();
         for k in &kept {
-            if k.kind == GateKind::Layers {
-                dropped_layers = (0..k.total).filter(|l| !k.keep.contains(l)).collect();
-            } else {
-                keeps.insert(k.space.clone(), k.keep.clone());
+            match SpaceName::parse(&k.space) {
+                SpaceName::AttentionBlock(l) if k.keep.is_empty() => {
+                    closed_blocks.push(SpaceName::Heads(l))
+                }
+                SpaceName::FfnBlock(l) if k.keep.is_empty() => {
+                    closed_blocks.push(SpaceName::Ffn(l))
+                }
+                SpaceName::AttentionBlock(_) | SpaceName::FfnBlock(_) => {}
+                name => {
+                    keeps.insert(name, k.keep.clone());
+                }
             }
         }
-        for l in dropped_layers {
-            keeps.insert(format!("layers.{l}.heads"), Vec::new());
-            keeps.insert(format!("layers.{l}.ffn"), Vec::new());
+        // A closed block removes every unit of its space, whatever the unit gates say.
+        for space in closed_blocks {
+            keeps.insert(space, Vec::new());
         }
         let mut rescued = Vec::new();
         for (space, keep) in &mut keeps {
-            let min = registry.space(space).map_err(PruneError::from)?.min_units();
+            let name = space.to_string();
+            let min = registry.space(&name).map_err(PruneError::from)?.min_units();
             if keep.len() < min {
-                // Keep the most open units rather than break the model.
-                let g = self
-                    .gates
-                    .group(space)
-                    .expect("only gated spaces fall short");
-                let best = g.gate.harden_count(min)?;
-                tracing::warn!(%space, units = ?best, "gates closed more units than the model allows; keeping the most open");
+                // Keep the most open units rather than break the model (the first ones when
+                // only a block gate closed the space).
+                let best = match self.gates.group(&name) {
+                    Some(g) => g.gate.harden_count(min)?,
+                    None => (0..min).collect(),
+                };
+                tracing::warn!(space = %name, units = ?best, "gates closed more units than the model allows; keeping the most open");
                 *keep = best;
-                rescued.push(space.clone());
+                rescued.push(name);
             }
         }
         Ok(Decision {

@@ -4,12 +4,16 @@
 //! choose ranks to a budget, replace the projections).
 //!
 //! A gated model is the plain model plus a [`shears_gates::GateSet`]; the gates act only
-//! through the forward input's masks, so `shears-layers` never learns about gates.
+//! through the forward input's masks, so `shears-layers` never learns about gates. Gate
+//! groups are keyed by [`shears_layers::SpaceName`]s; [`GatedModel::expected_size`] gives the
+//! expected parameters or FLOPs under the gates, for size targets.
 
 mod factorize;
 mod gated;
+mod size;
 mod task;
 
 pub use factorize::*;
 pub use gated::*;
+pub use size::*;
 pub use task::*;

@@ -137,8 +137,12 @@ pub struct GatedSection {
     pub heads: bool,
     /// Gate feed-forward neurons too.
     pub neurons: bool,
-    /// Gate whole layers too (a closed layer gate removes both blocks of its layer).
-    pub layers: bool,
+    /// Gate the hidden dimensions too (one gate per dimension, shared by every layer).
+    pub hidden: bool,
+    /// Gate each layer's whole attention block too (closed, it removes every head).
+    pub attention_blocks: bool,
+    /// Gate each layer's whole feed-forward block too (closed, it removes every neuron).
+    pub ffn_blocks: bool,
 }
 
 /// Evaluation.
@@ -220,7 +224,9 @@ impl Default for GatedSection {
             batch_size: 32,
             heads: true,
             neurons: false,
-            layers: false,
+            hidden: false,
+            attention_blocks: false,
+            ffn_blocks: false,
         }
     }
 }
@@ -398,11 +404,11 @@ impl Experiment {
             g.batch_size > 0,
             ">= 1",
         )?;
-        if !(g.heads || g.neurons || g.layers) {
+        if !(g.heads || g.neurons || g.hidden || g.attention_blocks || g.ffn_blocks) {
             return Err(TrainError::OutOfRange {
                 key: "gated.heads".into(),
                 value: "false".into(),
-                expected: "true (or gated.neurons / gated.layers = true): something must be gated"
+                expected: "true (or gated.neurons / hidden / attention_blocks / ffn_blocks = true): something must be gated"
                     .into(),
             });
         }

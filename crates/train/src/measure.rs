@@ -24,7 +24,7 @@ pub(crate) fn eval_all<B: Backend, M: Net<B>>(
     EvalResult::from_tallies(exp.task, v, t)
 }
 
-/// Deterministic head gate values per layer (a whole-layer gate multiplied in), for the
+/// Deterministic head gate values per layer (an attention-block gate multiplied in), for the
 /// heatmap.
 pub(crate) fn gate_values<B: Backend>(gated: &GatedModel<B>) -> Vec<Vec<f64>> {
     let Some(values) = gated.gate_values() else {

@@ -260,7 +260,9 @@ pub fn run<B: AutodiffBackend>(
         let spec = GateSpec {
             heads: exp.gated.heads,
             neurons: exp.gated.neurons,
-            layers: exp.gated.layers,
+            hidden: exp.gated.hidden,
+            attention_blocks: exp.gated.attention_blocks,
+            ffn_blocks: exp.gated.ffn_blocks,
             ..GateSpec::default()
         };
         let dense = load(dense_skeleton(), ctx.stage, "dense")?;

@@ -6,8 +6,7 @@ use burn::module::Param;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use shears_gates::{
-    Draw, GateConfig, GateError, GateKind, GateSet, HardConcreteGate, Harden, Lagrangian,
-    SparsityTarget,
+    Draw, GateConfig, GateError, GateSet, HardConcreteGate, Harden, Lagrangian, SparsityTarget,
 };
 
 fn host(t: Tensor<impl Backend, 1>) -> Vec<f32> {
@@ -76,10 +75,8 @@ fn penalty_and_determinism<B: Backend>(device: &B::Device) {
 fn hardening<B: Backend>(device: &B::Device) {
     let mut set = GateSet::<B>::default();
     let cfg = GateConfig::default();
-    set.add("layers.0.heads", GateKind::Heads, 4, &cfg, device)
-        .unwrap();
-    set.add("layers.1.heads", GateKind::Heads, 4, &cfg, device)
-        .unwrap();
+    set.add("layers.0.heads", 4, &cfg, device).unwrap();
+    set.add("layers.1.heads", 4, &cfg, device).unwrap();
     let la = [[3.0f32, -4.0, 0.5, -1.0], [-3.0, 2.0, -0.2, 1.5]];
     for (g, v) in set.groups.iter_mut().zip(la) {
         g.gate.log_alpha = Param::from_tensor(Tensor::from_floats(v, device));
@@ -158,7 +155,7 @@ fn train_gates<B: Backend>(device: &B::Device, lr: f64, quadratic: f64) -> Run<B
     type A<B> = Autodiff<B>;
     A::<B>::seed(device, 3);
     let mut set = GateSet::<A<B>>::default();
-    set.add("units", GateKind::Heads, 60, &GateConfig::default(), device)
+    set.add("units", 60, &GateConfig::default(), device)
         .unwrap();
     let target = SparsityTarget::new(0.6, 200).unwrap();
     let mut lag = Lagrangian::new(target, lr).with_quadratic(quadratic);

@@ -5,6 +5,7 @@ mod common;
 mod errors;
 mod kernels;
 mod masked_pruned;
+mod names;
 mod parity;
 mod save_load;
 mod spaces;

@@ -9,7 +9,7 @@ use shears_gates::{Draw, Harden, Lagrangian, Penalty, SparsityTarget};
 use shears_layers::{ModelConfig, ModelInput, Transformer, tensorio};
 use shears_pruners::{
     Calibrator, ClassifierHead, FactorizeReport, GateSpec, GatedModel, PrunerError, RankPlan,
-    TaskModel, factorize_model,
+    SizeMeasure, TaskModel, factorize_model,
 };
 
 fn tiny(config: ModelConfig) -> ModelConfig {
@@ -37,23 +37,18 @@ fn hardened_equals_pruned<B: Backend>(device: &B::Device) {
         tiny(ModelConfig::gpt2(30, 16, 2, 4, 12)),
     ] {
         let model = Transformer::<B>::new(&config, device);
-        let spec = GateSpec {
-            heads: true,
-            neurons: true,
-            hidden: true,
-            layers: true,
-            ..Default::default()
-        };
-        let mut gated = GatedModel::new(model, &spec, device).unwrap();
+        let mut gated = GatedModel::new(model, &every_gate(), device).unwrap();
         let mut rng = StdRng::seed_from_u64(5);
         for g in &mut gated.gates.groups {
             let mut la: Vec<f32> = (0..g.gate.len())
                 .map(|_| rng.random_range(-3.0..3.0))
                 .collect();
-            // Every head of layer 0 closes; the layer gate keeps layer 0 and drops layer 1.
+            // Every head of layer 0 closes; the block gates keep layer 0's blocks and close
+            // both of layer 1's.
             match g.space.as_str() {
                 "layers.0.heads" => la.fill(-5.0),
-                "layers" => la = vec![5.0, -5.0],
+                "layers.0.attention_block" | "layers.0.ffn_block" => la = vec![5.0],
+                "layers.1.attention_block" | "layers.1.ffn_block" => la = vec![-5.0],
                 _ => {}
             }
             g.gate.log_alpha = Param::from_tensor(Tensor::from_data(
@@ -84,7 +79,7 @@ fn hardened_equals_pruned<B: Backend>(device: &B::Device) {
             "{:?}: hardened and pruned differ by {d}",
             config.family
         );
-        assert_eq!(report.kept.len(), 6);
+        assert_eq!(report.kept.len(), 9);
         let layers = &pruned.config().layers;
         assert_eq!(
             (layers[0].n_heads, layers[1].n_heads, layers[1].d_ff),
@@ -94,6 +89,93 @@ fn hardened_equals_pruned<B: Backend>(device: &B::Device) {
         assert_eq!(report.headless_layers, [0, 1]);
         assert_eq!(report.neuronless_layers, [1]);
         assert!(report.rescued.is_empty(), "{:?}", report.rescued);
+    }
+}
+
+/// Every kind of gate: heads, neurons, hidden dimensions and both blocks.
+fn every_gate() -> GateSpec {
+    GateSpec {
+        heads: true,
+        neurons: true,
+        hidden: true,
+        attention_blocks: true,
+        ffn_blocks: true,
+        ..Default::default()
+    }
+}
+
+/// With every gate hard (open probability exactly 0 or 1), the expected size is the
+/// parameter and FLOP count of the model that pruning gives, for random patterns over
+/// every kind of gate, on BERT and GPT-2, dense and with factorized projections.
+fn expected_size_is_exact_for_hard_gates<B: Backend>(device: &B::Device) {
+    let mut rng = StdRng::seed_from_u64(11);
+    let seq = 7;
+    let measures = [SizeMeasure::Params, SizeMeasure::Flops { seq }];
+    for trial in 0..12 {
+        let mut config = if trial % 2 == 0 {
+            tiny(ModelConfig::bert(30, 16, 2, 4, 12))
+        } else {
+            tiny(ModelConfig::gpt2(30, 16, 2, 4, 12))
+        };
+        if trial % 3 == 0 {
+            config.layers[1].ranks.insert("ffn.up".into(), 3);
+            config.layers[0].ranks.insert("attention.value".into(), 5);
+        }
+        let model = Transformer::<B>::new(&config, device);
+        let mut gated = GatedModel::new(model, &every_gate(), device).unwrap();
+        for g in &mut gated.gates.groups {
+            // ±200: the open probability is exactly 0 or 1 in f32.
+            let la: Vec<f32> = (0..g.gate.len())
+                .map(|_| if rng.random_bool(0.6) { 200.0 } else { -200.0 })
+                .collect();
+            g.gate.log_alpha = Param::from_tensor(Tensor::from_data(
+                TensorData::new(la.clone(), [la.len()]),
+                device,
+            ));
+        }
+        let expected: Vec<f64> = measures
+            .iter()
+            .map(|&m| gated.expected_size(m).into_scalar().elem::<f64>())
+            .collect();
+        let dense = SizeMeasure::Params.of(&config) as f64;
+        let sparsity: f64 = gated
+            .expected_size_sparsity(SizeMeasure::Params)
+            .into_scalar()
+            .elem();
+        let (pruned, report) = gated.prune(Harden::Threshold(0.5)).unwrap();
+        assert!(report.rescued.is_empty(), "{:?}", report.rescued);
+        let c = pruned.config();
+        for (m, e) in measures.iter().zip(&expected) {
+            assert_eq!(*e, m.of(c) as f64, "trial {trial}, {m:?}, pruned {c:?}");
+        }
+        assert!((sparsity - (1.0 - expected[0] / dense)).abs() < 1e-6);
+        // The config's count is the module's.
+        assert_eq!(c.param_count(), pruned.param_count(), "trial {trial}");
+    }
+}
+
+/// The expected size is differentiable: opening any gate more makes the model bigger.
+fn expected_size_grows_with_every_gate<B: Backend>(device: &B::Device) {
+    type A<B> = Autodiff<B>;
+    let config = tiny(ModelConfig::bert(30, 16, 2, 4, 12));
+    let model = Transformer::<A<B>>::new(&config, device);
+    let gated = GatedModel::new(model, &every_gate(), device).unwrap();
+    for m in [SizeMeasure::Params, SizeMeasure::Flops { seq: 7 }] {
+        let size = gated.expected_size(m);
+        let e: f64 = size.clone().into_scalar().elem();
+        assert!(e > 0.0 && e < m.of(&config) as f64, "{m:?}: {e}");
+        let grads = size.backward();
+        for g in &gated.gates.groups {
+            let d: Vec<f32> = g
+                .gate
+                .log_alpha
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .to_vec()
+                .unwrap();
+            assert!(d.iter().all(|&x| x > 0.0), "{m:?} {}: {d:?}", g.space);
+        }
     }
 }
 
@@ -473,6 +555,16 @@ mod backend {
     #[test]
     fn hardened_gates_equal_the_pruned_model() {
         on_backend!(hardened_equals_pruned);
+    }
+
+    #[test]
+    fn expected_size_equals_the_pruned_size_for_hard_gates() {
+        on_backend!(expected_size_is_exact_for_hard_gates);
+    }
+
+    #[test]
+    fn expected_size_is_differentiable_in_every_gate() {
+        on_backend!(expected_size_grows_with_every_gate);
     }
 
     #[test]
