@@ -8,6 +8,8 @@ use burn::prelude::*;
 use shears_gates::{Draw, GateConfig, GateError, GateSet, Harden, Kept, Penalty};
 use shears_layers::{Masks, ModelInput, ModelOutput, PruneError, SpaceName, Transformer};
 
+use crate::SizeMeasure;
+
 /// Which units get gates.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GateSpec {
@@ -294,7 +296,11 @@ impl<B: Backend> GatedModel<B> {
     /// The units to keep of every space the gates touch, after the block gates and the
     /// model's minimum sizes are applied, and the spaces that had to be rescued.
     fn decide(&self, harden: Harden) -> Result<Decision, PrunerError> {
-        let kept = self.gates.harden(harden)?;
+        self.decide_kept(self.gates.harden(harden)?)
+    }
+
+    /// [`GatedModel::decide`] from units to keep per gate group.
+    fn decide_kept(&self, kept: Vec<Kept>) -> Result<Decision, PrunerError> {
         let config = self.model.config();
         let registry = Transformer::<B>::registry(config);
         let mut keeps: BTreeMap<SpaceName, Vec<usize>> = BTreeMap::new();
@@ -345,11 +351,27 @@ impl<B: Backend> GatedModel<B> {
     /// heads (or neurons) all close loses that block; its output bias and the residual path
     /// stay, which is exactly what the masked model computes.
     pub fn prune(self, harden: Harden) -> Result<(Transformer<B>, PruneReport), PrunerError> {
+        let decision = self.decide(harden)?;
+        self.remove(decision)
+    }
+
+    /// [`GatedModel::prune`] with [`GatedModel::harden_to_size`]: removes at least `target`
+    /// of the size `measure` counts (before the model's minimum sizes are applied).
+    pub fn prune_to_size(
+        self,
+        measure: SizeMeasure,
+        target: f64,
+    ) -> Result<(Transformer<B>, PruneReport), PrunerError> {
+        let decision = self.decide_kept(self.harden_to_size(measure, target)?)?;
+        self.remove(decision)
+    }
+
+    fn remove(self, decision: Decision) -> Result<(Transformer<B>, PruneReport), PrunerError> {
         let Decision {
             kept,
             keeps,
             rescued,
-        } = self.decide(harden)?;
+        } = decision;
         let mut model = self.model;
         for (space, keep) in &keeps {
             model = model.keep(space, keep)?;

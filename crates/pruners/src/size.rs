@@ -1,5 +1,6 @@
-//! The expected size of a gated model, for size targets: CoFi's expected parameter count
-//! (Xia et al. 2022, <https://arxiv.org/abs/2204.00408>, §3.2), and the same for FLOPs.
+//! The size of a gated model, for size targets: CoFi's expected parameter count (Xia et al.
+//! 2022, <https://arxiv.org/abs/2204.00408>, §3.2) and the same for FLOPs, and hardening
+//! that meets a size target.
 //!
 //! Every gate is open with probability `P(z ≠ 0)`, independently of the others, so the
 //! expected number of open units of a space is the sum of its gates' open probabilities and
@@ -9,14 +10,17 @@
 //! polynomial in these widths and `E[hidden]`: a head's cost shrinks with the hidden
 //! dimensions kept, and a block gate multiplies all its units. With every `P(z ≠ 0)` at 0 or
 //! 1 the expectation is exactly the size of the model that pruning the closed units gives
-//! ([`SizeMeasure::of`] of its config).
+//! ([`SizeMeasure::of`] of its config). The same formula, on exact counts, sizes a candidate
+//! kept set ([`GatedModel::kept_size`]) without pruning anything.
 
 use std::collections::BTreeMap;
+use std::ops::{Add, Mul};
 
 use burn::prelude::*;
+use shears_gates::Kept;
 use shears_layers::{ModelConfig, SpaceName};
 
-use crate::GatedModel;
+use crate::{GatedModel, PrunerError};
 
 /// What a size target counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +45,99 @@ impl SizeMeasure {
     }
 }
 
+/// Numbers the size formula runs on: tensors (expected sizes, differentiable) and `f64`
+/// (exact sizes of kept sets).
+trait Amount: Clone + Add<Output = Self> + Mul<Output = Self> {
+    fn times(self, k: f64) -> Self;
+}
+
+impl Amount for f64 {
+    fn times(self, k: f64) -> Self {
+        self * k
+    }
+}
+
+impl<B: Backend> Amount for Tensor<B, 1> {
+    fn times(self, k: f64) -> Self {
+        self.mul_scalar(k)
+    }
+}
+
+/// Units of every structure, expected or exact: the hidden width, and per layer the heads
+/// and neurons with their block's gate multiplied in.
+struct Widths<T> {
+    hidden: T,
+    heads: Vec<T>,
+    ffn: Vec<T>,
+}
+
+/// The size of a model of `config`'s shape with these widths under `measure`; the same
+/// arithmetic as [`ModelConfig::layer_params`] and [`ModelConfig::flops_per_token`].
+fn size<T: Amount>(config: &ModelConfig, measure: SizeMeasure, w: Widths<T>, zero: T) -> T {
+    let d = w.hidden;
+    let mut total = zero;
+    for ((lc, heads), ffn) in config.layers.iter().zip(w.heads).zip(w.ffn) {
+        let attn = heads.times(lc.d_head as f64);
+        // (projection, its input width, its output width), as `projection_dims` has them.
+        let projections = [
+            ("attention.query", d.clone(), attn.clone()),
+            ("attention.key", d.clone(), attn.clone()),
+            ("attention.value", d.clone(), attn.clone()),
+            ("attention.output", attn.clone(), d.clone()),
+            ("ffn.up", d.clone(), ffn.clone()),
+            ("ffn.down", ffn, d.clone()),
+        ];
+        for (name, i, o) in projections {
+            let macs = match lc.rank(name) {
+                Some(r) => (i + o.clone()).times(r as f64),
+                None => i * o.clone(),
+            };
+            total = total
+                + match measure {
+                    // Weights plus the output bias, which stays when the block goes.
+                    SizeMeasure::Params => macs + o,
+                    SizeMeasure::Flops { .. } => macs.times(2.0),
+                };
+        }
+        total = total
+            + match measure {
+                SizeMeasure::Params => d.clone().times(4.0), // two LayerNorms
+                // Attention scores and weighted sums.
+                SizeMeasure::Flops { seq } => attn.times((4 * seq) as f64),
+            };
+    }
+    total
+}
+
+/// Widths from per-structure amounts (`get(name)`, `None` for a structure without gates).
+fn widths<T: Amount>(
+    config: &ModelConfig,
+    get: impl Fn(&SpaceName) -> Option<T>,
+    all: impl Fn(usize) -> T,
+) -> Widths<T> {
+    let blocked = |units: T, block: SpaceName| match get(&block) {
+        Some(p) => units * p,
+        None => units,
+    };
+    let layers = config.layers.iter().enumerate();
+    Widths {
+        hidden: get(&SpaceName::Hidden).unwrap_or_else(|| all(config.d_model)),
+        heads: layers
+            .clone()
+            .map(|(l, lc)| {
+                let n = get(&SpaceName::Heads(l)).unwrap_or_else(|| all(lc.n_heads));
+                blocked(n, SpaceName::AttentionBlock(l))
+            })
+            .collect(),
+        ffn: layers
+            .map(|(l, lc)| {
+                let n = get(&SpaceName::Ffn(l)).unwrap_or_else(|| all(lc.d_ff));
+                blocked(n, SpaceName::FfnBlock(l))
+            })
+            .collect(),
+    }
+}
+
 impl<B: Backend> GatedModel<B> {
     /// The expected size under the gates' open probabilities (see the module docs), `[1]`,
     /// differentiable in every `log α`.
@@ -54,49 +151,8 @@ impl<B: Backend> GatedModel<B> {
             .iter()
             .map(|g| (SpaceName::parse(&g.space), g.gate.p_open().sum()))
             .collect();
-        let count = |name: SpaceName, all: usize| open.get(&name).cloned().unwrap_or(constant(all));
-        let scaled = |units: Tensor<B, 1>, block: SpaceName| match open.get(&block) {
-            Some(p) => units * p.clone(),
-            None => units,
-        };
-        let d = count(SpaceName::Hidden, config.d_model);
-        let mut total = constant(0);
-        for (l, lc) in config.layers.iter().enumerate() {
-            let heads = scaled(
-                count(SpaceName::Heads(l), lc.n_heads),
-                SpaceName::AttentionBlock(l),
-            );
-            let attn = heads * lc.d_head as f32;
-            let ffn = scaled(count(SpaceName::Ffn(l), lc.d_ff), SpaceName::FfnBlock(l));
-            // (projection, its input width, its output width), as `projection_dims` has them.
-            let projections = [
-                ("attention.query", d.clone(), attn.clone()),
-                ("attention.key", d.clone(), attn.clone()),
-                ("attention.value", d.clone(), attn.clone()),
-                ("attention.output", attn.clone(), d.clone()),
-                ("ffn.up", d.clone(), ffn.clone()),
-                ("ffn.down", ffn, d.clone()),
-            ];
-            for (name, i, o) in projections {
-                let macs = match lc.rank(name) {
-                    Some(r) => (i.clone() + o.clone()) * r as f32,
-                    None => i.clone() * o.clone(),
-                };
-                total = total
-                    + match measure {
-                        // Weights plus the output bias, which stays when the block goes.
-                        SizeMeasure::Params => macs + o,
-                        SizeMeasure::Flops { .. } => macs * 2.0,
-                    };
-            }
-            total = total
-                + match measure {
-                    SizeMeasure::Params => d.clone() * 4.0, // two LayerNorms
-                    // Attention scores and weighted sums.
-                    SizeMeasure::Flops { seq } => attn * (4 * seq) as f32,
-                };
-        }
-        total
+        let w = widths(config, |n| open.get(n).cloned(), constant);
+        size(config, measure, w, constant(0))
     }
 
     /// The expected fraction of the size removed, `1 - expected_size / size`, `[1]`,
@@ -104,5 +160,109 @@ impl<B: Backend> GatedModel<B> {
     pub fn expected_size_sparsity(&self, measure: SizeMeasure) -> Tensor<B, 1> {
         let dense = measure.of(self.model.config()).max(1) as f64;
         self.expected_size(measure).div_scalar(dense).neg() + 1.0
+    }
+
+    /// The exact size of the model that keeping `kept` (one entry per gate group, as
+    /// hardening gives) would leave, before the model's minimum sizes are applied.
+    pub fn kept_size(&self, kept: &[Kept], measure: SizeMeasure) -> f64 {
+        let counts: BTreeMap<SpaceName, f64> = kept
+            .iter()
+            .map(|k| (SpaceName::parse(&k.space), k.keep.len() as f64))
+            .collect();
+        let w = widths(
+            self.model.config(),
+            |n| counts.get(n).copied(),
+            |n| n as f64,
+        );
+        size(self.model.config(), measure, w, 0.0)
+    }
+
+    /// Hardening to a size target. The gates decide first: every unit whose deterministic
+    /// gate value exceeds 0.5 stays. Then the least open kept units close, in order of
+    /// `log α`, until at least `target` of the size is removed, and the most open closed
+    /// units reopen, in order, wherever one fits without going back over the budget; so the
+    /// result removes at least `target` and no single closed unit could be reopened within
+    /// it. One [`Kept`] per gate group, in group order.
+    pub fn harden_to_size(
+        &self,
+        measure: SizeMeasure,
+        target: f64,
+    ) -> Result<Vec<Kept>, PrunerError> {
+        if !(0.0..1.0).contains(&target) {
+            return Err(shears_gates::GateError::Target(target).into());
+        }
+        let budget = (1.0 - target) * measure.of(self.model.config()) as f64;
+        let groups = &self.gates.groups;
+        let mut open: Vec<Vec<bool>> = groups
+            .iter()
+            .map(|g| {
+                let kept = g.gate.harden_threshold(0.5);
+                (0..g.gate.len()).map(|u| kept.contains(&u)).collect()
+            })
+            .collect();
+        let kept_of = |open: &[Vec<bool>]| -> Vec<Kept> {
+            groups
+                .iter()
+                .zip(open)
+                .map(|(g, o)| Kept {
+                    space: g.space.clone(),
+                    keep: (0..o.len()).filter(|&u| o[u]).collect(),
+                    total: o.len(),
+                })
+                .collect()
+        };
+        let names: Vec<SpaceName> = groups.iter().map(|g| SpaceName::parse(&g.space)).collect();
+        let config = self.model.config();
+        let size_of = |counts: &[usize]| {
+            let by_name: BTreeMap<&SpaceName, f64> = names
+                .iter()
+                .zip(counts)
+                .map(|(n, &c)| (n, c as f64))
+                .collect();
+            let w = widths(config, |n| by_name.get(n).copied(), |n| n as f64);
+            size(config, measure, w, 0.0)
+        };
+        let mut counts: Vec<usize> = open
+            .iter()
+            .map(|o| o.iter().filter(|&&x| x).count())
+            .collect();
+        // Every unit, least open first (ties by group, then unit).
+        let mut order: Vec<(f32, usize, usize)> = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(gi, g)| {
+                g.gate
+                    .log_alpha_host()
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(u, la)| (la, gi, u))
+            })
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        let mut current = size_of(&counts);
+        for &(_, gi, u) in &order {
+            if current <= budget {
+                break;
+            }
+            if open[gi][u] {
+                open[gi][u] = false;
+                counts[gi] -= 1;
+                current = size_of(&counts);
+            }
+        }
+        for &(_, gi, u) in order.iter().rev() {
+            if !open[gi][u] {
+                counts[gi] += 1;
+                let with = size_of(&counts);
+                if with <= budget {
+                    open[gi][u] = true;
+                    current = with;
+                } else {
+                    counts[gi] -= 1;
+                }
+            }
+        }
+        debug_assert!(current <= budget);
+        Ok(kept_of(&open))
     }
 }

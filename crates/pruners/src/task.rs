@@ -205,6 +205,22 @@ impl<B: Backend> GatedTaskModel<B> {
         ))
     }
 
+    /// [`GatedModel::prune_to_size`]; the head is kept as it is.
+    pub fn prune_to_size(
+        self,
+        measure: crate::SizeMeasure,
+        target: f64,
+    ) -> Result<(TaskModel<B>, PruneReport), PrunerError> {
+        let (backbone, report) = self.gated.prune_to_size(measure, target)?;
+        Ok((
+            TaskModel {
+                backbone,
+                head: self.head,
+            },
+            report,
+        ))
+    }
+
     /// The seed's `remove_gates`: the task model with every unit.
     pub fn without_gates(self) -> TaskModel<B> {
         TaskModel {

@@ -20,6 +20,18 @@ pub enum Task {
     Lm,
 }
 
+/// What `gated.target_sparsity` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetMeasure {
+    /// The fraction of gated units closed (every head, neuron or block counts one).
+    Units,
+    /// The fraction of the layer stack's parameters removed.
+    Params,
+    /// The fraction of the layer stack's FLOPs per token at `data.max_len` removed.
+    Flops,
+}
+
 /// A whole experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -127,8 +139,12 @@ pub struct GatedSection {
     pub lagrangian_lr: f64,
     /// Initial λ₂: a quadratic penalty on the gap to the target from the first step.
     pub quadratic_init: f64,
-    /// Fraction of the gated units to remove, in [0, 1).
+    /// Fraction to remove, in [0, 1), of what `target_measure` counts.
     pub target_sparsity: f64,
+    /// What the target counts: `units` (closed gates), `params` or `flops` (the size of the
+    /// layer stack, each unit weighed by what it costs; hardening then meets the target
+    /// within one unit's cost).
+    pub target_measure: TargetMeasure,
     /// Fraction of the phase over which the target rises linearly from 0.
     pub warmup_fraction: f64,
     /// Examples per step.
@@ -220,6 +236,7 @@ impl Default for GatedSection {
             lagrangian_lr: 0.05,
             quadratic_init: 100.0,
             target_sparsity: 0.5,
+            target_measure: TargetMeasure::Units,
             warmup_fraction: 0.5,
             batch_size: 32,
             heads: true,
@@ -262,6 +279,17 @@ pub struct ConfigSources {
 }
 
 impl Experiment {
+    /// The size measure of the gated phase's target; `None` when it counts units.
+    pub fn size_measure(&self) -> Option<shears_pruners::SizeMeasure> {
+        match self.gated.target_measure {
+            TargetMeasure::Units => None,
+            TargetMeasure::Params => Some(shears_pruners::SizeMeasure::Params),
+            TargetMeasure::Flops => Some(shears_pruners::SizeMeasure::Flops {
+                seq: self.data.max_len,
+            }),
+        }
+    }
+
     /// Reads, overrides and validates a config.
     pub fn load(src: &ConfigSources) -> Result<Self, TrainError> {
         let bad = |message: String| TrainError::Config {

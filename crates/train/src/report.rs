@@ -90,6 +90,12 @@ pub struct Report {
     pub kept_heads_per_layer: Vec<usize>,
     /// Feed-forward width per layer after.
     pub ffn_per_layer: Vec<usize>,
+    /// Feed-forward width per layer before.
+    pub ffn_per_layer_dense: Vec<usize>,
+    /// Hidden width before pruning.
+    pub hidden_dense: usize,
+    /// Hidden width after.
+    pub hidden_pruned: usize,
     /// Layers whose heads all closed: their attention block is gone (its output bias and
     /// the residual path stay).
     pub headless_layers: Vec<usize>,
@@ -212,6 +218,9 @@ pub fn build(p: Parts<'_>) -> Report {
         heads_kept: p.pruned_config.layers.iter().map(|l| l.n_heads).sum(),
         kept_heads_per_layer: p.pruned_config.layers.iter().map(|l| l.n_heads).collect(),
         ffn_per_layer: p.pruned_config.layers.iter().map(|l| l.d_ff).collect(),
+        ffn_per_layer_dense: p.dense_config.layers.iter().map(|l| l.d_ff).collect(),
+        hidden_dense: p.dense_config.d_model,
+        hidden_pruned: p.pruned_config.d_model,
         headless_layers: p
             .pruned_config
             .layers
@@ -291,6 +300,22 @@ pub fn markdown(r: &Report) -> String {
         r.heads_kept,
         pct(r.heads_kept as f64, r.heads_total as f64)
     );
+    let (ffn_dense, ffn_kept): (usize, usize) = (
+        r.ffn_per_layer_dense.iter().sum(),
+        r.ffn_per_layer.iter().sum(),
+    );
+    let _ = writeln!(
+        s,
+        "| FFN neurons | {ffn_dense} | {ffn_kept} | {} |",
+        pct(ffn_kept as f64, ffn_dense as f64)
+    );
+    let _ = writeln!(
+        s,
+        "| hidden width | {} | {} | {} |",
+        r.hidden_dense,
+        r.hidden_pruned,
+        pct(r.hidden_pruned as f64, r.hidden_dense as f64)
+    );
     let _ = writeln!(
         s,
         "| parameters | {} | {} | {} |",
@@ -329,6 +354,7 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(s, "| test perplexity | {a:.2} | {b:.2} | {} |", pct(b, a));
     }
     let _ = writeln!(s, "\nHeads kept per layer: {:?}.", r.kept_heads_per_layer);
+    let _ = writeln!(s, "\nFFN neurons kept per layer: {:?}.", r.ffn_per_layer);
     if !r.headless_layers.is_empty() {
         let _ = writeln!(
             s,

@@ -294,19 +294,29 @@ pub fn run<B: AutodiffBackend>(
         };
         let gated = gated.valid();
         state.gate_values = gate_values(&gated.gated);
-        state.expected_sparsity = Some(gated.gated.expected_sparsity());
+        let measure = exp.size_measure();
+        state.expected_sparsity = Some(match measure {
+            None => gated.gated.expected_sparsity(),
+            Some(m) => gated.gated.expected_size_sparsity(m).into_scalar().elem(),
+        });
         let total = gated.gated.gates.total_units();
         let keep = (total - (g.target_sparsity * total as f64).round() as usize).max(1);
+        // Units: the `keep` most open units. A size: the gates' decision adjusted to the
+        // target (see `GatedModel::harden_to_size`).
+        let prune = |m: GatedTaskModel<_>| match measure {
+            None => m.prune(Harden::Count(keep)),
+            Some(size) => m.prune_to_size(size, g.target_sparsity),
+        };
         // The control of what the gates learned: the same weights with a random kept set
         // of the same size (the mean of a few), both before the fine-tune, on the validation
         // split.
         let mut random = 0.0;
         for k in 0..CONTROL_SETS {
             let g = randomize_gates(gated.clone(), key(exp.seed, k, Purpose::Control));
-            let (control, _) = g.prune(Harden::Count(keep))?;
+            let (control, _) = prune(g)?;
             random += valid_loss(&control, data, exp, device) / CONTROL_SETS as f64;
         }
-        let (model, report) = gated.prune(Harden::Count(keep))?;
+        let (model, report) = prune(gated)?;
         state.gate_check = Some((valid_loss(&model, data, exp, device), random));
         state.rescued = report.rescued;
         state.pruned_config = Some(model.backbone.config().clone());

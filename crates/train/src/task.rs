@@ -7,7 +7,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use shears_gates::{Draw, GateSet};
 use shears_layers::{ModelInput, ModelOutput};
-use shears_pruners::ClassifierHead;
+use shears_pruners::{ClassifierHead, SizeMeasure};
 
 use crate::data::{Split, make_batch};
 
@@ -29,6 +29,11 @@ pub trait Net<B: Backend>: Module<B> {
         Self: Sized,
     {
         self
+    }
+    /// The expected sparsity under the gates, `[1]`, differentiable: the fraction of gated
+    /// units closed (`measure` `None`) or of the size removed. `None` without gates.
+    fn expected_sparsity(&self, _measure: Option<SizeMeasure>) -> Option<Tensor<B, 1>> {
+        None
     }
 }
 
@@ -54,6 +59,12 @@ impl<B: Backend> Net<B> for GatedTaskModel<B> {
     fn map_gates(mut self, f: impl FnOnce(GateSet<B>) -> GateSet<B>) -> Self {
         self.gated.gates = f(self.gated.gates);
         self
+    }
+    fn expected_sparsity(&self, measure: Option<SizeMeasure>) -> Option<Tensor<B, 1>> {
+        Some(match measure {
+            None => self.gated.gates.expected_sparsity(),
+            Some(m) => self.gated.expected_size_sparsity(m),
+        })
     }
 }
 

@@ -234,6 +234,7 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
         }
     }
     let total_units = model.gates().map(|g| g.total_units()).unwrap_or(0);
+    let measure = exp.size_measure();
     let bar = Progress::new(phase.name, phase.steps, state.step, ctx.progress);
     let mut window = Tally::default();
     let mut last_s = 0.0;
@@ -255,8 +256,8 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
         } else {
             let draw = Draw::Sample(key(exp.seed, state.global_step, Purpose::GateNoise));
             let (task_loss, tally) = loss(&model, batch.input, batch.labels, draw);
-            let total = match (&lag, model.gates()) {
-                (Some(l), Some(g)) => task_loss + l.term(g.expected_sparsity(), step),
+            let total = match (&lag, model.expected_sparsity(measure)) {
+                (Some(l), Some(s)) => task_loss + l.term(s, step),
                 _ => task_loss,
             };
             let mut grads = total.backward();
@@ -269,8 +270,8 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
             let mut rest = GradientsParams::from_grads(grads, &model);
             clip_global_norm(&model, &mut rest, MAX_GRAD_NORM);
             model = opt.step(phase.lr_at(step), model, rest);
-            if let (Some(l), Some(g)) = (lag.as_deref_mut(), model.gates()) {
-                last_s = g.expected_sparsity().into_scalar().elem::<f64>();
+            if let (Some(l), Some(s)) = (lag.as_deref_mut(), model.expected_sparsity(measure)) {
+                last_s = s.into_scalar().elem::<f64>();
                 l.ascend(last_s, step);
                 state.lagrangian = Some((l.l1.to_bits(), l.l2.to_bits()));
             }
@@ -293,12 +294,16 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
                 msg += &format!(" acc {:.3}", a);
             }
             if lag.is_some() {
-                msg += &format!(
-                    " open {:.1}/{} (target {:.1})",
-                    (1.0 - last_s) * total_units as f64,
-                    total_units,
-                    (1.0 - point.target_sparsity.unwrap_or(0.0)) * total_units as f64
-                );
+                let target = point.target_sparsity.unwrap_or(0.0);
+                msg += &match measure {
+                    None => format!(
+                        " open {:.1}/{} (target {:.1})",
+                        (1.0 - last_s) * total_units as f64,
+                        total_units,
+                        (1.0 - target) * total_units as f64
+                    ),
+                    Some(_) => format!(" size {:.3} (target {:.3})", 1.0 - last_s, 1.0 - target),
+                };
             }
             bar.update(state.step, &msg);
             state.history.push(point);

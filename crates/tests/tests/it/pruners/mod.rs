@@ -154,6 +154,57 @@ fn expected_size_is_exact_for_hard_gates<B: Backend>(device: &B::Device) {
     }
 }
 
+/// Hardening to a size target removes at least the target, no single closed unit could be
+/// reopened within it, and the pruned model has exactly the size the hardening computed.
+fn hardening_meets_size_targets<B: Backend>(device: &B::Device) {
+    let mut rng = StdRng::seed_from_u64(23);
+    for (trial, config) in [
+        tiny(ModelConfig::bert(30, 16, 2, 4, 12)),
+        tiny(ModelConfig::gpt2(30, 16, 2, 4, 12)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for measure in [SizeMeasure::Params, SizeMeasure::Flops { seq: 7 }] {
+            for target in [0.3, 0.5, 0.7] {
+                let model = Transformer::<B>::new(&config, device);
+                let mut gated = GatedModel::new(model, &every_gate(), device).unwrap();
+                for g in &mut gated.gates.groups {
+                    let la: Vec<f32> = (0..g.gate.len())
+                        .map(|_| rng.random_range(-3.0..3.0))
+                        .collect();
+                    g.gate.log_alpha = Param::from_tensor(Tensor::from_data(
+                        TensorData::new(la.clone(), [la.len()]),
+                        device,
+                    ));
+                }
+                let case = format!("trial {trial} {measure:?} target {target}");
+                let budget = (1.0 - target) * measure.of(&config) as f64;
+                let kept = gated.harden_to_size(measure, target).unwrap();
+                let size = gated.kept_size(&kept, measure);
+                assert!(size <= budget, "{case}: {size} > {budget}");
+                for (gi, k) in kept.iter().enumerate() {
+                    for u in (0..k.total).filter(|u| !k.keep.contains(u)) {
+                        let mut more = kept.clone();
+                        more[gi].keep.push(u);
+                        let with = gated.kept_size(&more, measure);
+                        assert!(with > budget, "{case}: {} unit {u} fits ({with})", k.space);
+                    }
+                }
+                let (pruned, report) = gated.prune_to_size(measure, target).unwrap();
+                assert!(report.rescued.is_empty(), "{case}: {:?}", report.rescued);
+                assert_eq!(measure.of(pruned.config()) as f64, size, "{case}");
+            }
+        }
+    }
+    let model = Transformer::<B>::new(&tiny(ModelConfig::bert(30, 16, 1, 4, 12)), device);
+    let gated = GatedModel::new(model, &every_gate(), device).unwrap();
+    assert!(matches!(
+        gated.harden_to_size(SizeMeasure::Params, 1.0),
+        Err(PrunerError::Gate(shears_gates::GateError::Target(t))) if t == 1.0
+    ));
+}
+
 /// The expected size is differentiable: opening any gate more makes the model bigger.
 fn expected_size_grows_with_every_gate<B: Backend>(device: &B::Device) {
     type A<B> = Autodiff<B>;
@@ -560,6 +611,11 @@ mod backend {
     #[test]
     fn expected_size_equals_the_pruned_size_for_hard_gates() {
         on_backend!(expected_size_is_exact_for_hard_gates);
+    }
+
+    #[test]
+    fn hardening_meets_a_size_target_within_one_unit() {
+        on_backend!(hardening_meets_size_targets);
     }
 
     #[test]

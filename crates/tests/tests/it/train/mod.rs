@@ -89,6 +89,42 @@ fn config_overrides_apply_in_order() {
     assert_eq!((full.data.limit, full.gated.epochs), (0, 3.0));
 }
 
+/// Every config the repository ships loads and validates, with and without `--quick`; the
+/// joint one targets FLOPs with every kind of gate.
+#[test]
+fn shipped_configs_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let file = entry.unwrap().path();
+        if file.extension().is_some_and(|e| e == "toml") {
+            for quick in [false, true] {
+                let exp = Experiment::load(&ConfigSources {
+                    file: file.clone(),
+                    quick,
+                    ..Default::default()
+                })
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                if exp.name == "minilm-rotten-tomatoes-joint" {
+                    let g = &exp.gated;
+                    assert_eq!(g.target_measure, shears_train::TargetMeasure::Flops);
+                    assert!(g.heads && g.neurons && g.hidden && g.attention_blocks && g.ffn_blocks);
+                }
+            }
+            names.push(file.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "gpt2-small-lm.toml",
+            "minilm-rotten-tomatoes-joint.toml",
+            "minilm-rotten-tomatoes.toml"
+        ]
+    );
+}
+
 #[test]
 fn bad_configs_name_the_offending_key() {
     let tmp = tempfile::tempdir().unwrap();
@@ -342,6 +378,83 @@ fn frozen_gates_fail_the_gate_check() {
     let m = median(runs.iter().map(|r| r.1).collect());
     assert!(m > GATE_MARGIN, "median loss ratio {m}: {runs:?}");
 }
+
+/// Joint runs to a FLOPs target: gates on heads, neurons, hidden dimensions and both blocks
+/// of every layer. In every run hardening meets the target within one unit's cost, the
+/// saved pruned model reloads and scores what the pipeline reported, and neurons, hidden
+/// dimensions and at least one whole block go; heads go in most runs (over 10 seeds, one run
+/// dropped both FFN blocks and kept every head), so they are required of one of three.
+#[test]
+fn joint_runs_meet_a_flops_target() {
+    type B = burn::backend::Flex;
+    let device = Default::default();
+    let mut heads_removed = false;
+    for seed in [1, 2, 3] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut exp = bert_experiment(tmp.path());
+        exp.seed = seed;
+        let g = &mut exp.gated;
+        (g.neurons, g.hidden, g.attention_blocks, g.ffn_blocks) = (true, true, true, true);
+        g.target_measure = shears_train::TargetMeasure::Flops;
+        g.target_sparsity = JOINT_TARGET;
+        exp.finetune.epochs = 1.0;
+        exp.eval.latency_repeats = 1;
+        let out = tmp.path().join("out");
+        let r = done(run::<Autodiff<B>>(
+            &exp,
+            &out,
+            &RunOptions::default(),
+            &device,
+        ));
+        let ratio = r.flops_per_token_pruned as f64 / r.flops_per_token_dense as f64;
+        let saved = Transformer::<B>::load(&out.join("model"), &device).unwrap();
+        let c = saved.config().clone();
+        let case = format!(
+            "seed {seed}: FLOPs ratio {ratio:.3}, hidden {}, heads {:?}, ffn {:?}",
+            c.d_model,
+            c.layers.iter().map(|l| l.n_heads).collect::<Vec<_>>(),
+            c.layers.iter().map(|l| l.d_ff).collect::<Vec<_>>()
+        );
+        eprintln!("{case}");
+        assert!(ratio <= 1.0 - JOINT_TARGET, "{case}");
+        // The most one unit costs here is a whole FFN block (2 · 16 · 32 multiply-adds, twice).
+        let unit = (4 * 16 * 32) as f64 / r.flops_per_token_dense as f64;
+        assert!(ratio > 1.0 - JOINT_TARGET - unit, "{case}");
+        assert_eq!(c.flops_per_token(16), r.flops_per_token_pruned, "{case}");
+        let s = r.expected_sparsity_gated.unwrap();
+        assert!(
+            (s - JOINT_TARGET).abs() <= 0.05,
+            "expected FLOPs sparsity {s}, {case}"
+        );
+        let neurons: usize = c.layers.iter().map(|l| l.d_ff).sum();
+        assert!(neurons < 64 && c.d_model < 16, "{case}");
+        assert!(
+            c.layers.iter().any(|l| l.n_heads == 0 || l.d_ff == 0),
+            "no block removed: {case}"
+        );
+        heads_removed |= c.layers.iter().map(|l| l.n_heads).sum::<usize>() < 8;
+        assert_eq!(r.hidden_pruned, c.d_model);
+        assert_eq!(
+            r.ffn_per_layer,
+            c.layers.iter().map(|l| l.d_ff).collect::<Vec<_>>()
+        );
+        let summary = eval_dir::<B>(
+            &out.join("model"),
+            &tmp.path().join("data.csv"),
+            &EvalOptions {
+                batch_size: 32,
+                repeats: 1,
+                ..Default::default()
+            },
+            &device,
+        )
+        .unwrap();
+        assert_eq!(summary.accuracy, r.accuracy_pruned, "{summary:?}");
+    }
+    assert!(heads_removed, "no run removed a head");
+}
+
+const JOINT_TARGET: f64 = 0.5;
 
 /// A small, fast variant of the tiny BERT run for the resume and crash tests.
 fn small_bert_experiment(tmp: &Path) -> Experiment {
