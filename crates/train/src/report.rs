@@ -276,7 +276,7 @@ fn pct(a: f64, b: f64) -> String {
 /// The readable report.
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# {}: gated head pruning\n", r.name);
+    let _ = writeln!(s, "# {}: gated structured pruning\n", r.name);
     let _ = writeln!(
         s,
         "Model `{}`, data `{}` (train / valid / test: {} / {} / {}; dropped rows: {} with other labels, {} empty). Backend {}, {} build. Wall time {:.0} s.\n",
