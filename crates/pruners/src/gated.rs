@@ -52,6 +52,9 @@ pub enum PrunerError {
     /// The removal failed.
     #[error(transparent)]
     Prune(#[from] PruneError),
+    /// A width multiple of 0 was asked for.
+    #[error("round_to = {0}: widths are kept at multiples of at least 1 unit")]
+    RoundTo(usize),
     /// The spec gates nothing.
     #[error(
         "the gate spec gates no units (enable heads, neurons, hidden, attention_blocks or ffn_blocks)"
@@ -356,13 +359,15 @@ impl<B: Backend> GatedModel<B> {
     }
 
     /// [`GatedModel::prune`] with [`GatedModel::harden_to_size`]: removes at least `target`
-    /// of the size `measure` counts (before the model's minimum sizes are applied).
+    /// of the size `measure` counts (before the model's minimum sizes are applied), FFN and
+    /// hidden widths at multiples of `round_to`.
     pub fn prune_to_size(
         self,
         measure: SizeMeasure,
         target: f64,
+        round_to: usize,
     ) -> Result<(Transformer<B>, PruneReport), PrunerError> {
-        let decision = self.decide_kept(self.harden_to_size(measure, target)?)?;
+        let decision = self.decide_kept(self.harden_to_size(measure, target, round_to)?)?;
         self.remove(decision)
     }
 

@@ -183,16 +183,46 @@ impl<B: Backend> GatedModel<B> {
     /// units reopen, in order, wherever one fits without going back over the budget; so the
     /// result removes at least `target` and no single closed unit could be reopened within
     /// it. One [`Kept`] per gate group, in group order.
+    ///
+    /// With `round_to` above 1, every FFN width and the hidden width is kept at a multiple
+    /// of `round_to` units (or at its full width): units of those spaces close and reopen
+    /// `round_to` at a time, the least (most) open first, so no step of that many units
+    /// could be reopened within the budget. Torch-Pruning calls this `round_to`: GEMM
+    /// kernels split a width into vector registers and tiles, and a ragged last tile costs
+    /// nearly a full one (docs/PERFORMANCE.md measures what it buys here).
     pub fn harden_to_size(
         &self,
         measure: SizeMeasure,
         target: f64,
+        round_to: usize,
     ) -> Result<Vec<Kept>, PrunerError> {
         if !(0.0..1.0).contains(&target) {
             return Err(shears_gates::GateError::Target(target).into());
         }
+        if round_to == 0 {
+            return Err(PrunerError::RoundTo(round_to));
+        }
         let budget = (1.0 - target) * measure.of(self.model.config()) as f64;
         let groups = &self.gates.groups;
+        let names: Vec<SpaceName> = groups.iter().map(|g| SpaceName::parse(&g.space)).collect();
+        // The units a step of each group opens or closes.
+        let step: Vec<usize> = names
+            .iter()
+            .map(|n| match n {
+                SpaceName::Ffn(_) | SpaceName::Hidden => round_to,
+                _ => 1,
+            })
+            .collect();
+        // Each group's units, least open first (ties by unit).
+        let ranked: Vec<Vec<usize>> = groups
+            .iter()
+            .map(|g| {
+                let la = g.gate.log_alpha_host();
+                let mut units: Vec<usize> = (0..la.len()).collect();
+                units.sort_by(|&a, &b| la[a].total_cmp(&la[b]).then(a.cmp(&b)));
+                units
+            })
+            .collect();
         let mut open: Vec<Vec<bool>> = groups
             .iter()
             .map(|g| {
@@ -200,18 +230,6 @@ impl<B: Backend> GatedModel<B> {
                 (0..g.gate.len()).map(|u| kept.contains(&u)).collect()
             })
             .collect();
-        let kept_of = |open: &[Vec<bool>]| -> Vec<Kept> {
-            groups
-                .iter()
-                .zip(open)
-                .map(|(g, o)| Kept {
-                    space: g.space.clone(),
-                    keep: (0..o.len()).filter(|&u| o[u]).collect(),
-                    total: o.len(),
-                })
-                .collect()
-        };
-        let names: Vec<SpaceName> = groups.iter().map(|g| SpaceName::parse(&g.space)).collect();
         let config = self.model.config();
         let size_of = |counts: &[usize]| {
             let by_name: BTreeMap<&SpaceName, f64> = names
@@ -226,6 +244,46 @@ impl<B: Backend> GatedModel<B> {
             .iter()
             .map(|o| o.iter().filter(|&&x| x).count())
             .collect();
+        // The allowed count below / above `c` in group `gi`: multiples of its step, and
+        // its full width.
+        let lens: Vec<usize> = open.iter().map(Vec::len).collect();
+        let below = |gi: usize, c: usize| {
+            let s = step[gi];
+            if c.is_multiple_of(s) {
+                c.saturating_sub(s)
+            } else {
+                c - c % s
+            }
+        };
+        let above = |gi: usize, c: usize, n: usize| (c - c % step[gi] + step[gi]).min(n);
+        // Closes (opens) the `k` least (most) open units of group `gi` that are open
+        // (closed).
+        let set = |open: &mut Vec<Vec<bool>>, gi: usize, k: usize, to: bool| {
+            let units: Vec<usize> = if to {
+                ranked[gi].iter().rev().copied().collect()
+            } else {
+                ranked[gi].clone()
+            };
+            let mut left = k;
+            for u in units {
+                if left == 0 {
+                    break;
+                }
+                if open[gi][u] != to {
+                    open[gi][u] = to;
+                    left -= 1;
+                }
+            }
+        };
+        // The gates' own decision, rounded down to an allowed width.
+        for gi in 0..groups.len() {
+            let c = counts[gi];
+            if c != lens[gi] && !c.is_multiple_of(step[gi]) {
+                let to = below(gi, c);
+                set(&mut open, gi, c - to, false);
+                counts[gi] = to;
+            }
+        }
         // Every unit, least open first (ties by group, then unit).
         let mut order: Vec<(f32, usize, usize)> = groups
             .iter()
@@ -245,24 +303,36 @@ impl<B: Backend> GatedModel<B> {
                 break;
             }
             if open[gi][u] {
-                open[gi][u] = false;
-                counts[gi] -= 1;
+                // `u` is the least open unit still open in its group: it goes first.
+                let to = below(gi, counts[gi]);
+                set(&mut open, gi, counts[gi] - to, false);
+                counts[gi] = to;
                 current = size_of(&counts);
             }
         }
         for &(_, gi, u) in order.iter().rev() {
             if !open[gi][u] {
-                counts[gi] += 1;
+                let c = counts[gi];
+                let to = above(gi, c, lens[gi]);
+                counts[gi] = to;
                 let with = size_of(&counts);
                 if with <= budget {
-                    open[gi][u] = true;
+                    set(&mut open, gi, to - c, true);
                     current = with;
                 } else {
-                    counts[gi] -= 1;
+                    counts[gi] = c;
                 }
             }
         }
         debug_assert!(current <= budget);
-        Ok(kept_of(&open))
+        Ok(groups
+            .iter()
+            .zip(&open)
+            .map(|(g, o)| Kept {
+                space: g.space.clone(),
+                keep: (0..o.len()).filter(|&u| o[u]).collect(),
+                total: o.len(),
+            })
+            .collect())
     }
 }

@@ -210,8 +210,9 @@ impl<B: Backend> GatedTaskModel<B> {
         self,
         measure: crate::SizeMeasure,
         target: f64,
+        round_to: usize,
     ) -> Result<(TaskModel<B>, PruneReport), PrunerError> {
-        let (backbone, report) = self.gated.prune_to_size(measure, target)?;
+        let (backbone, report) = self.gated.prune_to_size(measure, target, round_to)?;
         Ok((
             TaskModel {
                 backbone,

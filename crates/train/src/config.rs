@@ -147,6 +147,9 @@ pub struct GatedSection {
     pub target_measure: TargetMeasure,
     /// Fraction of the phase over which the target rises linearly from 0.
     pub warmup_fraction: f64,
+    /// Keep every FFN width and the hidden width at a multiple of this many units (or at
+    /// its full width) when hardening to a `params` or `flops` target; 1: any width.
+    pub round_to: usize,
     /// Examples per step.
     pub batch_size: usize,
     /// Gate attention heads.
@@ -238,6 +241,7 @@ impl Default for GatedSection {
             target_sparsity: 0.5,
             target_measure: TargetMeasure::Units,
             warmup_fraction: 0.5,
+            round_to: 1,
             batch_size: 32,
             heads: true,
             neurons: false,
@@ -432,6 +436,14 @@ impl Experiment {
             g.batch_size > 0,
             ">= 1",
         )?;
+        range("gated.round_to", g.round_to as f64, g.round_to >= 1, ">= 1")?;
+        if g.round_to > 1 && g.target_measure == TargetMeasure::Units {
+            return Err(TrainError::OutOfRange {
+                key: "gated.round_to".into(),
+                value: g.round_to.to_string(),
+                expected: "1 with target_measure = \"units\" (rounding widths needs a params or flops target)".into(),
+            });
+        }
         if !(g.heads || g.neurons || g.hidden || g.attention_blocks || g.ffn_blocks) {
             return Err(TrainError::OutOfRange {
                 key: "gated.heads".into(),

@@ -83,12 +83,45 @@ impl Timing {
             f();
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
+        Timing::from_times(&times, peak_mib())
+    }
+
+    fn from_times(times: &[f64], peak_mib: f64) -> Timing {
         Timing {
             min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
             max_ms: times.iter().copied().fold(0.0, f64::max),
-            median_ms: median(times),
-            peak_mib: peak_mib(),
+            median_ms: median(times.to_vec()),
+            peak_mib,
         }
+    }
+
+    /// Two pieces of work timed in alternation (`a`, `b`, `a`, `b`, ...), so that the
+    /// machine's drift affects both alike; each warmed up twice on its own, with its peak
+    /// memory taken then. Also the median of the per-pair ratios `b / a`.
+    fn paired(iters: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (Timing, Timing, f64) {
+        let warm = |f: &mut dyn FnMut()| {
+            reset_peak();
+            f();
+            f();
+            peak_mib()
+        };
+        let (peak_a, peak_b) = (warm(&mut a), warm(&mut b));
+        let time = |f: &mut dyn FnMut()| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1000.0
+        };
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        for _ in 0..iters.max(1) {
+            ta.push(time(&mut a));
+            tb.push(time(&mut b));
+        }
+        let ratios = ta.iter().zip(&tb).map(|(a, b)| b / a).collect();
+        (
+            Timing::from_times(&ta, peak_a),
+            Timing::from_times(&tb, peak_b),
+            median(ratios),
+        )
     }
 
     fn cell(&self) -> String {
@@ -137,6 +170,7 @@ struct PrunedRow {
     seq: usize,
     dense: Timing,
     pruned: Timing,
+    /// The median over the paired repeats of pruned / dense.
     latency_ratio: f64,
     flops_ratio: f64,
 }
@@ -168,13 +202,23 @@ fn time_forward<B: Backend>(
     iters: usize,
     device: &B::Device,
 ) -> Timing {
+    Timing::of(iters, forward_once(model, b, s, device))
+}
+
+/// One forward pass of `model` at batch `b` x seq `s` on fixed ids, read back.
+fn forward_once<'a, B: Backend>(
+    model: &'a Transformer<B>,
+    b: usize,
+    s: usize,
+    device: &B::Device,
+) -> impl FnMut() + 'a {
     let ids = ids::<B>(model.config().vocab_size, b, s, device);
     let mask = Tensor::<B, 2>::ones([b, s], device);
-    Timing::of(iters, || {
+    move || {
         let out = model.forward(ModelInput::new(ids.clone()).with_attention_mask(mask.clone()));
         // Reading the result back forces the computation on lazy backends.
         let _ = out.hidden.into_data();
-    })
+    }
 }
 
 /// Times one training step of the classifier (`shears_train::dense_step`: forward,
@@ -414,15 +458,26 @@ fn pruned_shapes(dense: &ModelConfig) -> Vec<(&'static str, ModelConfig)> {
         }
         c
     };
-    let mut hidden = dense.clone();
-    hidden.d_model = 301;
-    hidden.d_pooler = Some(301);
+    let hidden = |d: usize| {
+        let mut c = dense.clone();
+        c.d_model = d;
+        c.d_pooler = Some(d);
+        c
+    };
     let heads = [12, 7, 0, 5, 12, 3];
     let ffn = [517, 1023, 1536, 777, 300, 1023];
+    // Each odd width next to its neighbours at multiples of 8 (`gated.round_to = 8`
+    // rounds to one of them): does a round width pay for its FLOPs?
     vec![
+        ("ffn 512", with(&|_, l| l.d_ff = 512)),
         ("ffn 517", with(&|_, l| l.d_ff = 517)),
+        ("ffn 520", with(&|_, l| l.d_ff = 520)),
+        ("ffn 1016", with(&|_, l| l.d_ff = 1016)),
         ("ffn 1023", with(&|_, l| l.d_ff = 1023)),
-        ("hidden 301", hidden),
+        ("ffn 1024", with(&|_, l| l.d_ff = 1024)),
+        ("hidden 296", hidden(296)),
+        ("hidden 301", hidden(301)),
+        ("hidden 304", hidden(304)),
         ("heads 6 per layer", with(&|_, l| l.n_heads = 6)),
         (
             "layer 2 headless",
@@ -455,24 +510,27 @@ fn pruned(
     crate::with_backend!(backend, |B, device| {
         let model = Transformer::<B>::new(&dense, &device);
         for &(b, s) in sizes {
-            let base = time_forward(&model, b, s, iters, &device);
             for (shape, config) in pruned_shapes(&dense) {
                 let small = Transformer::<B>::new(&config, &device);
-                let t = time_forward(&small, b, s, iters, &device);
+                let (base, t, ratio) = Timing::paired(
+                    iters,
+                    forward_once(&model, b, s, &device),
+                    forward_once(&small, b, s, &device),
+                );
                 rows.push(PrunedRow {
                     shape: shape.into(),
                     batch: b,
                     seq: s,
                     dense: base,
                     pruned: t,
-                    latency_ratio: t.median_ms / base.median_ms,
+                    latency_ratio: ratio,
                     flops_ratio: config.flops_per_token(s) as f64 / dense.flops_per_token(s) as f64,
                 });
             }
         }
     });
     println!(
-        "\npruned shapes on {backend:?} (fresh weights), latency and FLOPs per token as ratios to the dense model; ms as median (min-max) of {iters} runs"
+        "\npruned shapes on {backend:?} (fresh weights), latency and FLOPs per token as ratios to the dense model; each shape timed in alternation with the dense model, ms as median (min-max) of {iters} runs, the latency ratio the median of the paired ratios"
     );
     println!(
         "| shape | batch x seq | dense | pruned | latency ratio | FLOPs ratio | latency / FLOPs |"
