@@ -13,6 +13,7 @@ mod derived;
 mod error;
 mod eval;
 mod factorize;
+pub mod figures;
 mod measure;
 mod progress;
 pub mod report;
@@ -27,6 +28,7 @@ pub use derived::{DataChoice, Metrics};
 pub use error::*;
 pub use eval::*;
 pub use factorize::*;
+pub use measure::Latency;
 pub use run::*;
 pub use sparsify::{
     DEFAULT_PATTERNS, SparsifyMethod, SparsifyOptions, SparsifySummary, TensorSparsity,

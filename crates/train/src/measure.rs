@@ -42,24 +42,60 @@ pub(crate) fn gate_values<B: Backend>(gated: &GatedModel<B>) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// Median forward latency (ms) of the dense and the pruned model on the same batch (the
-/// first `latency_batch` test examples).
+/// Paired latencies of the dense and the pruned model on one input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    /// Examples in the batch.
+    pub batch: usize,
+    /// Its sequence length.
+    pub seq: usize,
+    /// Median forward latency of the dense model, ms.
+    pub dense_ms: f64,
+    /// The same, pruned.
+    pub pruned_ms: f64,
+}
+
+/// Paired latency of the dense and the pruned model at `eval.latency_batch` (the first
+/// test examples, padded to the longest) and at batch 1 with `data.max_len` tokens (test
+/// examples packed end to end: the time depends on the shape, not on the ids).
 pub(crate) fn latency<B: Backend>(
     dense: &TaskModel<B>,
     pruned: &TaskModel<B>,
     data: &Dataset,
     exp: &Experiment,
     device: &B::Device,
-) -> (f64, f64) {
-    paired_latency(
-        dense,
-        pruned,
-        &data.test,
-        data.pad_id,
-        exp.eval.latency_batch,
-        exp.eval.latency_repeats,
-        device,
-    )
+) -> (Latency, Latency) {
+    let repeats = exp.eval.latency_repeats;
+    let n = exp.eval.latency_batch.min(data.test.len());
+    let seq = data.test.ids[..n].iter().map(Vec::len).max().unwrap_or(1);
+    let (dense_ms, pruned_ms) =
+        paired_latency(dense, pruned, &data.test, data.pad_id, n, repeats, device);
+    let batched = Latency {
+        batch: n,
+        seq,
+        dense_ms,
+        pruned_ms,
+    };
+    let packed = packed_row(&data.test, exp.data.max_len);
+    let (dense_ms, pruned_ms) =
+        paired_latency(dense, pruned, &packed, data.pad_id, 1, repeats, device);
+    let single = Latency {
+        batch: 1,
+        seq: packed.ids[0].len(),
+        dense_ms,
+        pruned_ms,
+    };
+    (batched, single)
+}
+
+/// One row of `len` tokens (fewer when the split has fewer): the split's examples end to
+/// end, labelled as the first.
+fn packed_row(split: &Split, len: usize) -> Split {
+    let ids: Vec<u32> = split.ids.iter().flatten().copied().take(len).collect();
+    Split {
+        ids: vec![if ids.is_empty() { vec![0] } else { ids }],
+        labels: split.labels.first().copied().into_iter().collect(),
+    }
 }
 
 /// Median forward latency (ms) of two models on the same batch (the first `batch`

@@ -1,5 +1,5 @@
-//! `report.json`, `report.md` and its figures (SVG drawn here: a heatmap of gate values per
-//! layer and head, and curves of loss and expected sparsity over the steps).
+//! `report.json`, `report.md` and its figures (see [`crate::figures`]): the head gate values
+//! per layer, the structure kept per layer, and the training curves.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,7 +10,7 @@ use shears_layers::{LoadError, ModelConfig, save::write_atomic};
 
 use crate::data::Dataset;
 use crate::task::Tally;
-use crate::{Experiment, Task};
+use crate::{Experiment, Task, figures};
 
 /// One logged training point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +27,12 @@ pub struct Point {
     pub expected_sparsity: Option<f64>,
     /// The target at this step (gated phase).
     pub target_sparsity: Option<f64>,
+    /// The Lagrange multiplier λ₁ after this step (gated phase).
+    #[serde(default)]
+    pub lambda1: Option<f64>,
+    /// λ₂ (gated phase).
+    #[serde(default)]
+    pub lambda2: Option<f64>,
     /// Learning rate.
     pub lr: f64,
 }
@@ -88,6 +94,9 @@ pub struct Report {
     pub heads_kept: usize,
     /// Heads per layer after.
     pub kept_heads_per_layer: Vec<usize>,
+    /// Heads per layer before.
+    #[serde(default)]
+    pub heads_per_layer_dense: Vec<usize>,
     /// Feed-forward width per layer after.
     pub ffn_per_layer: Vec<usize>,
     /// Feed-forward width per layer before.
@@ -142,6 +151,16 @@ pub struct Report {
     pub latency_ms_pruned: f64,
     /// Batch of the latency measurement.
     pub latency_batch: usize,
+    /// Sequence length of that batch (its longest example).
+    #[serde(default)]
+    pub latency_seq: usize,
+    /// Median forward latency of the dense model on one sequence of `data.max_len` tokens
+    /// (test examples packed end to end), ms.
+    #[serde(default)]
+    pub latency_ms_dense_batch1: f64,
+    /// The same, pruned.
+    #[serde(default)]
+    pub latency_ms_pruned_batch1: f64,
     /// Whole run, seconds (all invocations of a resumed run).
     pub wall_seconds: f64,
     /// Seconds per phase.
@@ -174,8 +193,10 @@ pub struct Parts<'a> {
     pub expected_sparsity: Option<f64>,
     /// Validation metric before the fine-tune: (learned kept set, random kept set).
     pub gate_check: Option<(f64, f64)>,
-    /// Latencies (dense, pruned).
-    pub latency_ms: (f64, f64),
+    /// Latencies at `eval.latency_batch`.
+    pub latency: crate::measure::Latency,
+    /// Latencies at batch 1, `data.max_len` tokens.
+    pub latency_batch1: crate::measure::Latency,
     /// Wall time.
     pub wall_seconds: f64,
     /// Per phase.
@@ -217,6 +238,7 @@ pub fn build(p: Parts<'_>) -> Report {
         heads_total: p.dense_config.layers.iter().map(|l| l.n_heads).sum(),
         heads_kept: p.pruned_config.layers.iter().map(|l| l.n_heads).sum(),
         kept_heads_per_layer: p.pruned_config.layers.iter().map(|l| l.n_heads).collect(),
+        heads_per_layer_dense: p.dense_config.layers.iter().map(|l| l.n_heads).collect(),
         ffn_per_layer: p.pruned_config.layers.iter().map(|l| l.d_ff).collect(),
         ffn_per_layer_dense: p.dense_config.layers.iter().map(|l| l.d_ff).collect(),
         hidden_dense: p.dense_config.d_model,
@@ -245,9 +267,12 @@ pub fn build(p: Parts<'_>) -> Report {
         expected_sparsity_gated: p.expected_sparsity,
         valid_loss_hardened: p.gate_check.map(|c| c.0),
         valid_loss_random_kept: p.gate_check.map(|c| c.1),
-        latency_ms_dense: p.latency_ms.0,
-        latency_ms_pruned: p.latency_ms.1,
-        latency_batch: p.exp.eval.latency_batch.min(p.data.test.len()),
+        latency_ms_dense: p.latency.dense_ms,
+        latency_ms_pruned: p.latency.pruned_ms,
+        latency_batch: p.latency.batch,
+        latency_seq: p.latency.seq,
+        latency_ms_dense_batch1: p.latency_batch1.dense_ms,
+        latency_ms_pruned_batch1: p.latency_batch1.pruned_ms,
         wall_seconds: p.wall_seconds,
         phase_seconds: p.phase_seconds,
         gate_values: p.gate_values,
@@ -256,15 +281,32 @@ pub fn build(p: Parts<'_>) -> Report {
     }
 }
 
-/// Writes `report.json`, `report.md`, `gates.svg` and `curves.svg` into `dir`.
+/// Writes `report.json`, `report.md`, `gates.svg`, `kept.svg` and `curves.svg` into `dir`.
 pub fn write(r: &Report, dir: &Path) -> Result<(), LoadError> {
     let json = serde_json::to_string_pretty(r).expect("report serialises");
     write_atomic(&dir.join("report.json"), json.as_bytes())?;
-    write_atomic(
-        &dir.join("gates.svg"),
-        heatmap_svg(&r.gate_values).as_bytes(),
-    )?;
-    write_atomic(&dir.join("curves.svg"), curves_svg(&r.history).as_bytes())?;
+    let layers: Vec<figures::LayerKept> = (0..r.ffn_per_layer.len())
+        .map(|l| figures::LayerKept {
+            heads: (r.heads_per_layer_dense[l], r.kept_heads_per_layer[l]),
+            ffn: (r.ffn_per_layer_dense[l], r.ffn_per_layer[l]),
+        })
+        .collect();
+    let figures = [
+        ("gates.svg", figures::gate_heatmap(&r.gate_values)),
+        (
+            "kept.svg",
+            figures::kept_structure(&layers, (r.hidden_dense, r.hidden_pruned)),
+        ),
+        ("curves.svg", figures::curves(&r.history)),
+    ];
+    for (name, svg) in figures {
+        let path = dir.join(name);
+        let svg = svg.map_err(|e| LoadError::Io {
+            path: path.clone(),
+            reason: format!("drawing the figure failed: {e}"),
+        })?;
+        write_atomic(&path, svg.as_bytes())?;
+    }
     write_atomic(&dir.join("report.md"), markdown(r).as_bytes())?;
     Ok(())
 }
@@ -335,11 +377,20 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "| latency, batch {} (ms) | {:.1} | {:.1} | {} |",
+        "| latency, batch {} x seq {} (ms) | {:.1} | {:.1} | {} |",
         r.latency_batch,
+        r.latency_seq,
         r.latency_ms_dense,
         r.latency_ms_pruned,
         pct(r.latency_ms_pruned, r.latency_ms_dense)
+    );
+    let _ = writeln!(
+        s,
+        "| latency, batch 1 x seq {} (ms) | {:.1} | {:.1} | {} |",
+        r.config.data.max_len,
+        r.latency_ms_dense_batch1,
+        r.latency_ms_pruned_batch1,
+        pct(r.latency_ms_pruned_batch1, r.latency_ms_dense_batch1)
     );
     if let (Some(a), Some(b)) = (r.accuracy_dense, r.accuracy_pruned) {
         let _ = writeln!(
@@ -394,161 +445,15 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "\nSeconds per phase: {:?}.\n", r.phase_seconds);
     let _ = writeln!(
         s,
+        "## What was kept per layer\n\n![kept structure](kept.svg)\n"
+    );
+    let _ = writeln!(
+        s,
         "## Gate values per layer and head (end of gated training)\n\n![gate values](gates.svg)\n"
     );
     let _ = writeln!(
         s,
-        "## Training loss and expected sparsity\n\n![curves](curves.svg)"
+        "## Training loss, size under the gates and the Lagrange multipliers\n\n![curves](curves.svg)"
     );
-    s
-}
-
-/// A heatmap, rows = layers, columns = heads, value in [0, 1], with the value printed.
-pub fn heatmap_svg(values: &[Vec<f64>]) -> String {
-    let cols = values.iter().map(Vec::len).max().unwrap_or(0);
-    let (cell, left, top) = (44.0, 70.0, 40.0);
-    let w = left + cell * cols as f64 + 20.0;
-    let h = top + cell * values.len() as f64 + 20.0;
-    let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = write!(
-        s,
-        r#"<text x="{left}" y="16">gate value (white = closed, dark = open)</text>"#
-    );
-    for c in 0..cols {
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="middle">h{c}</text>"#,
-            left + cell * (c as f64 + 0.5),
-            top - 6.0
-        );
-    }
-    for (l, row) in values.iter().enumerate() {
-        let y = top + cell * l as f64;
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="end">layer {l}</text>"#,
-            left - 8.0,
-            y + cell * 0.6
-        );
-        for (c, &v) in row.iter().enumerate() {
-            let v = v.clamp(0.0, 1.0);
-            let shade = (255.0 * (1.0 - v)) as u8;
-            let color = format!("rgb({shade},{shade},255)");
-            let text = if v > 0.5 { "white" } else { "black" };
-            let x = left + cell * c as f64;
-            let _ = write!(
-                s,
-                r#"<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{color}" stroke="white"/><text x="{}" y="{}" text-anchor="middle" fill="{text}">{v:.2}</text>"#,
-                x + cell / 2.0,
-                y + cell * 0.6
-            );
-        }
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-/// Two stacked line charts over the global step: training loss (every phase, phases
-/// separated by dashed lines) and expected vs target sparsity (gated phase).
-pub fn curves_svg(history: &[Point]) -> String {
-    let (w, ph, left, gap) = (720.0, 200.0, 60.0, 50.0);
-    let h = 2.0 * ph + 2.0 * gap + 20.0;
-    // Global x: phases laid end to end.
-    let mut xs = Vec::with_capacity(history.len());
-    let mut offset = 0usize;
-    let mut bounds = Vec::new();
-    let mut prev: Option<&str> = None;
-    let mut last_step = 0;
-    for p in history {
-        if prev.is_some_and(|q| q != p.phase) {
-            offset += last_step;
-            bounds.push((offset, p.phase.clone()));
-        } else if prev.is_none() {
-            bounds.push((0, p.phase.clone()));
-        }
-        prev = Some(&p.phase);
-        last_step = p.step;
-        xs.push(offset + p.step);
-    }
-    let xmax = xs.last().copied().unwrap_or(1).max(1) as f64;
-    let sx = |x: usize| left + (w - left - 20.0) * x as f64 / xmax;
-    let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let panel = |s: &mut String,
-                 y0: f64,
-                 title: &str,
-                 ymax: f64,
-                 series: &[(&str, Vec<(usize, f64)>)]| {
-        let sy = |v: f64| y0 + ph - ph * (v / ymax).clamp(0.0, 1.0);
-        let _ = write!(
-            s,
-            r##"<text x="{left}" y="{}">{title}</text><rect x="{left}" y="{y0}" width="{}" height="{ph}" fill="none" stroke="#999"/>"##,
-            y0 - 8.0,
-            w - left - 20.0
-        );
-        for k in 0..=4 {
-            let v = ymax * k as f64 / 4.0;
-            let _ = write!(
-                s,
-                r#"<text x="{}" y="{}" text-anchor="end">{v:.2}</text>"#,
-                left - 6.0,
-                sy(v) + 4.0
-            );
-        }
-        for (b, name) in &bounds {
-            let x = sx(*b);
-            let _ = write!(
-                s,
-                r##"<line x1="{x}" y1="{y0}" x2="{x}" y2="{}" stroke="#bbb" stroke-dasharray="4"/><text x="{}" y="{}" fill="#666">{name}</text>"##,
-                y0 + ph,
-                x + 4.0,
-                y0 + 14.0
-            );
-        }
-        for (i, (label, pts)) in series.iter().enumerate() {
-            let color = ["#1f77b4", "#d62728", "#2ca02c"][i % 3];
-            let path: Vec<String> = pts
-                .iter()
-                .map(|&(x, v)| format!("{:.1},{:.1}", sx(x), sy(v)))
-                .collect();
-            if !path.is_empty() {
-                let _ = write!(
-                    s,
-                    r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
-                    path.join(" ")
-                );
-            }
-            let _ = write!(
-                s,
-                r#"<text x="{}" y="{}" fill="{color}">{label}</text>"#,
-                w - 200.0,
-                y0 + 16.0 * (i as f64 + 1.0)
-            );
-        }
-    };
-    let loss: Vec<(usize, f64)> = xs.iter().zip(history).map(|(&x, p)| (x, p.loss)).collect();
-    let lmax = loss.iter().map(|p| p.1).fold(0.0f64, f64::max).max(1e-6) * 1.05;
-    panel(&mut s, gap, "training loss", lmax, &[("loss", loss)]);
-    let sparse: Vec<(usize, f64)> = xs
-        .iter()
-        .zip(history)
-        .filter_map(|(&x, p)| p.expected_sparsity.map(|v| (x, v)))
-        .collect();
-    let target: Vec<(usize, f64)> = xs
-        .iter()
-        .zip(history)
-        .filter_map(|(&x, p)| p.target_sparsity.map(|v| (x, v)))
-        .collect();
-    panel(
-        &mut s,
-        2.0 * gap + ph,
-        "expected sparsity of the gated units",
-        1.0,
-        &[("expected", sparse), ("target", target)],
-    );
-    s.push_str("</svg>\n");
     s
 }

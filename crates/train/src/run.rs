@@ -305,7 +305,7 @@ pub fn run<B: AutodiffBackend>(
         // target (see `GatedModel::harden_to_size`).
         let prune = |m: GatedTaskModel<_>| match measure {
             None => m.prune(Harden::Count(keep)),
-            Some(size) => m.prune_to_size(size, g.target_sparsity),
+            Some(size) => m.prune_to_size(size, g.target_sparsity, g.round_to),
         };
         // The control of what the gates learned: the same weights with a random kept set
         // of the same size (the mean of a few), both before the fine-tune, on the validation
@@ -357,7 +357,7 @@ pub fn run<B: AutodiffBackend>(
     // Measure and write the output.
     let dense = load(dense_skeleton(), ctx.stage, "dense")?;
     let pruned = load(pruned_skeleton(), ctx.stage, "final")?;
-    let (lat_dense, lat_pruned) = latency(&dense, &pruned, data, exp, device);
+    let (lat, lat1) = latency(&dense, &pruned, data, exp, device);
     // The pruned BERT also goes out in the layout transformers loads, when it can.
     let hf_export = match pruned.backbone.config().family {
         Family::Bert => shears_layers::hf::bert_hf_config(pruned.backbone.config())
@@ -376,7 +376,8 @@ pub fn run<B: AutodiffBackend>(
         pruned_eval: state.pruned.clone().expect("finetune phase ran"),
         expected_sparsity: state.expected_sparsity,
         gate_check: state.gate_check,
-        latency_ms: (lat_dense, lat_pruned),
+        latency: lat,
+        latency_batch1: lat1,
         wall_seconds: state.seconds,
         phase_seconds: state.phase_seconds.clone(),
         history: state.history.clone(),

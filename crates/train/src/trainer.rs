@@ -287,6 +287,8 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
                 accuracy: (exp.task == Task::Classification).then(|| window.accuracy()),
                 expected_sparsity: lag.as_ref().map(|_| last_s),
                 target_sparsity: lag.as_ref().map(|l| l.target.at(step)),
+                lambda1: lag.as_ref().map(|l| l.l1),
+                lambda2: lag.as_ref().map(|l| l.l2),
                 lr: phase.lr_at(step),
             };
             let mut msg = format!("loss {:.4}", point.loss);

@@ -144,6 +144,11 @@ fn bad_configs_name_the_offending_key() {
     assert!(e.contains("dense.batch_size"), "{e}");
     let e = err(MINIMAL, &["nonsense"]);
     assert!(e.contains("nonsense"), "{e}");
+    let e = err(MINIMAL, &["gated.round_to=0", "gated.target_measure=flops"]);
+    assert!(e.contains("gated.round_to") && e.contains('0'), "{e}");
+    // Rounding widths needs a size target: with a unit count it would be ignored.
+    let e = err(MINIMAL, &["gated.round_to=8"]);
+    assert!(e.contains("gated.round_to") && e.contains("units"), "{e}");
     let e = load(tmp.path(), MINIMAL, &[], &[("SHEARS_GATED__WHATEVER", "1")])
         .unwrap_err()
         .to_string();
@@ -154,6 +159,103 @@ fn bad_configs_name_the_offending_key() {
     })
     .unwrap_err();
     assert!(missing.to_string().contains("absent.toml"), "{missing}");
+}
+
+/// The contents of an SVG's text elements.
+fn texts(svg: &str) -> Vec<&str> {
+    svg.split("</text>")
+        .filter(|t| t.contains("<text"))
+        .filter_map(|t| t.rsplit('>').next())
+        .map(str::trim)
+        .collect()
+}
+
+/// SVG text elements that print a value `d.dd`.
+fn value_labels(svg: &str) -> usize {
+    texts(svg)
+        .iter()
+        .filter(|t| {
+            let b = t.as_bytes();
+            b.len() == 4 && b[1] == b'.' && [b[0], b[2], b[3]].iter().all(u8::is_ascii_digit)
+        })
+        .count()
+}
+
+#[test]
+fn report_figures_draw_what_they_are_given() {
+    use shears_train::figures::{LayerKept, curves, gate_heatmap, kept_structure};
+    use shears_train::report::Point;
+    let heat = gate_heatmap(&[vec![0.91, 0.02, 0.5], vec![0.33, 1.0, 0.0]]).unwrap();
+    assert_eq!(value_labels(&heat), 6, "{heat}");
+    let labels = texts(&heat);
+    for label in ["0.91", "0.02", "0.33", "1.00", "layer 0", "layer 1", "h2"] {
+        assert!(labels.contains(&label), "{label}: {heat}");
+    }
+    let layers = [
+        LayerKept {
+            heads: (12, 7),
+            ffn: (1536, 517),
+        },
+        LayerKept {
+            heads: (12, 0),
+            ffn: (1536, 1536),
+        },
+        LayerKept {
+            heads: (12, 12),
+            ffn: (1536, 0),
+        },
+    ];
+    let kept = kept_structure(&layers, (384, 301)).unwrap();
+    let labels = texts(&kept);
+    for label in [
+        "7/12",
+        "0/12",
+        "12/12",
+        "517/1536",
+        "1536/1536",
+        "0/1536",
+        "layer 2",
+        "FFN neurons",
+        "fraction kept",
+    ] {
+        assert!(labels.contains(&label), "{label}: {kept}");
+    }
+    assert!(kept.contains("hidden width 301 of 384"), "{kept}");
+    let point = |phase: &str, step, gated: bool| Point {
+        phase: phase.into(),
+        step,
+        loss: 1.0 / step as f64,
+        accuracy: Some(0.5),
+        expected_sparsity: gated.then_some(0.1 * step as f64),
+        target_sparsity: gated.then_some(0.5),
+        lambda1: gated.then_some(-0.2),
+        lambda2: gated.then_some(0.3),
+        lr: 1e-3,
+    };
+    let history = vec![
+        point("dense", 1, false),
+        point("dense", 2, false),
+        point("gated", 1, true),
+        point("gated", 2, true),
+        point("finetune", 1, false),
+    ];
+    let svg = curves(&history).unwrap();
+    for label in [
+        "training loss",
+        "dense",
+        "gated",
+        "finetune",
+        "expected",
+        "target",
+        "λ₁",
+        "λ₂",
+    ] {
+        assert!(svg.contains(label), "{label}: {svg}");
+    }
+    // Three panels of lines: loss, expected and target size, two multipliers.
+    assert!(svg.matches("<polyline").count() >= 5, "{svg}");
+    let dense_only = curves(&history[..2]).unwrap();
+    assert!(!dense_only.contains("λ₁") && dense_only.contains("training loss"));
 }
 
 #[test]
@@ -397,6 +499,9 @@ fn joint_runs_meet_a_flops_target() {
         (g.neurons, g.hidden, g.attention_blocks, g.ffn_blocks) = (true, true, true, true);
         g.target_measure = shears_train::TargetMeasure::Flops;
         g.target_sparsity = JOINT_TARGET;
+        // One run keeps its widths at multiples of 4.
+        let round_to = if seed == 3 { 4 } else { 1 };
+        g.round_to = round_to;
         exp.finetune.epochs = 1.0;
         exp.eval.latency_repeats = 1;
         let out = tmp.path().join("out");
@@ -417,7 +522,20 @@ fn joint_runs_meet_a_flops_target() {
         );
         eprintln!("{case}");
         assert!(ratio <= 1.0 - JOINT_TARGET, "{case}");
-        // The most one unit costs here is a whole FFN block (2 · 16 · 32 multiply-adds, twice).
+        let widths = c
+            .layers
+            .iter()
+            .map(|l| (l.d_ff, 32))
+            .chain([(c.d_model, 16)]);
+        for (w, full) in widths {
+            assert!(
+                w % round_to == 0 || w == full,
+                "round_to {round_to}: {case}"
+            );
+        }
+        // The most one unit costs here is a whole FFN block (2 · 16 · 32 multiply-adds,
+        // twice); a step of 4 hidden dimensions costs the same (4 · 2 layers · (4 · 16 + 2 ·
+        // 32) multiply-adds, twice).
         let unit = (4 * 16 * 32) as f64 / r.flops_per_token_dense as f64;
         assert!(ratio > 1.0 - JOINT_TARGET - unit, "{case}");
         assert_eq!(c.flops_per_token(16), r.flops_per_token_pruned, "{case}");
@@ -668,6 +786,7 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
         "report.json",
         "report.md",
         "gates.svg",
+        "kept.svg",
         "curves.svg",
         "hf-model/config.json",
         "hf-model/model.safetensors",
@@ -720,8 +839,17 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
         report.heads_total - report.heads_kept - report.headless_layers.len(),
         "{report:?}"
     );
+    // One printed value per head in the heatmap, one `kept/dense` label per layer and
+    // structure in the kept figure.
     let svg = std::fs::read_to_string(out.join("gates.svg")).unwrap();
-    assert_eq!(svg.matches("<rect").count(), 8, "one cell per head");
+    assert_eq!(value_labels(&svg), 8, "one cell per head: {svg}");
+    let kept = std::fs::read_to_string(out.join("kept.svg")).unwrap();
+    for (l, &h) in report.kept_heads_per_layer.iter().enumerate() {
+        assert!(
+            texts(&kept).contains(&format!("{h}/4").as_str()),
+            "layer {l}: {kept}"
+        );
+    }
 
     // The saved pruned model evaluates on a dataset file.
     let summary = eval_dir::<B>(
