@@ -130,7 +130,7 @@ pub fn kept_structure(layers: &[LayerKept], hidden: (usize, usize)) -> Result<St
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(50)
-            .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..1.15)
+            .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..1.3)
             .map_err(err)?;
         let x_fmt = |v: &f64| integer_label(v, |l| format!("layer {l}"));
         chart
@@ -218,12 +218,15 @@ fn panel(
     let mut chart = ChartBuilder::on(area)
         .caption(title, (FONT, 14))
         .margin(8)
+        .margin_right(24)
         .x_label_area_size(30)
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..x_max.max(1.0), lo..hi)
         .map_err(err)?;
+    let x_fmt = |v: &f64| format!("{v:.0}");
     chart
         .configure_mesh()
+        .x_label_formatter(&x_fmt)
         .x_desc("step (all phases)")
         .y_desc(y_desc)
         .draw()
@@ -324,11 +327,21 @@ pub fn curves(history: &[Point]) -> Result<String, FigureError> {
                 &phases,
                 x_max,
             )?;
+            // One panel each: λ₂ starts at `gated.quadratic_init` and would flatten λ₁.
+            let halves = areas[2].split_evenly((1, 2));
             panel(
-                &areas[2],
-                "Lagrange multipliers",
-                "value",
-                &[line("λ₁", &|p| p.lambda1), line("λ₂", &|p| p.lambda2)],
+                &halves[0],
+                "Lagrange multiplier λ₁",
+                "λ₁",
+                &[line("λ₁", &|p| p.lambda1)],
+                &phases,
+                x_max,
+            )?;
+            panel(
+                &halves[1],
+                "Lagrange multiplier λ₂",
+                "λ₂",
+                &[line("λ₂", &|p| p.lambda2)],
                 &phases,
                 x_max,
             )?;
