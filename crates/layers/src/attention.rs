@@ -2,8 +2,6 @@
 //! attention into a BERT or GPT-2 without editing the layers above it.
 
 use burn::prelude::*;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use shears_spaces::Scope;
 
 use crate::{Capture, LayerSpaces, ModelConfig, Projection, kernels};
@@ -102,16 +100,11 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
         let q = split(self.query.forward(x.clone()));
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x));
-        // Burn's attention operation (one fused kernel on flex; scores, softmax and the
-        // weighted sum elsewhere, differentiable under autodiff), with the padding bias
-        // broadcast over heads and query positions and GPT-2's causal mask.
-        let bias = context.bias.clone().map(|bias| bias.expand([b, 1, s, s]));
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: context.causal,
-        };
-        let mut ctx = attention(q, k, v, None, bias, options);
+        // One fused kernel on flex; Burn's attention operation elsewhere (scores, softmax
+        // and the weighted sum, differentiable under autodiff), with the padding bias over
+        // key positions and GPT-2's causal mask.
+        let bias = context.bias.clone().map(|bias| bias.reshape([b, s]));
+        let mut ctx = kernels::attention(q, k, v, bias, context.causal);
         // A head mask scales each head's probabilities, which is scaling its output.
         if let Some(m) = &context.head_mask {
             ctx = ctx * m.clone().reshape([1, h, 1, 1]);

@@ -89,7 +89,10 @@ impl<B: Backend> FeedForwardBlock<B> for FeedForward<B> {
         if let Some(c) = capture {
             c.record(&["up"], x.clone());
         }
-        let mut h = activate(self.up.forward(x), self.activation);
+        let mut h = match self.activation {
+            Activation::Gelu => self.up.forward_act(x, true),
+            act => activate(self.up.forward(x), act),
+        };
         if let Some(m) = neuron_mask {
             let n = m.dims()[0];
             h = h * m.clone().reshape([1, 1, n]);

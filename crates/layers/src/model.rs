@@ -269,13 +269,13 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Layer<B, A, F> {
         match family {
             Family::Bert => {
                 let a = masked(self.attention.forward(x.clone(), &context));
-                let x = self.attention_norm.forward(x + a, hm);
+                let x = self.attention_norm.forward_residual(x, a, hm);
                 let f = masked(self.ffn.forward_captured(
                     x.clone(),
                     masks.ffn,
                     ffn_capture.as_ref(),
                 ));
-                self.ffn_norm.forward(x + f, hm)
+                self.ffn_norm.forward_residual(x, f, hm)
             }
             Family::Gpt2 => {
                 let a = self

@@ -56,4 +56,20 @@ impl<B: Backend> LayerNorm<B> {
             }
         }
     }
+
+    /// `self.forward(x + a, hidden_mask)`: BERT's residual and post-norm, one pass per row
+    /// on flex without a hidden mask ([`crate::kernels::add_layer_norm`]).
+    pub fn forward_residual(
+        &self,
+        x: Tensor<B, 3>,
+        a: Tensor<B, 3>,
+        hidden_mask: Option<&Tensor<B, 1>>,
+    ) -> Tensor<B, 3> {
+        match hidden_mask {
+            None => {
+                crate::kernels::add_layer_norm(x, a, self.weight.val(), self.bias.val(), self.eps)
+            }
+            Some(_) => self.forward(x + a, hidden_mask),
+        }
+    }
 }

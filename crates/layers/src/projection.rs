@@ -9,6 +9,8 @@ use burn::nn::{Initializer, LinearConfig};
 use burn::prelude::*;
 use shears_spaces::{Scope, Space};
 
+use crate::kernels;
+
 /// `x W + b`, or `x A B + b`.
 #[derive(Module, Debug)]
 pub struct Projection<B: Backend> {
@@ -98,18 +100,26 @@ impl<B: Backend> Projection<B> {
     /// factor (Burn's `Linear` on a 3-D input broadcasts the weight and runs one small
     /// product per batch row, which on the CPU backend is markedly slower).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_act(x, false)
+    }
+
+    /// [`Self::forward`], then the exact GELU when `gelu` (fused into the product's output
+    /// pass on flex, see [`crate::kernels::linear`]).
+    pub fn forward_act(&self, x: Tensor<B, 3>, gelu: bool) -> Tensor<B, 3> {
         let [b, s, d] = x.dims();
         let x = x.reshape([b * s, d]);
+        let bias = self.bias.as_ref().map(|b| b.val());
         let y = match (&self.weight, &self.first, &self.second) {
-            (Some(w), _, _) => x.matmul(w.val()),
-            (None, Some(a), Some(bm)) => x.matmul(a.val()).matmul(bm.val()),
+            (Some(w), _, _) => kernels::linear(x, w.val(), bias, gelu),
+            (None, Some(a), Some(bm)) => kernels::linear(
+                kernels::linear(x, a.val(), None, false),
+                bm.val(),
+                bias,
+                gelu,
+            ),
             _ => unreachable!("a projection is dense or factorized"),
         };
         let o = y.dims()[1];
-        let y = match &self.bias {
-            Some(bias) => y + bias.val().reshape([1, o]),
-            None => y,
-        };
         y.reshape([b, s, o])
     }
 

@@ -51,6 +51,10 @@ pub struct Args {
     /// `sparsify` use every core here and 2 torch threads.)
     #[arg(long)]
     threads: Option<usize>,
+    /// `forward` and `train-step` on flex: also time each size with shears-layers' fused
+    /// kernels off and on, in alternation, and print the ratio of the times (off / on).
+    #[arg(long)]
+    fused_ab: bool,
     /// Also write the results as JSON to this file (`-` for standard output).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -221,15 +225,39 @@ fn forward_once<'a, B: Backend>(
     }
 }
 
-/// Times one training step of the classifier (`shears_train::dense_step`: forward,
-/// cross-entropy, backward, global-norm clipping, AdamW) at batch `b` x seq `s`.
-fn time_train_step<B: Backend>(
+/// `f` with the fused kernels off and on, timed in alternation; prints both and the
+/// median ratio of the pairs (off / on). Leaves them on.
+fn fused_ab(b: usize, s: usize, iters: usize, f: &mut dyn FnMut()) {
+    let cell = std::cell::RefCell::new(f);
+    let (off, on, ratio) = Timing::paired(
+        iters,
+        || {
+            shears_layers::kernels::set_fused(false);
+            (cell.borrow_mut())()
+        },
+        || {
+            shears_layers::kernels::set_fused(true);
+            (cell.borrow_mut())()
+        },
+    );
+    shears_layers::kernels::set_fused(true);
+    println!(
+        "shears  batch {b} x seq {s}, fused kernels off {} / on {}: on is {:.3}x as fast (median of the paired ratios)",
+        off.cell(),
+        on.cell(),
+        1.0 / ratio
+    );
+}
+
+/// One training step of the classifier (`shears_train::dense_step`: forward,
+/// cross-entropy, backward, global-norm clipping, AdamW) at batch `b` x seq `s`, as a
+/// closure that takes a step each call.
+fn train_step<'a, B: Backend>(
     dir: &Path,
     b: usize,
     s: usize,
-    iters: usize,
-    device: &B::Device,
-) -> Result<Timing> {
+    device: &'a B::Device,
+) -> Result<impl FnMut() + 'a> {
     type M<B> = TaskModel<Autodiff<B>>;
     let backbone = BertModel::<B>::load(dir, device)?;
     let d_pooler = backbone.config().d_pooler.context("MiniLM has a pooler")?;
@@ -243,7 +271,7 @@ fn time_train_step<B: Backend>(
     let mask = Tensor::<Autodiff<B>, 2>::ones([b, s], device);
     let labels: Vec<i64> = (0..b as i64).map(|i| i % 2).collect();
     let labels = Tensor::<Autodiff<B>, 1, Int>::from_data(TensorData::new(labels, [b]), device);
-    Ok(Timing::of(iters, || {
+    Ok(move || {
         let batch = Batch {
             input: ModelInput::new(ids.clone()).with_attention_mask(mask.clone()),
             labels: Some(labels.clone()),
@@ -252,7 +280,7 @@ fn time_train_step<B: Backend>(
         let m = model.take().expect("the model is put back after each step");
         let (m, _) = shears_train::dense_step(m, &mut opt, batch, 2e-5);
         model = Some(m);
-    }))
+    })
 }
 
 /// Runs the reference for `what` with attention `attn` at `sizes`.
@@ -378,15 +406,23 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
                         t.median_ms, args.iters
                     );
                     out.push(t);
+                    if args.fused_ab {
+                        let mut f = forward_once(&model, b, s, &device);
+                        fused_ab(b, s, args.iters, &mut f);
+                    }
                 }
             } else {
                 for &(b, s) in &sizes {
-                    let t = time_train_step::<B>(&dir, b, s, args.iters, &device)?;
+                    let mut step = train_step::<B>(&dir, b, s, &device)?;
+                    let t = Timing::of(args.iters, &mut step);
                     println!(
                         "shears  MiniLM-L6 train step, batch {b} x seq {s}, {backend:?}: {:.1} ms (median of {})",
                         t.median_ms, args.iters
                     );
                     out.push(t);
+                    if args.fused_ab {
+                        fused_ab(b, s, args.iters, &mut step);
+                    }
                 }
             }
             out
@@ -464,6 +500,16 @@ fn pruned_shapes(dense: &ModelConfig) -> Vec<(&'static str, ModelConfig)> {
         c.d_pooler = Some(d);
         c
     };
+    // The shape the joint config's full run pruned MiniLM to (docs/TRAINING.md).
+    let joint = {
+        let (heads, ffn) = ([11, 11, 9, 5, 5, 7], [1367, 1349, 1299, 0, 0, 0]);
+        let mut c = with(&|i, l| {
+            l.n_heads = heads[i];
+            l.d_ff = ffn[i];
+        });
+        (c.d_model, c.d_pooler) = (371, Some(371));
+        c
+    };
     let heads = [12, 7, 0, 5, 12, 3];
     let ffn = [517, 1023, 1536, 777, 300, 1023];
     // Each odd width next to its neighbours at multiples of 8 (`gated.round_to = 8`
@@ -493,6 +539,10 @@ fn pruned_shapes(dense: &ModelConfig) -> Vec<(&'static str, ModelConfig)> {
                 l.n_heads = heads[i];
                 l.d_ff = ffn[i];
             }),
+        ),
+        (
+            "joint run (TRAINING.md: heads 11,11,9,5,5,7; ffn 1367,1349,1299,0,0,0; hidden 371)",
+            joint,
         ),
     ]
 }

@@ -141,3 +141,223 @@ mod backend {
         on_backend!(heads_match);
     }
 }
+
+/// The fused kernels ([`kernels::linear`], [`kernels::add_layer_norm`],
+/// [`kernels::attention`]) exist on flex only; every other backend runs the generic
+/// operations they are compared with here, so these tests run on flex.
+mod flex {
+    use super::*;
+    use burn::backend::Flex;
+    use shears_layers::MASKED;
+
+    /// Deterministic values in [-1, 1) from a seed.
+    fn noise(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + 1) * 2_654_435_761 + seed * 40_503) % 10_007) as f32 / 5_003.5 - 1.0)
+            .collect()
+    }
+
+    fn tensor<B: Backend, const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<B, D> {
+        Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
+    }
+
+    fn vec_of<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+        t.into_data().to_vec().unwrap()
+    }
+
+    /// `got` equals `want` within `tol[i]` per element.
+    fn close(got: &[f32], want: &[f32], tol: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (i, ((g, w), t)) in got.iter().zip(want).zip(tol).enumerate() {
+            assert!(
+                (g - w).abs() <= *t,
+                "{what}[{i}]: {g} against {w} (tolerance {t})"
+            );
+        }
+    }
+
+    /// Per output of `x W + b`: 2e-6 times `Σ |x w| + |b|`, the size of its terms (a sum of
+    /// large terms of both signs rounds differently in a different order).
+    fn term_sizes(x: &[f32], w: &[f32], b: &[f32], [n, k, m]: [usize; 3]) -> Vec<f32> {
+        let mut t = vec![0.0f32; n * m];
+        for i in 0..n {
+            for j in 0..m {
+                let s: f32 = (0..k).map(|l| (x[i * k + l] * w[l * m + j]).abs()).sum();
+                t[i * m + j] = 2e-6 * (s + b[j].abs()).max(1.0);
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn fused_linear_equals_matmul_add_gelu() {
+        // A small product (one thread) and one large enough for every thread; odd widths.
+        for [n, k, m] in [[7, 13, 5], [130, 200, 301]] {
+            let x = noise(n * k, 1).iter().map(|v| v * 4.0).collect::<Vec<_>>();
+            let w = noise(k * m, 2);
+            let b = noise(m, 3);
+            let tol = term_sizes(&x, &w, &b, [n, k, m]);
+            for gelu in [false, true] {
+                let reference = kernels::linear(
+                    tensor::<Reference, 2>(&x, [n, k]),
+                    tensor(&w, [k, m]),
+                    Some(tensor(&b, [m])),
+                    gelu,
+                );
+                let got = kernels::linear(
+                    tensor::<Flex, 2>(&x, [n, k]),
+                    tensor(&w, [k, m]),
+                    Some(tensor(&b, [m])),
+                    gelu,
+                );
+                let what = format!("linear {n}x{k}x{m}, gelu {gelu}");
+                close(&vec_of(got), &vec_of(reference.clone()), &tol, &what);
+                // A strided input (a transposed view) and no bias.
+                let xt: Tensor<Flex, 2> = tensor::<Flex, 2>(&x, [n, k]).transpose();
+                let got = kernels::linear(xt.transpose(), tensor(&w, [k, m]), None, gelu);
+                let want = kernels::linear(
+                    tensor::<Reference, 2>(&x, [n, k]),
+                    tensor(&w, [k, m]),
+                    None,
+                    gelu,
+                );
+                close(
+                    &vec_of(got),
+                    &vec_of(want),
+                    &tol,
+                    &format!("{what}, strided, no bias"),
+                );
+            }
+        }
+    }
+
+    /// `Σ c · linear(x, w, b)` for fixed weights `c`, and its gradients with respect to `x`,
+    /// `w` and `b`.
+    fn linear_grads<B: Backend>(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        [n, k, m]: [usize; 3],
+        gelu: bool,
+    ) -> [Vec<f32>; 4] {
+        let x = tensor::<Autodiff<B>, 2>(x, [n, k]).require_grad();
+        let w = tensor::<Autodiff<B>, 2>(w, [k, m]).require_grad();
+        let b = tensor::<Autodiff<B>, 1>(b, [m]).require_grad();
+        let y = kernels::linear(x.clone(), w.clone(), Some(b.clone()), gelu);
+        let c = tensor::<Autodiff<B>, 2>(&noise(n * m, 9), [n, m]);
+        let value = vec_of(y.clone().inner());
+        let grads = (y * c).sum().backward();
+        let g = |t: &Tensor<Autodiff<B>, 2>| vec_of(t.grad(&grads).unwrap());
+        [value, g(&x), g(&w), vec_of(b.grad(&grads).unwrap())]
+    }
+
+    #[test]
+    fn fused_linear_gradients_equal_burns() {
+        for [n, k, m] in [[6, 11, 9], [70, 129, 160]] {
+            let (x, w, b) = (noise(n * k, 4), noise(k * m, 5), noise(m, 6));
+            for gelu in [false, true] {
+                let got = linear_grads::<Flex>(&x, &w, &b, [n, k, m], gelu);
+                let want = linear_grads::<Reference>(&x, &w, &b, [n, k, m], gelu);
+                for (i, what) in ["value", "dx", "dw", "db"].iter().enumerate() {
+                    let tol: Vec<f32> = want[i].iter().map(|v| 2e-5 * v.abs().max(1.0)).collect();
+                    close(
+                        &got[i],
+                        &want[i],
+                        &tol,
+                        &format!("{what} {n}x{k}x{m} gelu {gelu}"),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn residual_layer_norm_equals_f64_layer_norm() {
+        let (b, s, d) = (3, 17, 37);
+        let x: Vec<f32> = noise(b * s * d, 7).iter().map(|v| v * 3.0 + 0.5).collect();
+        let a = noise(b * s * d, 8);
+        let (w, bias) = (noise(d, 10), noise(d, 11));
+        let eps = 1e-12;
+        let got = vec_of(kernels::add_layer_norm(
+            tensor::<Flex, 3>(&x, [b, s, d]),
+            tensor(&a, [b, s, d]),
+            tensor(&w, [d]),
+            tensor(&bias, [d]),
+            eps,
+        ));
+        let mut want = vec![0.0f32; b * s * d];
+        for r in 0..b * s {
+            let row: Vec<f64> = (0..d)
+                .map(|i| x[r * d + i] as f64 + a[r * d + i] as f64)
+                .collect();
+            let mean = row.iter().sum::<f64>() / d as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+            for i in 0..d {
+                want[r * d + i] =
+                    ((row[i] - mean) / (var + eps).sqrt() * w[i] as f64 + bias[i] as f64) as f32;
+            }
+        }
+        let tol = vec![1e-5f32; want.len()];
+        close(&got, &want, &tol, "LayerNorm(x + a)");
+        // A broadcast `a` (a block that adds only its bias) takes Burn's operations.
+        let row = noise(d, 12);
+        let a = tensor::<Flex, 1>(&row, [d])
+            .reshape([1, 1, d])
+            .expand([b, s, d]);
+        let got = vec_of(kernels::add_layer_norm(
+            tensor::<Flex, 3>(&x, [b, s, d]),
+            a,
+            tensor(&w, [d]),
+            tensor(&bias, [d]),
+            eps,
+        ));
+        let a = tensor::<Reference, 1>(&row, [d])
+            .reshape([1, 1, d])
+            .expand([b, s, d]);
+        let want = vec_of(kernels::add_layer_norm(
+            tensor::<Reference, 3>(&x, [b, s, d]),
+            a,
+            tensor(&w, [d]),
+            tensor(&bias, [d]),
+            eps,
+        ));
+        close(&got, &want, &tol, "LayerNorm(x + broadcast bias)");
+    }
+
+    #[test]
+    fn attention_kernel_equals_burns_attention() {
+        let (b, h, s, dh) = (3, 5, 19, 8);
+        let n = b * h * s * dh;
+        let (q, k, v) = (noise(n, 13), noise(n, 14), noise(n, 15));
+        let q: Vec<f32> = q.iter().map(|x| x * 3.0).collect();
+        // Padding: the last 4 positions of batch row 1 and the last one of row 2.
+        let mut bias = vec![0.0f32; b * s];
+        for j in s - 4..s {
+            bias[s + j] = MASKED;
+        }
+        bias[3 * s - 1] = MASKED;
+        for causal in [false, true] {
+            for bias in [None, Some(&bias)] {
+                let run = |q: Tensor<Flex, 4>, k, v, m: Option<Tensor<Flex, 2>>| {
+                    vec_of(kernels::attention(q, k, v, m, causal))
+                };
+                let got = run(
+                    tensor(&q, [b, h, s, dh]),
+                    tensor(&k, [b, h, s, dh]),
+                    tensor(&v, [b, h, s, dh]),
+                    bias.map(|m| tensor(m, [b, s])),
+                );
+                let want = vec_of(kernels::attention(
+                    tensor::<Reference, 4>(&q, [b, h, s, dh]),
+                    tensor(&k, [b, h, s, dh]),
+                    tensor(&v, [b, h, s, dh]),
+                    bias.map(|m| tensor(m, [b, s])),
+                    causal,
+                ));
+                let tol = vec![2e-6f32; n];
+                let what = format!("attention, causal {causal}, padding {}", bias.is_some());
+                close(&got, &want, &tol, &what);
+            }
+        }
+    }
+}

@@ -441,13 +441,18 @@ fn gate_check_runs(gate_lr: Option<f64>) -> Vec<(f64, f64)> {
 }
 
 /// Seeds of the gate check. One tiny run's trajectory depends on the CPU's floating-point
-/// summation order (gemm kernels differ between AVX2 and AVX-512 machines); over 24 seeds on
-/// one machine, one run in 24 chose a kept set no better than random (ratios 0.14-0.72
-/// otherwise), so the check is made on the median of five runs.
-const GATE_SEEDS: [u64; 5] = [1, 2, 3, 4, 5];
+/// summation order (the GEMM kernels differ between AVX2 and AVX-512 machines), so the check
+/// is made on the median over several runs. Measured over seeds 1-24 on one machine
+/// (2026-12-02), learned / random validation loss: learned gates 0.14-0.72 with one run at
+/// 1.10 (median 0.46); frozen gates 0.28-3.30 (median 1.06, a third of the runs below 0.8).
+/// Resampling those runs, the median of 11 runs is on the wrong side of [`GATE_MARGIN`] for
+/// about 1 in 1,000 draws of either kind; with 5 runs and a margin of 0.8 the frozen control
+/// passed in 1 draw of 5 (as it once did in CI).
+const GATE_SEEDS: [u64; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
 
-/// The median ratio of learned to random kept-set validation loss must be below this.
-const GATE_MARGIN: f64 = 0.8;
+/// The median ratio of learned to random kept-set validation loss must be below this
+/// (between the two medians above, on a log scale).
+const GATE_MARGIN: f64 = 0.65;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
