@@ -27,7 +27,9 @@ pub struct AttentionContext<B: Backend> {
 /// Implement it (and derive `Module`) to swap attention in every layer of
 /// `BertModel<B, YourAttention<B>>` / `Gpt2Model<B, YourAttention<B>>`; see
 /// `examples/custom_attention.rs`.
-pub trait AttentionBlock<B: Backend>: Module<B> + burn::module::ModuleDisplay {
+///
+/// `Sync` because the forward pass runs on a rayon worker ([`crate::kernels::on_workers`]).
+pub trait AttentionBlock<B: Backend>: Module<B> + burn::module::ModuleDisplay + Sync {
     /// Builds layer `layer`'s attention from the shared config.
     fn new(config: &ModelConfig, layer: usize, device: &B::Device) -> Self;
 

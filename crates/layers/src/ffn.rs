@@ -6,7 +6,9 @@ use shears_spaces::Scope;
 use crate::{Activation, Capture, LayerSpaces, ModelConfig, Projection};
 
 /// A feed-forward implementation a model can be built with.
-pub trait FeedForwardBlock<B: Backend>: Module<B> + burn::module::ModuleDisplay {
+///
+/// `Sync` because the forward pass runs on a rayon worker ([`crate::kernels::on_workers`]).
+pub trait FeedForwardBlock<B: Backend>: Module<B> + burn::module::ModuleDisplay + Sync {
     /// Builds layer `layer`'s feed-forward block from the shared config.
     fn new(config: &ModelConfig, layer: usize, device: &B::Device) -> Self;
 

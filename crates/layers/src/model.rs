@@ -327,7 +327,13 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
     ///
     /// # Shapes
     /// See [`ModelInput`] and [`ModelOutput`].
+    ///
+    /// The pass runs on a rayon worker ([`crate::kernels::on_workers`]).
     pub fn forward(&self, input: ModelInput<B>) -> ModelOutput<B> {
+        crate::kernels::on_workers(|| self.forward_here(input))
+    }
+
+    fn forward_here(&self, input: ModelInput<B>) -> ModelOutput<B> {
         let config = self.config();
         let [b, s] = input.ids.dims();
         let device = input.ids.device();

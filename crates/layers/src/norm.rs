@@ -3,7 +3,6 @@
 
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::TensorPrimitive;
 
 /// Layer normalisation over the last axis, `y = (x - μ) / √(σ² + ε) · weight + bias`.
 ///
@@ -37,13 +36,9 @@ impl<B: Backend> LayerNorm<B> {
     pub fn forward(&self, x: Tensor<B, 3>, hidden_mask: Option<&Tensor<B, 1>>) -> Tensor<B, 3> {
         let d = x.dims()[2];
         match hidden_mask {
-            // Burn's layer-norm operation (fused on flex; the same formula elsewhere).
-            None => Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
-                x.into_primitive().tensor(),
-                self.weight.val().into_primitive().tensor(),
-                Some(self.bias.val().into_primitive().tensor()),
-                self.eps,
-            ))),
+            // One pass per row on flex (with and without autodiff), Burn's layer-norm
+            // operation elsewhere.
+            None => crate::kernels::layer_norm(x, self.weight.val(), self.bias.val(), self.eps),
             Some(mask) => {
                 let w = self.weight.val().reshape([1, 1, d]);
                 let b = self.bias.val().reshape([1, 1, d]);

@@ -15,6 +15,7 @@ mod eval;
 mod factorize;
 pub mod figures;
 mod measure;
+pub mod optim;
 mod progress;
 pub mod report;
 mod run;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
-use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
@@ -57,7 +57,7 @@ pub(crate) fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     impl<B: AutodiffBackend> ModuleVisitor<B> for SumSquares<'_, B> {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
             if let Some(g) = self.grads.get::<B::InnerBackend, D>(p.id) {
-                let s = g.powi_scalar(2).sum();
+                let s = shears_layers::kernels::sum_squares(g);
                 self.total = Some(match self.total.take() {
                     Some(t) => t + s,
                     None => s,
@@ -73,7 +73,8 @@ pub(crate) fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
             let id: ParamId = p.id;
             if let Some(g) = self.grads.remove::<B::InnerBackend, D>(id) {
-                self.grads.register(id, g.mul_scalar(self.factor));
+                self.grads
+                    .register(id, shears_layers::kernels::scale(g, self.factor as f32));
             }
         }
     }
@@ -180,9 +181,10 @@ pub(crate) struct Ctx<'a, B: AutodiffBackend> {
 /// Maximum global gradient norm of the weights.
 pub const MAX_GRAD_NORM: f64 = 1.0;
 
-/// The optimizer of the weights in every phase: AdamW with weight decay 0.01.
+/// The optimizer of the weights in every phase: AdamW with weight decay 0.01 (one fused pass
+/// per parameter on flex, [`crate::optim::FusedAdamW`]).
 pub fn weight_optimizer<B: AutodiffBackend, M: AutodiffModule<B>>() -> impl Optimizer<M, B> {
-    AdamWConfig::new().with_weight_decay(0.01).init::<B, M>()
+    crate::optim::FusedAdamW::new(0.01).init::<B, M>()
 }
 
 /// One training step of a model without gates, as every phase without gates runs it:
@@ -195,10 +197,13 @@ pub fn dense_step<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
     batch: crate::data::Batch<B>,
     lr: f64,
 ) -> (M, Tally) {
-    let (l, tally) = loss(&model, batch.input, batch.labels, Draw::Eval);
-    let mut grads = GradientsParams::from_grads(l.backward(), &model);
-    clip_global_norm(&model, &mut grads, MAX_GRAD_NORM);
-    (opt.step(lr, model, grads), tally)
+    // On a rayon worker: see `kernels::on_workers`.
+    shears_layers::kernels::on_workers(|| {
+        let (l, tally) = loss(&model, batch.input, batch.labels, Draw::Eval);
+        let mut grads = GradientsParams::from_grads(l.backward(), &model);
+        clip_global_norm(&model, &mut grads, MAX_GRAD_NORM);
+        (opt.step(lr, model, grads), tally)
+    })
 }
 
 /// Trains `model` for the rest of `phase` (from `state.step`; from the current
@@ -260,7 +265,7 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
                 (Some(l), Some(s)) => task_loss + l.term(s, step),
                 _ => task_loss,
             };
-            let mut grads = total.backward();
+            let mut grads = shears_layers::kernels::on_workers(|| total.backward());
             if let (Some(gate_lr), Some(g)) = (phase.gate_lr, model.gates()) {
                 let gg = GradientsParams::from_module(&mut grads, g);
                 model = model.map_gates(|gs| gate_opt.step(gate_lr, gs, gg));
@@ -269,7 +274,8 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
             // model's parameters, not the L0 module's).
             let mut rest = GradientsParams::from_grads(grads, &model);
             clip_global_norm(&model, &mut rest, MAX_GRAD_NORM);
-            model = opt.step(phase.lr_at(step), model, rest);
+            let lr = phase.lr_at(step);
+            model = shears_layers::kernels::on_workers(|| opt.step(lr, model, rest));
             if let (Some(l), Some(s)) = (lag.as_deref_mut(), model.expected_sparsity(measure)) {
                 last_s = s.into_scalar().elem::<f64>();
                 l.ascend(last_s, step);

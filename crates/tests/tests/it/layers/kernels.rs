@@ -360,4 +360,276 @@ mod flex {
             }
         }
     }
+
+    /// `Σ c · attention(q, k, v)` for fixed weights `c`, and its gradients with respect to
+    /// `q`, `k` and `v`.
+    fn attention_grads<B: Backend>(
+        [q, k, v]: [&[f32]; 3],
+        bias: Option<&[f32]>,
+        [b, h, s, dh]: [usize; 4],
+        causal: bool,
+    ) -> [Vec<f32>; 4] {
+        let shape = [b, h, s, dh];
+        let q = tensor::<Autodiff<B>, 4>(q, shape).require_grad();
+        let k = tensor::<Autodiff<B>, 4>(k, shape).require_grad();
+        let v = tensor::<Autodiff<B>, 4>(v, shape).require_grad();
+        let bias = bias.map(|m| tensor::<Autodiff<B>, 2>(m, [b, s]));
+        let y = kernels::attention(q.clone(), k.clone(), v.clone(), bias, causal);
+        let c = tensor::<Autodiff<B>, 4>(&noise(b * h * s * dh, 21), shape);
+        let value = vec_of(y.clone().inner());
+        let grads = (y * c).sum().backward();
+        let g = |t: &Tensor<Autodiff<B>, 4>| vec_of(t.grad(&grads).expect("takes part"));
+        [value, g(&q), g(&k), g(&v)]
+    }
+
+    /// [`attention_grads`] in f64 from the formulas: `P = softmax(Q Kᵀ / √d + bias)` (and the
+    /// causal mask), `O = P V`, `dV = Pᵀ C`, `dS = P ⊙ (C Vᵀ - rowsum(P ⊙ C Vᵀ))`,
+    /// `dQ = dS K / √d`, `dK = dSᵀ Q / √d` with `C` the weights of the sum.
+    fn attention_grads_f64(
+        [q, k, v]: [&[f32]; 3],
+        bias: Option<&[f32]>,
+        [b, h, s, dh]: [usize; 4],
+        causal: bool,
+    ) -> [Vec<f32>; 4] {
+        let c = noise(b * h * s * dh, 21);
+        let n = b * h * s * dh;
+        let (mut o, mut dq, mut dk, mut dv) =
+            (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let scale = 1.0 / (dh as f64).sqrt();
+        let at = |t: &[f32], bh: usize, i: usize, j: usize| t[(bh * s + i) * dh + j] as f64;
+        for bh in 0..b * h {
+            let bi = bh / h;
+            let mut p = vec![vec![0.0f64; s]; s];
+            for i in 0..s {
+                let live = if causal { i + 1 } else { s };
+                let mut row: Vec<f64> = (0..live)
+                    .map(|j| {
+                        let dot: f64 = (0..dh).map(|e| at(q, bh, i, e) * at(k, bh, j, e)).sum();
+                        let m = bias.map_or(0.0, |m| m[bi * s + j] as f64);
+                        // f32::MIN as a score removes the key, as in the kernels.
+                        if m <= f32::MIN as f64 {
+                            f64::NEG_INFINITY
+                        } else {
+                            dot * scale + m
+                        }
+                    })
+                    .collect();
+                let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = row
+                    .iter_mut()
+                    .map(|x| {
+                        *x = (*x - max).exp();
+                        *x
+                    })
+                    .sum();
+                for j in 0..live {
+                    p[i][j] = row[j] / sum;
+                }
+            }
+            let cat = |i: usize, e: usize| c[(bh * s + i) * dh + e] as f64;
+            for i in 0..s {
+                for e in 0..dh {
+                    o[(bh * s + i) * dh + e] =
+                        (0..s).map(|j| p[i][j] * at(v, bh, j, e)).sum::<f64>() as f32;
+                }
+            }
+            let mut ds = vec![vec![0.0f64; s]; s];
+            for i in 0..s {
+                let dp: Vec<f64> = (0..s)
+                    .map(|j| (0..dh).map(|e| cat(i, e) * at(v, bh, j, e)).sum())
+                    .collect();
+                let dot: f64 = (0..s).map(|j| p[i][j] * dp[j]).sum();
+                for j in 0..s {
+                    ds[i][j] = p[i][j] * (dp[j] - dot);
+                }
+            }
+            for j in 0..s {
+                for e in 0..dh {
+                    let idx = (bh * s + j) * dh + e;
+                    dv[idx] = (0..s).map(|i| p[i][j] * cat(i, e)).sum::<f64>() as f32;
+                    dq[idx] =
+                        ((0..s).map(|l| ds[j][l] * at(k, bh, l, e)).sum::<f64>() * scale) as f32;
+                    dk[idx] =
+                        ((0..s).map(|i| ds[i][j] * at(q, bh, i, e)).sum::<f64>() * scale) as f32;
+                }
+            }
+        }
+        [o, dq, dk, dv]
+    }
+
+    #[test]
+    fn attention_gradients_equal_the_f64_formulas() {
+        let (b, h, s, dh) = (2, 3, 13, 8);
+        let n = b * h * s * dh;
+        let q: Vec<f32> = noise(n, 16).iter().map(|x| x * 3.0).collect();
+        let (k, v) = (noise(n, 17), noise(n, 18));
+        let mut bias = vec![0.0f32; b * s];
+        for j in s - 5..s {
+            bias[s + j] = MASKED;
+        }
+        for causal in [false, true] {
+            for bias in [None, Some(&bias[..])] {
+                let args = ([&q[..], &k, &v], bias, [b, h, s, dh], causal);
+                let got = attention_grads::<Flex>(args.0, args.1, args.2, args.3);
+                let want = attention_grads_f64(args.0, args.1, args.2, args.3);
+                // Burn's composition (what other backends run) agrees more loosely.
+                let burns = attention_grads::<Reference>(args.0, args.1, args.2, args.3);
+                for (i, what) in ["value", "dq", "dk", "dv"].iter().enumerate() {
+                    let what = format!(
+                        "attention {what}, causal {causal}, padding {}",
+                        bias.is_some()
+                    );
+                    let tol: Vec<f32> = want[i].iter().map(|v| 2e-6 * v.abs().max(1.0)).collect();
+                    close(&got[i], &want[i], &tol, &what);
+                    let tol: Vec<f32> = want[i].iter().map(|v| 2e-4 * v.abs().max(1.0)).collect();
+                    close(&burns[i], &want[i], &tol, &format!("{what} (Burn's)"));
+                }
+            }
+        }
+    }
+
+    /// `Σ c · LayerNorm(x + a)` (or of `x` alone) and its gradients with respect to `x`,
+    /// `a` (when given), the weight and the bias.
+    fn norm_grads<B: Backend>(
+        x: &[f32],
+        a: Option<&[f32]>,
+        w: &[f32],
+        bias: &[f32],
+        [b, s, d]: [usize; 3],
+    ) -> Vec<Vec<f32>> {
+        let x = tensor::<Autodiff<B>, 3>(x, [b, s, d]).require_grad();
+        let a = a.map(|a| tensor::<Autodiff<B>, 3>(a, [b, s, d]).require_grad());
+        let w = tensor::<Autodiff<B>, 1>(w, [d]).require_grad();
+        let bb = tensor::<Autodiff<B>, 1>(bias, [d]).require_grad();
+        let y = match &a {
+            Some(a) => kernels::add_layer_norm(x.clone(), a.clone(), w.clone(), bb.clone(), 1e-12),
+            None => kernels::layer_norm(x.clone(), w.clone(), bb.clone(), 1e-12),
+        };
+        let c = tensor::<Autodiff<B>, 3>(&noise(b * s * d, 22), [b, s, d]);
+        let mut out = vec![vec_of(y.clone().inner())];
+        let grads = (y * c).sum().backward();
+        out.push(vec_of(x.grad(&grads).expect("x takes part")));
+        if let Some(a) = &a {
+            out.push(vec_of(a.grad(&grads).expect("a takes part")));
+        }
+        out.push(vec_of(w.grad(&grads).expect("w takes part")));
+        out.push(vec_of(bb.grad(&grads).expect("b takes part")));
+        out
+    }
+
+    /// [`norm_grads`] in f64: `h = x + a`, `x̂ = (h - μ) / √(σ² + ε)`, `y = x̂ w + b`, and with
+    /// the weights `c` of the sum `dh = (g - mean(g) - x̂ mean(g x̂)) / √(σ² + ε)` for
+    /// `g = c w`, `dw = Σ c x̂`, `db = Σ c`.
+    fn norm_grads_f64(
+        x: &[f32],
+        a: Option<&[f32]>,
+        w: &[f32],
+        bias: &[f32],
+        [b, s, d]: [usize; 3],
+    ) -> Vec<Vec<f32>> {
+        let c = noise(b * s * d, 22);
+        let (mut y, mut dh) = (vec![0.0f32; b * s * d], vec![0.0f32; b * s * d]);
+        let (mut dw, mut db) = (vec![0.0f64; d], vec![0.0f64; d]);
+        for r in 0..b * s {
+            let h: Vec<f64> = (0..d)
+                .map(|i| x[r * d + i] as f64 + a.map_or(0.0, |a| a[r * d + i] as f64))
+                .collect();
+            let mean = h.iter().sum::<f64>() / d as f64;
+            let var = h.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+            let inv = 1.0 / (var + 1e-12).sqrt();
+            let xhat: Vec<f64> = h.iter().map(|v| (v - mean) * inv).collect();
+            let g: Vec<f64> = (0..d).map(|i| c[r * d + i] as f64 * w[i] as f64).collect();
+            let mg = g.iter().sum::<f64>() / d as f64;
+            let mgx = g.iter().zip(&xhat).map(|(g, x)| g * x).sum::<f64>() / d as f64;
+            for i in 0..d {
+                y[r * d + i] = (xhat[i] * w[i] as f64 + bias[i] as f64) as f32;
+                dh[r * d + i] = (inv * (g[i] - mg - xhat[i] * mgx)) as f32;
+                dw[i] += c[r * d + i] as f64 * xhat[i];
+                db[i] += c[r * d + i] as f64;
+            }
+        }
+        let mut out = vec![y, dh.clone()];
+        if a.is_some() {
+            out.push(dh);
+        }
+        out.push(dw.iter().map(|v| *v as f32).collect());
+        out.push(db.iter().map(|v| *v as f32).collect());
+        out
+    }
+
+    #[test]
+    fn layer_norm_gradients_equal_the_f64_formulas() {
+        // More rows than one block of the backward's partial sums (16,384 values).
+        let (b, s, d) = (3, 200, 37);
+        let x: Vec<f32> = noise(b * s * d, 23).iter().map(|v| v * 3.0 + 0.5).collect();
+        let a = noise(b * s * d, 24);
+        let (w, bias) = (noise(d, 25), noise(d, 26));
+        for a in [Some(&a[..]), None] {
+            let got = norm_grads::<Flex>(&x, a, &w, &bias, [b, s, d]);
+            let want = norm_grads_f64(&x, a, &w, &bias, [b, s, d]);
+            let burns = norm_grads::<Reference>(&x, a, &w, &bias, [b, s, d]);
+            let names: &[&str] = match a {
+                Some(_) => &["value", "dx", "da", "dw", "db"],
+                None => &["value", "dx", "dw", "db"],
+            };
+            assert_eq!(got.len(), names.len());
+            for (i, what) in names.iter().enumerate() {
+                let what = format!("layer norm {what}, residual {}", a.is_some());
+                // The weight's and bias's gradients sum 600 rows.
+                let tol: Vec<f32> = want[i].iter().map(|v| 1e-5 * v.abs().max(1.0)).collect();
+                close(&got[i], &want[i], &tol, &what);
+                let tol: Vec<f32> = want[i].iter().map(|v| 1e-3 * v.abs().max(1.0)).collect();
+                close(&burns[i], &want[i], &tol, &format!("{what} (Burn's)"));
+            }
+        }
+    }
+
+    #[test]
+    fn fused_adamw_equals_burns_arithmetic() {
+        let shape = [37, 29];
+        let n = 37 * 29;
+        let p0 = noise(n, 30);
+        let mut got = (tensor::<Flex, 2>(&p0, shape), None);
+        let mut want = (tensor::<Reference, 2>(&p0, shape), None);
+        for t in 1..=4 {
+            let g: Vec<f32> = noise(n, 30 + t).iter().map(|v| v * 0.1).collect();
+            let h = kernels::AdamWStep {
+                lr: 1e-3 * t as f64,
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-5,
+                weight_decay: 0.01,
+                time: t,
+            };
+            let (p, m, v) = kernels::adamw_step(got.0, tensor(&g, shape), got.1, h);
+            got = (p, Some((m, v)));
+            let (p, m, v) = kernels::adamw_step(want.0, tensor(&g, shape), want.1, h);
+            want = (p, Some((m, v)));
+        }
+        let (gm, gv) = got.1.unwrap();
+        let (wm, wv) = want.1.unwrap();
+        for (what, g, w) in [
+            ("param", vec_of(got.0), vec_of(want.0)),
+            ("m", vec_of(gm), vec_of(wm)),
+            ("v", vec_of(gv), vec_of(wv)),
+        ] {
+            let tol: Vec<f32> = w.iter().map(|v| 1e-6 * v.abs().max(1e-3)).collect();
+            close(&g, &w, &tol, &format!("adamw {what}"));
+        }
+    }
+
+    #[test]
+    fn sum_of_squares_and_scale_equal_burns() {
+        // More than one block of 16,384 values.
+        let v: Vec<f32> = noise(40_000, 40).iter().map(|x| x * 2.0).collect();
+        let want: f64 = v.iter().map(|x| (*x as f64).powi(2)).sum();
+        let got = vec_of(kernels::sum_squares(tensor::<Flex, 2>(&v, [200, 200])))[0] as f64;
+        assert!(
+            (got - want).abs() <= 1e-6 * want,
+            "sum of squares {got} against {want}"
+        );
+        let scaled = vec_of(kernels::scale(tensor::<Flex, 2>(&v, [200, 200]), 0.37));
+        let want: Vec<f32> = v.iter().map(|x| x * 0.37).collect();
+        assert_eq!(scaled, want, "scale");
+    }
 }

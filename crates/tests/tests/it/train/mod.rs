@@ -161,6 +161,47 @@ fn bad_configs_name_the_offending_key() {
     assert!(missing.to_string().contains("absent.toml"), "{missing}");
 }
 
+/// The weights optimizer (`FusedAdamW`, one pass per parameter on flex) against Burn's own
+/// `AdamW` with the same settings: three steps on a small BERT, every parameter compared.
+fn fused_adamw_matches<B: Backend>(device: &B::Device) {
+    use burn::module::AutodiffModule;
+    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use shears_layers::{ModelInput, tensorio};
+    type A<B> = Autodiff<B>;
+    let mut config = ModelConfig::bert(50, 16, 2, 2, 24);
+    config.max_positions = 8;
+    let model: Transformer<A<B>> = Transformer::new(&config, device);
+    // Burn initialises parameters lazily: read them once so that both copies share them.
+    tensorio::export(&model);
+    let mut ours = shears_train::optim::FusedAdamW::new(0.01).init::<A<B>, Transformer<A<B>>>();
+    let mut burns = AdamWConfig::new()
+        .with_weight_decay(0.01)
+        .init::<A<B>, Transformer<A<B>>>();
+    let (mut a, mut b) = (model.clone(), model);
+    for step in 0..3 {
+        let ids: Vec<i64> = (0..12).map(|i| ((i * 7 + step * 3) % 50) as i64).collect();
+        let ids = Tensor::<A<B>, 2, Int>::from_data(TensorData::new(ids, [2, 6]), device);
+        let loss = |m: &Transformer<A<B>>| {
+            let out = m.forward(ModelInput::new(ids.clone()));
+            out.hidden.powi_scalar(2).mean()
+        };
+        let ga = GradientsParams::from_grads(loss(&a).backward(), &a);
+        a = ours.step(1e-2, a, ga);
+        let gb = GradientsParams::from_grads(loss(&b).backward(), &b);
+        b = burns.step(1e-2, b, gb);
+    }
+    let (ta, tb) = (tensorio::export(&a.valid()), tensorio::export(&b.valid()));
+    assert_eq!(ta.len(), tb.len());
+    for ((name, x), (_, y)) in ta.iter().zip(tb.iter()) {
+        for (i, (u, v)) in x.data.iter().zip(&y.data).enumerate() {
+            assert!(
+                (u - v).abs() <= 1e-5 * v.abs().max(1.0),
+                "{name}[{i}]: FusedAdamW {u}, Burn's AdamW {v}"
+            );
+        }
+    }
+}
+
 /// The contents of an SVG's text elements.
 fn texts(svg: &str) -> Vec<&str> {
     svg.split("</text>")
@@ -1225,6 +1266,11 @@ fn bad_inputs_leave_no_output_behind() {
 /// each backend, everything else once.
 mod backend {
     use super::*;
+
+    #[test]
+    fn fused_adamw_equals_burns_adamw() {
+        on_backend!(fused_adamw_matches);
+    }
 
     #[test]
     fn tiny_bert_trains_prunes_resumes_and_reports() {

@@ -1,0 +1,1360 @@
+use std::any::Any;
+
+use burn::backend::Autodiff;
+use burn::backend::Flex;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::flex::FlexTensor;
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use pulp::{Arch, Simd, WithSimd};
+use rayon::prelude::*;
+
+/// Training's backend: flex under autodiff (no checkpointing, Burn's default).
+pub type Ad = Autodiff<Flex>;
+
+/// Elements per parallel task: large enough to amortise scheduling.
+const CHUNK: usize = 1 << 14;
+
+/// `x` as a tensor of backend `T`, or back unchanged when `B` is another backend.
+pub fn cast<T: Backend, B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+) -> Result<Tensor<T, D>, Tensor<B, D>> {
+    let boxed: Box<dyn Any> = Box::new(x);
+    match boxed.downcast::<Tensor<T, D>>() {
+        Ok(t) => Ok(*t),
+        Err(b) => Err(*b
+            .downcast::<Tensor<B, D>>()
+            .expect("the tensor boxed above")),
+    }
+}
+
+/// The inverse of [`cast`] (only called when `B` is `T`).
+pub fn uncast<T: Backend, B: Backend, const D: usize>(x: Tensor<T, D>) -> Tensor<B, D> {
+    let boxed: Box<dyn Any> = Box::new(x);
+    *boxed
+        .downcast::<Tensor<B, D>>()
+        .expect("uncast is called only when B is T")
+}
+
+/// The values of `t` in row-major order (moved out when `t` owns a contiguous buffer).
+fn values(t: FlexTensor) -> Vec<f32> {
+    match t.into_data().into_vec::<f32>() {
+        Ok(v) => v,
+        Err(e) => panic!("flex kernels take f32 tensors: {e:?}"),
+    }
+}
+
+fn make(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(v, shape))
+}
+
+fn dims(t: &FlexTensor) -> Vec<usize> {
+    t.layout().shape().to_vec()
+}
+
+fn float<const D: usize>(t: FlexTensor) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// `x Φ(x)`, elementwise, on every thread.
+#[inline]
+pub fn gelu(t: FlexTensor) -> FlexTensor {
+    let shape = dims(&t);
+    let mut v = values(t);
+    v.par_chunks_mut(CHUNK)
+        .for_each(|c| Arch::new().dispatch(GeluBias { rows: c, bias: &[] }));
+    make(v, shape)
+}
+
+/// `grad · (Φ(x) + x φ(x))`.
+#[inline]
+fn gelu_grad(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+    let shape = dims(&x);
+    let x = values(x);
+    let mut g = values(grad);
+    g.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(g, x)| Arch::new().dispatch(GeluGrad { g, x }));
+    make(g, shape)
+}
+
+/// `[batch · seq, heads · d_head]` to contiguous `[batch, heads, seq, d_head]`.
+// `#[inline]`: compiled (and optimised) in the crate that runs the model, as the generic
+// kernels are (our crates build at opt-level 1 in the dev profile).
+#[inline]
+pub fn split_heads(t: FlexTensor, batch: usize, heads: usize) -> FlexTensor {
+    let [n, w] = dims(&t)[..] else {
+        panic!("split_heads takes a matrix")
+    };
+    let (seq, dh) = (n / batch, w / heads);
+    let v = values(t);
+    let mut out = vec![0.0f32; n * w];
+    // One task per (batch, head): seq rows of d_head contiguous values.
+    out.par_chunks_mut((seq * dh).max(1))
+        .enumerate()
+        .for_each(|(bh, dst)| {
+            let (b, h) = (bh / heads, bh % heads);
+            for s in 0..seq {
+                let src = (b * seq + s) * w + h * dh;
+                dst[s * dh..(s + 1) * dh].copy_from_slice(&v[src..src + dh]);
+            }
+        });
+    make(out, vec![batch, heads, seq, dh])
+}
+
+/// `[batch, heads, seq, d_head]` to `[batch · seq, heads · d_head]` (as `out`'s shape).
+#[inline]
+pub fn merge_heads(t: FlexTensor, out_shape: Vec<usize>) -> FlexTensor {
+    let [b, h, s, dh] = dims(&t)[..] else {
+        panic!("merge_heads takes a 4-D tensor")
+    };
+    let v = values(t);
+    let w = h * dh;
+    let mut out = vec![0.0f32; b * s * w];
+    // One task per (batch, position): a row of heads · d_head values.
+    out.par_chunks_mut(w.max(1))
+        .enumerate()
+        .for_each(|(bs, dst)| {
+            let (bi, si) = (bs / s, bs % s);
+            for hi in 0..h {
+                let src = ((bi * h + hi) * s + si) * dh;
+                dst[hi * dh..(hi + 1) * dh].copy_from_slice(&v[src..src + dh]);
+            }
+        });
+    make(out, out_shape)
+}
+
+pub fn on_flex<const D: usize, const E: usize>(
+    x: Tensor<Flex, D>,
+    f: impl FnOnce(FlexTensor) -> FlexTensor,
+) -> Tensor<Flex, E> {
+    float(f(x.into_primitive().tensor()))
+}
+
+/// GELU under autodiff: the forward and backward kernels above.
+#[inline]
+pub fn gelu_ad<const D: usize>(x: Tensor<Ad, D>) -> Tensor<Ad, D> {
+    #[derive(Debug)]
+    struct GeluBackward;
+    impl Backward<Flex, 1> for GeluBackward {
+        type State = FlexTensor;
+        fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let x = ops.state;
+            unary::<Flex, _>(ops.parents, ops.node, grads, |g| gelu_grad(x, g));
+        }
+    }
+    let t = x.into_primitive().tensor();
+    let out = match GeluBackward
+        .prepare::<NoCheckpointing>([t.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(t.primitive.clone(), gelu(t.primitive)),
+        OpsKind::UnTracked(prep) => prep.finish(gelu(t.primitive)),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// `split_heads` under autodiff (its gradient is `merge_heads`).
+#[inline]
+pub fn split_heads_ad(x: Tensor<Ad, 2>, batch: usize, heads: usize) -> Tensor<Ad, 4> {
+    #[derive(Debug)]
+    struct SplitBackward;
+    impl Backward<Flex, 1> for SplitBackward {
+        type State = Vec<usize>;
+        fn backward(self, ops: Ops<Vec<usize>, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let shape = ops.state;
+            unary::<Flex, _>(ops.parents, ops.node, grads, |g| merge_heads(g, shape));
+        }
+    }
+    let t = x.into_primitive().tensor();
+    let shape = dims(&t.primitive);
+    let out = match SplitBackward
+        .prepare::<NoCheckpointing>([t.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(shape, split_heads(t.primitive, batch, heads)),
+        OpsKind::UnTracked(prep) => prep.finish(split_heads(t.primitive, batch, heads)),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// `merge_heads` under autodiff (its gradient is `split_heads`).
+#[inline]
+pub fn merge_heads_ad(x: Tensor<Ad, 4>) -> Tensor<Ad, 3> {
+    #[derive(Debug)]
+    struct MergeBackward;
+    impl Backward<Flex, 1> for MergeBackward {
+        type State = (usize, usize);
+        fn backward(
+            self,
+            ops: Ops<(usize, usize), 1>,
+            grads: &mut Gradients,
+            _: &mut Checkpointer,
+        ) {
+            let (batch, heads) = ops.state;
+            unary::<Flex, _>(ops.parents, ops.node, grads, |g| {
+                let [b, s, w] = dims(&g)[..] else {
+                    panic!("the gradient of merge_heads is 3-D")
+                };
+                let g = make(values(g), vec![b * s, w]);
+                split_heads(g, batch, heads)
+            });
+        }
+    }
+    let [b, h, s, dh] = x.dims();
+    let t = x.into_primitive().tensor();
+    let out = match MergeBackward
+        .prepare::<NoCheckpointing>([t.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((b, h), merge_heads(t.primitive, vec![b, s, h * dh])),
+        OpsKind::UnTracked(prep) => prep.finish(merge_heads(t.primitive, vec![b, s, h * dh])),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// `t`'s values as a row-major slice, copied only when `t` is a strided view.
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.layout().contiguous_offsets().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("flex kernels take contiguous f32 tensors (see `contiguous`)")
+}
+
+fn prim<const D: usize>(x: Tensor<Flex, D>) -> FlexTensor {
+    x.into_primitive().tensor()
+}
+
+/// The tensor `cast` to `T` when it is known to be of backend `T` (the other arguments of
+/// an operation whose first argument was).
+fn same<T: Backend, B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<T, D> {
+    cast::<T, B, D>(x).unwrap_or_else(|_| unreachable!("every argument has one backend"))
+}
+
+fn is_f32<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    x.dtype() == burn::tensor::DType::F32
+}
+
+/// A product of `flops` multiply-adds runs on every thread when it is large enough to
+/// pay for the threads' synchronisation.
+fn par(flops: usize) -> Par {
+    if flops < 1 << 20 || rayon::current_num_threads() < 2 {
+        Par::Seq
+    } else {
+        Par::rayon(0)
+    }
+}
+
+type LinearArgs<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
+
+/// [`super::linear`] on flex and `Autodiff<Flex>`, or the arguments back.
+pub fn linear_dispatch<B: Backend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+    gelu: bool,
+) -> Result<Tensor<B, 2>, LinearArgs<B>> {
+    let [n, k] = x.dims();
+    let m = w.dims()[1];
+    let f32s = is_f32(&x) && is_f32(&w) && b.as_ref().is_none_or(is_f32);
+    if !super::fused() || !f32s || n * k * m == 0 {
+        return Err((x, w, b));
+    }
+    let x = match cast::<Flex, B, 2>(x) {
+        Ok(x) => {
+            let y = linear(
+                prim(x),
+                prim(same::<Flex, B, 2>(w)),
+                b.map(|b| prim(same::<Flex, B, 1>(b))),
+                gelu,
+            );
+            return Ok(uncast(float(y)));
+        }
+        Err(x) => x,
+    };
+    match (cast::<Ad, B, 2>(x), b) {
+        (Ok(x), Some(b)) => Ok(uncast(linear_ad(
+            x,
+            same::<Ad, B, 2>(w),
+            same::<Ad, B, 1>(b),
+            gelu,
+        ))),
+        (Ok(x), b) => Err((uncast(x), w, b)),
+        (Err(x), b) => Err((x, w, b)),
+    }
+}
+
+/// `x W + b`, then GELU when `gelu`.
+#[inline]
+pub fn linear(x: FlexTensor, w: FlexTensor, b: Option<FlexTensor>, gelu: bool) -> FlexTensor {
+    let (x, w) = (contiguous(x), contiguous(w));
+    let ([n, k], [_, m]) = (dims2(&x), dims2(&w));
+    let b = b.map(contiguous);
+    let bias = b.as_ref().map(slice);
+    let mut out = match (bias, gelu) {
+        // The product adds to the bias rows.
+        (Some(bias), false) => bias.repeat(n),
+        _ => vec![0.0f32; n * m],
+    };
+    let accum = if bias.is_some() && !gelu {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    matmul(
+        MatMut::from_row_major_slice_mut(&mut out, n, m),
+        accum,
+        MatRef::from_row_major_slice(slice(&x), n, k),
+        MatRef::from_row_major_slice(slice(&w), k, m),
+        1.0f32,
+        par(n * k * m),
+    );
+    if gelu {
+        let zero = vec![0.0f32; m];
+        let bias = bias.unwrap_or(&zero);
+        let rows = (CHUNK / m).max(1);
+        out.par_chunks_mut(rows * m)
+            .for_each(|rows| Arch::new().dispatch(GeluBias { rows, bias }));
+    }
+    make(out, vec![n, m])
+}
+
+fn dims2(t: &FlexTensor) -> [usize; 2] {
+    match dims(t)[..] {
+        [a, b] => [a, b],
+        _ => panic!("a matrix was expected"),
+    }
+}
+
+/// `a · b` (`a: [n, k]`, `b: [k, m]`, either given transposed).
+fn product(a: &FlexTensor, ta: bool, b: &FlexTensor, tb: bool) -> FlexTensor {
+    fn view(t: &FlexTensor, transposed: bool) -> MatRef<'_, f32> {
+        let [r, c] = dims2(t);
+        let v = MatRef::from_row_major_slice(slice(t), r, c);
+        if transposed { v.transpose() } else { v }
+    }
+    let (a, b) = (view(a, ta), view(b, tb));
+    let (n, k, m) = (a.nrows(), a.ncols(), b.ncols());
+    let mut out = vec![0.0f32; n * m];
+    matmul(
+        MatMut::from_row_major_slice_mut(&mut out, n, m),
+        Accum::Replace,
+        a,
+        b,
+        1.0f32,
+        par(n * k * m),
+    );
+    make(out, vec![n, m])
+}
+
+/// The sum of the rows of `g: [n, m]`.
+fn column_sums(g: &FlexTensor) -> FlexTensor {
+    let [_, m] = dims2(g);
+    let mut out = vec![0.0f32; m];
+    Arch::new().dispatch(ColumnSums {
+        out: &mut out,
+        g: slice(g),
+    });
+    make(out, vec![m])
+}
+
+/// [`linear`] under autodiff.
+#[inline]
+pub fn linear_ad(
+    x: Tensor<Ad, 2>,
+    w: Tensor<Ad, 2>,
+    b: Tensor<Ad, 1>,
+    gelu: bool,
+) -> Tensor<Ad, 2> {
+    /// The input, the weight, and the pre-activation when GELU follows.
+    type LinearState = (FlexTensor, FlexTensor, Option<FlexTensor>);
+    #[derive(Debug)]
+    struct LinearBackward;
+    impl Backward<Flex, 3> for LinearBackward {
+        type State = LinearState;
+        fn backward(self, ops: Ops<LinearState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [px, pw, pb] = ops.parents;
+            let grad = grads.consume::<Flex>(&ops.node);
+            let (x, w, z) = ops.state;
+            let dz = contiguous(match z {
+                Some(z) => gelu_grad(z, grad),
+                None => grad,
+            });
+            if let Some(node) = pb {
+                grads.register::<Flex>(node.id, column_sums(&dz));
+            }
+            if let Some(node) = pw {
+                grads.register::<Flex>(node.id, product(&x, true, &dz, false));
+            }
+            if let Some(node) = px {
+                grads.register::<Flex>(node.id, product(&dz, false, &w, true));
+            }
+        }
+    }
+    let (x, w, b) = (
+        x.into_primitive().tensor(),
+        w.into_primitive().tensor(),
+        b.into_primitive().tensor(),
+    );
+    let nodes = [x.node.clone(), w.node.clone(), b.node.clone()];
+    let out = match LinearBackward
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (xp, wp) = (contiguous(x.primitive), contiguous(w.primitive));
+            let z = linear(xp.clone(), wp.clone(), Some(b.primitive), false);
+            if gelu {
+                let y = self::gelu(make(slice(&z).to_vec(), dims(&z)));
+                prep.finish((xp, wp, Some(z)), y)
+            } else {
+                prep.finish((xp, wp, None), z)
+            }
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(linear(x.primitive, w.primitive, Some(b.primitive), gelu))
+        }
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+type NormArgs<B> = (
+    Tensor<B, 3>,
+    Option<Tensor<B, 3>>,
+    Tensor<B, 1>,
+    Tensor<B, 1>,
+);
+
+/// [`super::add_layer_norm`] and [`super::layer_norm`] on flex (contiguous `x` and `a` of one
+/// shape) and `Autodiff<Flex>`, or the arguments back.
+pub fn add_layer_norm_dispatch<B: Backend>(
+    x: Tensor<B, 3>,
+    a: Option<Tensor<B, 3>>,
+    weight: Tensor<B, 1>,
+    bias: Tensor<B, 1>,
+    eps: f64,
+) -> Result<Tensor<B, 3>, NormArgs<B>> {
+    let f32s = is_f32(&x) && a.as_ref().is_none_or(is_f32) && is_f32(&weight) && is_f32(&bias);
+    let same_shape = a.as_ref().is_none_or(|a| a.dims() == x.dims());
+    if !super::fused() || !f32s || !same_shape || x.dims()[2] == 0 {
+        return Err((x, a, weight, bias));
+    }
+    let x = match cast::<Flex, B, 3>(x) {
+        Ok(x) => x,
+        Err(x) => match cast::<Ad, B, 3>(x) {
+            Ok(x) => {
+                let a = a.map(same::<Ad, B, 3>);
+                let (w, b) = (same::<Ad, B, 1>(weight), same::<Ad, B, 1>(bias));
+                return Ok(uncast(add_layer_norm_ad(x, a, w, b, eps as f32)));
+            }
+            Err(x) => return Err((x, a, weight, bias)),
+        },
+    };
+    let a = a.map(|a| prim(same::<Flex, B, 3>(a)));
+    let xp = prim(x);
+    let strided = |t: &FlexTensor| t.layout().contiguous_offsets().is_none();
+    if strided(&xp) || a.as_ref().is_some_and(strided) {
+        return Err((uncast(float(xp)), a.map(|a| uncast(float(a))), weight, bias));
+    }
+    let (w, b) = (
+        contiguous(prim(same::<Flex, B, 1>(weight))),
+        contiguous(prim(same::<Flex, B, 1>(bias))),
+    );
+    Ok(uncast(float(
+        add_layer_norm(&xp, a.as_ref(), &w, &b, eps as f32, false).0,
+    )))
+}
+
+/// `LayerNorm(x + a)` (or of `x` alone) per row of the last axis; with `keep`, also the
+/// normalised rows `x̂` and each row's `1 / √(σ² + ε)` (what the backward pass needs).
+#[inline]
+fn add_layer_norm(
+    x: &FlexTensor,
+    a: Option<&FlexTensor>,
+    w: &FlexTensor,
+    b: &FlexTensor,
+    eps: f32,
+    keep: bool,
+) -> (FlexTensor, Option<(FlexTensor, FlexTensor)>) {
+    let shape = dims(x);
+    let d = shape[shape.len() - 1];
+    let (xs, ws, bs) = (slice(x), slice(w), slice(b));
+    let a = a.map(slice);
+    let n = xs.len() / d;
+    let mut out = vec![0.0f32; xs.len()];
+    let (mut xhat, mut inv) = if keep {
+        (vec![0.0f32; xs.len()], vec![0.0f32; n])
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let rows = (CHUNK / d).max(1);
+    let chunk = rows * d;
+    let run = |i: usize, out: &mut [f32], keep: Option<(&mut [f32], &mut [f32])>| {
+        let span = i * chunk..i * chunk + out.len();
+        Arch::new().dispatch(AddNorm {
+            out,
+            x: &xs[span.clone()],
+            a: a.map(|a| &a[span]),
+            w: ws,
+            b: bs,
+            eps,
+            keep,
+        })
+    };
+    if keep {
+        out.par_chunks_mut(chunk)
+            .zip(xhat.par_chunks_mut(chunk).zip(inv.par_chunks_mut(rows)))
+            .enumerate()
+            .for_each(|(i, (out, (xhat, inv)))| run(i, out, Some((xhat, inv))));
+    } else {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, out)| run(i, out, None));
+    }
+    let kept = keep.then(|| (make(xhat, shape.clone()), make(inv, vec![n])));
+    (make(out, shape), kept)
+}
+
+/// The gradients of `y = x̂ · w + b` with `x̂ = (h - μ) · inv`: `(dh, dw, db)`.
+///
+/// Deterministic: `dw` and `db` are summed over fixed row blocks, then the blocks in order,
+/// whatever the thread count.
+fn layer_norm_backward(
+    dy: &FlexTensor,
+    xhat: &FlexTensor,
+    inv: &FlexTensor,
+    w: &FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let shape = dims(dy);
+    let d = shape[shape.len() - 1];
+    let (gs, xs, is, ws) = (slice(dy), slice(xhat), slice(inv), slice(w));
+    let rows = (CHUNK / d).max(1);
+    let chunk = rows * d;
+    let mut dh = vec![0.0f32; gs.len()];
+    let blocks = gs.len().div_ceil(chunk.max(1));
+    // Per block: dw then db.
+    let mut partial = vec![0.0f32; blocks * 2 * d];
+    dh.par_chunks_mut(chunk)
+        .zip(partial.par_chunks_mut(2 * d))
+        .enumerate()
+        .for_each(|(i, (dh, part))| {
+            let len = dh.len();
+            let span = i * chunk..i * chunk + len;
+            Arch::new().dispatch(NormGrad {
+                dh,
+                part,
+                dy: &gs[span.clone()],
+                xhat: &xs[span],
+                inv: &is[i * rows..i * rows + len / d],
+                w: ws,
+            })
+        });
+    let (mut dw, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
+    for part in partial.chunks_exact(2 * d) {
+        for j in 0..d {
+            dw[j] += part[j];
+            db[j] += part[d + j];
+        }
+    }
+    (make(dh, shape), make(dw, vec![d]), make(db, vec![d]))
+}
+
+/// [`add_layer_norm`] under autodiff: `x` and `a` (when given) get the same gradient.
+#[inline]
+fn add_layer_norm_ad(
+    x: Tensor<Ad, 3>,
+    a: Option<Tensor<Ad, 3>>,
+    w: Tensor<Ad, 1>,
+    b: Tensor<Ad, 1>,
+    eps: f32,
+) -> Tensor<Ad, 3> {
+    /// `x̂`, `inv` and the weight.
+    type NormState = (FlexTensor, FlexTensor, FlexTensor);
+    /// Parents: the inputs (`x`, or `x` and `a`), then the weight and the bias.
+    #[derive(Debug)]
+    struct NormBackward;
+    fn backward<const N: usize>(ops: Ops<NormState, N>, grads: &mut Gradients) {
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let (xhat, inv, w) = ops.state;
+        let (dh, dw, db) = layer_norm_backward(&dy, &xhat, &inv, &w);
+        let mut parents: Vec<_> = ops.parents.into_iter().collect();
+        if let Some(node) = parents.pop().flatten() {
+            grads.register::<Flex>(node.id, db);
+        }
+        if let Some(node) = parents.pop().flatten() {
+            grads.register::<Flex>(node.id, dw);
+        }
+        for node in parents.into_iter().flatten() {
+            grads.register::<Flex>(node.id, dh.clone());
+        }
+    }
+    impl Backward<Flex, 3> for NormBackward {
+        type State = NormState;
+        fn backward(self, ops: Ops<NormState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            backward(ops, grads)
+        }
+    }
+    impl Backward<Flex, 4> for NormBackward {
+        type State = NormState;
+        fn backward(self, ops: Ops<NormState, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+            backward(ops, grads)
+        }
+    }
+    // A macro, not a function: the node type of Burn's autodiff graph has no public name.
+    macro_rules! run {
+        ($nodes:expr, $x:expr, $a:expr, $w:expr, $b:expr) => {{
+            let (x, a, w, b) = (
+                contiguous($x),
+                $a.map(contiguous),
+                contiguous($w),
+                contiguous($b),
+            );
+            match NormBackward
+                .prepare::<NoCheckpointing>($nodes)
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let (y, kept) = add_layer_norm(&x, a.as_ref(), &w, &b, eps, true);
+                    let (xhat, inv) = kept.expect("kept on request");
+                    prep.finish((xhat, inv, w), y)
+                }
+                OpsKind::UnTracked(prep) => {
+                    prep.finish(add_layer_norm(&x, a.as_ref(), &w, &b, eps, false).0)
+                }
+            }
+        }};
+    }
+    let (x, w, b) = (
+        x.into_primitive().tensor(),
+        w.into_primitive().tensor(),
+        b.into_primitive().tensor(),
+    );
+    let out = match a {
+        None => run!(
+            [x.node.clone(), w.node.clone(), b.node.clone()],
+            x.primitive,
+            None::<FlexTensor>,
+            w.primitive,
+            b.primitive
+        ),
+        Some(a) => {
+            let a = a.into_primitive().tensor();
+            run!(
+                [
+                    x.node.clone(),
+                    a.node.clone(),
+                    w.node.clone(),
+                    b.node.clone()
+                ],
+                x.primitive,
+                Some(a.primitive),
+                w.primitive,
+                b.primitive
+            )
+        }
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+type AttentionArgs<B> = (
+    Tensor<B, 4>,
+    Tensor<B, 4>,
+    Tensor<B, 4>,
+    Option<Tensor<B, 2>>,
+);
+
+/// [`super::attention`] on flex and `Autodiff<Flex>`, or the arguments back.
+pub fn attention_dispatch<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<Tensor<B, 2>>,
+    causal: bool,
+) -> Result<Tensor<B, 4>, AttentionArgs<B>> {
+    let f32s = is_f32(&q) && is_f32(&k) && is_f32(&v) && bias.as_ref().is_none_or(is_f32);
+    let [_, _, s, dh] = q.dims();
+    let sk = k.dims()[2];
+    if !super::fused() || !f32s || s * sk * dh == 0 || (causal && s != sk) {
+        return Err((q, k, v, bias));
+    }
+    let q = match cast::<Flex, B, 4>(q) {
+        Ok(q) => q,
+        Err(q) => match cast::<Ad, B, 4>(q) {
+            Ok(q) => {
+                let (k, v) = (same::<Ad, B, 4>(k), same::<Ad, B, 4>(v));
+                let bias = bias.map(same::<Ad, B, 2>);
+                return Ok(uncast(attention_ad(q, k, v, bias, causal)));
+            }
+            Err(q) => return Err((q, k, v, bias)),
+        },
+    };
+    let (k, v) = (same::<Flex, B, 4>(k), same::<Flex, B, 4>(v));
+    let bias = bias.map(|m| contiguous(prim(same::<Flex, B, 2>(m))));
+    let (out, _) = attention(
+        &contiguous(prim(q)),
+        &contiguous(prim(k)),
+        &contiguous(prim(v)),
+        bias.as_ref(),
+        causal,
+        false,
+    );
+    Ok(uncast(float(out)))
+}
+
+/// Row-major `[rows, cols]` block `i` of a buffer of such blocks.
+fn block(v: &[f32], i: usize, rows: usize, cols: usize) -> MatRef<'_, f32> {
+    MatRef::from_row_major_slice(&v[i * rows * cols..(i + 1) * rows * cols], rows, cols)
+}
+
+/// One task per (batch, head): `S = Q Kᵀ / √d` in faer, bias, causal mask and softmax
+/// per row, then `S V` into the output. With `keep`, also the probabilities
+/// (`[batch, heads, seq, seq_k]`), which the backward pass needs.
+#[inline]
+fn attention(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    causal: bool,
+    keep: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
+    let [b, h, s, dh] = dims(q)[..] else {
+        panic!("attention takes [batch, heads, seq, d_head]")
+    };
+    let sk = dims(k)[2];
+    let dv = dims(v)[3];
+    let (qs, ks, vs) = (slice(q), slice(k), slice(v));
+    let bias = bias.map(slice);
+    let scale = 1.0 / (dh as f32).sqrt();
+    let mut out = vec![0.0f32; b * h * s * dv];
+    let one = |bh: usize, p: &mut [f32], o: &mut [f32]| {
+        let bi = bh / h;
+        matmul(
+            MatMut::from_row_major_slice_mut(p, s, sk),
+            Accum::Replace,
+            block(qs, bh, s, dh),
+            block(ks, bh, sk, dh).transpose(),
+            scale,
+            Par::Seq,
+        );
+        let bias = bias.map(|m| &m[bi * sk..(bi + 1) * sk]);
+        Arch::new().dispatch(Softmax {
+            p,
+            sk,
+            bias,
+            causal,
+        });
+        matmul(
+            MatMut::from_row_major_slice_mut(o, s, dv),
+            Accum::Replace,
+            MatRef::from_row_major_slice(p, s, sk),
+            block(vs, bh, sk, dv),
+            1.0f32,
+            Par::Seq,
+        );
+    };
+    if keep {
+        let mut probs = vec![0.0f32; b * h * s * sk];
+        out.par_chunks_mut(s * dv)
+            .zip(probs.par_chunks_mut(s * sk))
+            .enumerate()
+            .for_each(|(bh, (o, p))| one(bh, p, o));
+        (
+            make(out, vec![b, h, s, dv]),
+            Some(make(probs, vec![b, h, s, sk])),
+        )
+    } else {
+        out.par_chunks_mut(s * dv)
+            .enumerate()
+            .for_each(|(bh, o)| one(bh, &mut vec![0.0f32; s * sk], o));
+        (make(out, vec![b, h, s, dv]), None)
+    }
+}
+
+/// The gradients of [`attention`]'s output with respect to `q`, `k` and `v`, from the
+/// probabilities `p` it kept, one task per (batch, head):
+/// `dV = Pᵀ dO`, `dS = P ⊙ (dO Vᵀ - rowsum(P ⊙ dO Vᵀ))`, `dQ = dS K / √d`, `dK = dSᵀ Q / √d`.
+fn attention_backward(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    p: &FlexTensor,
+    d_out: &FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let [b, h, s, dh] = dims(q)[..] else {
+        panic!("attention takes [batch, heads, seq, d_head]")
+    };
+    let (sk, dv) = (dims(k)[2], dims(v)[3]);
+    let (qs, ks, vs, ps, gs) = (slice(q), slice(k), slice(v), slice(p), slice(d_out));
+    let scale = 1.0 / (dh as f32).sqrt();
+    let (mut dq, mut dk, mut dvs) = (
+        vec![0.0f32; b * h * s * dh],
+        vec![0.0f32; b * h * sk * dh],
+        vec![0.0f32; b * h * sk * dv],
+    );
+    dq.par_chunks_mut(s * dh)
+        .zip(dk.par_chunks_mut(sk * dh))
+        .zip(dvs.par_chunks_mut(sk * dv))
+        .enumerate()
+        .for_each(|(bh, ((dq, dk), dv_))| {
+            let (p, g) = (block(ps, bh, s, sk), block(gs, bh, s, dv));
+            matmul(
+                MatMut::from_row_major_slice_mut(dv_, sk, dv),
+                Accum::Replace,
+                p.transpose(),
+                g,
+                1.0f32,
+                Par::Seq,
+            );
+            let mut ds = vec![0.0f32; s * sk];
+            matmul(
+                MatMut::from_row_major_slice_mut(&mut ds, s, sk),
+                Accum::Replace,
+                g,
+                block(vs, bh, sk, dv).transpose(),
+                1.0f32,
+                Par::Seq,
+            );
+            Arch::new().dispatch(SoftmaxGrad {
+                ds: &mut ds,
+                p: &ps[bh * s * sk..(bh + 1) * s * sk],
+                sk,
+            });
+            let ds = MatRef::from_row_major_slice(&ds, s, sk);
+            matmul(
+                MatMut::from_row_major_slice_mut(dq, s, dh),
+                Accum::Replace,
+                ds,
+                block(ks, bh, sk, dh),
+                scale,
+                Par::Seq,
+            );
+            matmul(
+                MatMut::from_row_major_slice_mut(dk, sk, dh),
+                Accum::Replace,
+                ds.transpose(),
+                block(qs, bh, s, dh),
+                scale,
+                Par::Seq,
+            );
+        });
+    (
+        make(dq, vec![b, h, s, dh]),
+        make(dk, vec![b, h, sk, dh]),
+        make(dvs, vec![b, h, sk, dv]),
+    )
+}
+
+/// [`attention`] under autodiff, with [`attention_backward`]. The bias is a constant (the
+/// padding mask): no gradient flows to it.
+#[inline]
+fn attention_ad(
+    q: Tensor<Ad, 4>,
+    k: Tensor<Ad, 4>,
+    v: Tensor<Ad, 4>,
+    bias: Option<Tensor<Ad, 2>>,
+    causal: bool,
+) -> Tensor<Ad, 4> {
+    /// `q`, `k`, `v` and the probabilities.
+    type AttentionState = (FlexTensor, FlexTensor, FlexTensor, FlexTensor);
+    #[derive(Debug)]
+    struct AttentionBackward;
+    impl Backward<Flex, 3> for AttentionBackward {
+        type State = AttentionState;
+        fn backward(
+            self,
+            ops: Ops<AttentionState, 3>,
+            grads: &mut Gradients,
+            _: &mut Checkpointer,
+        ) {
+            let d_out = contiguous(grads.consume::<Flex>(&ops.node));
+            let (q, k, v, p) = ops.state;
+            let (dq, dk, dv) = attention_backward(&q, &k, &v, &p, &d_out);
+            let [pq, pk, pv] = ops.parents;
+            for (node, g) in [(pq, dq), (pk, dk), (pv, dv)] {
+                if let Some(node) = node {
+                    grads.register::<Flex>(node.id, g);
+                }
+            }
+        }
+    }
+    let (q, k, v) = (
+        q.into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+    );
+    let bias = bias.map(|m| contiguous(m.into_primitive().tensor().primitive));
+    let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
+    let (q, k, v) = (
+        contiguous(q.primitive),
+        contiguous(k.primitive),
+        contiguous(v.primitive),
+    );
+    let out = match AttentionBackward
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (out, p) = attention(&q, &k, &v, bias.as_ref(), causal, true);
+            prep.finish((q, k, v, p.expect("kept on request")), out)
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(attention(&q, &k, &v, bias.as_ref(), causal, false).0)
+        }
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// `t` with a contiguous buffer of exactly its elements (itself when it has one), so that
+/// its storage is its values in order.
+fn exact(t: FlexTensor) -> FlexTensor {
+    let l = t.layout();
+    if l.is_contiguous() && l.start_offset() == 0 && t.bytes().len() == l.num_elements() * 4 {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+type AdamWArgs<B, const D: usize> = (
+    Tensor<B, D>,
+    Tensor<B, D>,
+    Option<(Tensor<B, D>, Tensor<B, D>)>,
+);
+type AdamWOut<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>);
+
+/// [`super::adamw_step`] on flex, or the arguments back.
+pub fn adamw_dispatch<B: Backend, const D: usize>(
+    param: Tensor<B, D>,
+    grad: Tensor<B, D>,
+    moments: Option<(Tensor<B, D>, Tensor<B, D>)>,
+    h: super::AdamWStep,
+) -> Result<AdamWOut<B, D>, AdamWArgs<B, D>> {
+    let f32s = is_f32(&param)
+        && is_f32(&grad)
+        && moments.as_ref().is_none_or(|(m, v)| is_f32(m) && is_f32(v));
+    let shapes = param.dims() == grad.dims()
+        && moments
+            .as_ref()
+            .is_none_or(|(m, v)| m.dims() == param.dims() && v.dims() == param.dims());
+    if !super::fused() || !f32s || !shapes {
+        return Err((param, grad, moments));
+    }
+    let param = match cast::<Flex, B, D>(param) {
+        Ok(p) => p,
+        Err(p) => return Err((p, grad, moments)),
+    };
+    let shape = param.dims().to_vec();
+    let mut p = exact(prim(param));
+    let g = exact(prim(same::<Flex, B, D>(grad)));
+    let (mut m, mut v) = match moments {
+        Some((m, v)) => (
+            exact(prim(same::<Flex, B, D>(m))),
+            exact(prim(same::<Flex, B, D>(v))),
+        ),
+        None => {
+            let n = shape.iter().product();
+            (make(vec![0.0; n], shape.clone()), make(vec![0.0; n], shape))
+        }
+    };
+    let t = h.time as i32;
+    let k = AdamWConsts {
+        beta_1: h.beta_1,
+        beta_2: h.beta_2,
+        c1: 1.0 - h.beta_1.powi(t),
+        c2: 1.0 - h.beta_2.powi(t),
+        epsilon: h.epsilon,
+        lr: h.lr as f32,
+        keep: (1.0 - h.lr * h.weight_decay as f64) as f32,
+    };
+    {
+        let (ps, ms, vs) = (
+            p.storage_mut::<f32>(),
+            m.storage_mut::<f32>(),
+            v.storage_mut::<f32>(),
+        );
+        ps.par_chunks_mut(CHUNK)
+            .zip(ms.par_chunks_mut(CHUNK))
+            .zip(vs.par_chunks_mut(CHUNK))
+            .zip(slice(&g).par_chunks(CHUNK))
+            .for_each(|(((p, m), v), g)| Arch::new().dispatch(AdamWKernel { p, m, v, g, k }));
+    }
+    Ok((uncast(float(p)), uncast(float(m)), uncast(float(v))))
+}
+
+/// [`super::sum_squares`] on flex, or the tensor back.
+pub fn sum_squares_dispatch<B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+) -> Result<Tensor<B, 1>, Tensor<B, D>> {
+    if !super::fused() || !is_f32(&t) {
+        return Err(t);
+    }
+    let t = contiguous(prim(cast::<Flex, B, D>(t)?));
+    let blocks: Vec<f64> = slice(&t)
+        .par_chunks(CHUNK)
+        .map(|c| lane_dot(c, c) as f64)
+        .collect();
+    let total: f64 = blocks.iter().sum();
+    Ok(uncast(float(make(vec![total as f32], vec![1]))))
+}
+
+/// [`super::scale`] on flex, or the tensor back.
+pub fn scale_dispatch<B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+    factor: f32,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if !super::fused() || !is_f32(&t) {
+        return Err(t);
+    }
+    let mut t = exact(prim(cast::<Flex, B, D>(t)?));
+    t.storage_mut::<f32>()
+        .par_chunks_mut(CHUNK)
+        .for_each(|c| Arch::new().dispatch(Scale { x: c, factor }));
+    Ok(uncast(float(t)))
+}
+
+// The loops below run through `pulp`'s dispatch: each `with_simd` body is compiled for
+// the CPU's best instruction set (AVX-512, AVX2 + FMA, or the baseline) and chosen at run
+// time. A closure given to `dispatch` is compiled separately, for the baseline, so each
+// loop is a `WithSimd` type whose body is inlined (and the helpers it calls with it).
+// Sums and maxima go through 16 lanes so that the compiler may vectorise them (a float
+// sum in one accumulator may not be reordered).
+
+const LANES: usize = 16;
+
+#[inline(always)]
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ a ⊙ b` over 16 lanes.
+#[inline(always)]
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn lane_max(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    let m = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    acc.iter().fold(m, |a, &x| a.max(x))
+}
+
+#[inline(always)]
+fn gelu1(x: f32) -> f32 {
+    0.5 * x * (1.0 + super::erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// `z = GELU(z + bias)` on rows of `bias.len()` values (no bias when it is empty).
+struct GeluBias<'a> {
+    rows: &'a mut [f32],
+    bias: &'a [f32],
+}
+
+impl WithSimd for GeluBias<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        if self.bias.is_empty() {
+            for z in self.rows.iter_mut() {
+                *z = gelu1(*z);
+            }
+            return;
+        }
+        for row in self.rows.chunks_exact_mut(self.bias.len()) {
+            for (z, &b) in row.iter_mut().zip(self.bias) {
+                *z = gelu1(*z + b);
+            }
+        }
+    }
+}
+
+/// `g *= Φ(x) + x φ(x)`.
+struct GeluGrad<'a> {
+    g: &'a mut [f32],
+    x: &'a [f32],
+}
+
+impl WithSimd for GeluGrad<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let inv_sqrt_2pi = 1.0 / (2.0 * std::f32::consts::PI).sqrt();
+        for (g, &x) in self.g.iter_mut().zip(self.x) {
+            let cdf = 0.5 * (1.0 + super::erf(x * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = inv_sqrt_2pi * super::exp(-0.5 * x * x);
+            *g *= cdf + x * pdf;
+        }
+    }
+}
+
+/// `out += Σ rows of g`.
+struct ColumnSums<'a> {
+    out: &'a mut [f32],
+    g: &'a [f32],
+}
+
+impl WithSimd for ColumnSums<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        for row in self.g.chunks_exact(self.out.len()) {
+            for (o, &v) in self.out.iter_mut().zip(row) {
+                *o += v;
+            }
+        }
+    }
+}
+
+/// `out = LayerNorm(x + a) · w + b` per row of `w.len()` values (`x` alone without `a`);
+/// with `keep`, also each row's `x̂` and `1 / √(σ² + ε)`.
+struct AddNorm<'a> {
+    out: &'a mut [f32],
+    x: &'a [f32],
+    a: Option<&'a [f32]>,
+    w: &'a [f32],
+    b: &'a [f32],
+    eps: f32,
+    keep: Option<(&'a mut [f32], &'a mut [f32])>,
+}
+
+impl WithSimd for AddNorm<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let d = self.w.len();
+        let (mut xhat, mut inv) = match self.keep {
+            Some((xhat, inv)) => (Some(xhat.chunks_exact_mut(d)), Some(inv.iter_mut())),
+            None => (None, None),
+        };
+        for (r, o) in self.out.chunks_exact_mut(d).enumerate() {
+            let x = &self.x[r * d..(r + 1) * d];
+            match self.a {
+                Some(a) => {
+                    for ((o, &x), &a) in o.iter_mut().zip(x).zip(&a[r * d..(r + 1) * d]) {
+                        *o = x + a;
+                    }
+                }
+                None => o.copy_from_slice(x),
+            }
+            let mean = lane_sum(o) / d as f32;
+            for o in o.iter_mut() {
+                *o -= mean;
+            }
+            let var = lane_dot(o, o) / d as f32;
+            let r_inv = 1.0 / (var + self.eps).sqrt();
+            if let (Some(xhat), Some(inv)) = (&mut xhat, &mut inv) {
+                let xhat = xhat.next().expect("one x̂ row per row");
+                for (h, &o) in xhat.iter_mut().zip(o.iter()) {
+                    *h = o * r_inv;
+                }
+                *inv.next().expect("one inv per row") = r_inv;
+            }
+            for ((o, &w), &b) in o.iter_mut().zip(self.w).zip(self.b) {
+                *o = *o * r_inv * w + b;
+            }
+        }
+    }
+}
+
+/// LayerNorm's backward per row of `w.len()` values: `dh = inv · (g - mean(g) - x̂ ·
+/// mean(g ⊙ x̂))` with `g = dy ⊙ w`; `part` accumulates `Σ dy ⊙ x̂` (the weight's gradient)
+/// then `Σ dy` (the bias's).
+struct NormGrad<'a> {
+    dh: &'a mut [f32],
+    part: &'a mut [f32],
+    dy: &'a [f32],
+    xhat: &'a [f32],
+    inv: &'a [f32],
+    w: &'a [f32],
+}
+
+impl WithSimd for NormGrad<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let d = self.w.len();
+        let (pw, pb) = self.part.split_at_mut(d);
+        for (r, dh) in self.dh.chunks_exact_mut(d).enumerate() {
+            let dy = &self.dy[r * d..(r + 1) * d];
+            let xhat = &self.xhat[r * d..(r + 1) * d];
+            for j in 0..d {
+                pw[j] += dy[j] * xhat[j];
+                pb[j] += dy[j];
+                dh[j] = dy[j] * self.w[j];
+            }
+            let mean_g = lane_sum(dh) / d as f32;
+            let mean_gx = lane_dot(dh, xhat) / d as f32;
+            let inv = self.inv[r];
+            for (g, &x) in dh.iter_mut().zip(xhat) {
+                *g = inv * (*g - mean_g - x * mean_gx);
+            }
+        }
+    }
+}
+
+/// Softmax's backward per row of `sk` values: `ds = p ⊙ (ds - Σ p ⊙ ds)` (`ds` holds the
+/// gradient of the probabilities on entry, of the scores on exit).
+struct SoftmaxGrad<'a> {
+    ds: &'a mut [f32],
+    p: &'a [f32],
+    sk: usize,
+}
+
+impl WithSimd for SoftmaxGrad<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        for (ds, p) in self
+            .ds
+            .chunks_exact_mut(self.sk)
+            .zip(self.p.chunks_exact(self.sk))
+        {
+            let dot = lane_dot(ds, p);
+            for (d, &p) in ds.iter_mut().zip(p) {
+                *d = p * (*d - dot);
+            }
+        }
+    }
+}
+
+/// The constants of one AdamW step.
+#[derive(Clone, Copy)]
+struct AdamWConsts {
+    beta_1: f32,
+    beta_2: f32,
+    /// `1 - β₁ᵗ`, `1 - β₂ᵗ`.
+    c1: f32,
+    c2: f32,
+    epsilon: f32,
+    lr: f32,
+    /// `1 - lr · weight decay`.
+    keep: f32,
+}
+
+/// AdamW on a block of parameters, in Burn's order of operations.
+struct AdamWKernel<'a> {
+    p: &'a mut [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+    g: &'a [f32],
+    k: AdamWConsts,
+}
+
+impl WithSimd for AdamWKernel<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let k = self.k;
+        let (f1, f2) = (1.0 - k.beta_1, 1.0 - k.beta_2);
+        let items = self
+            .p
+            .iter_mut()
+            .zip(self.m.iter_mut())
+            .zip(self.v.iter_mut());
+        for (((p, m), v), &g) in items.zip(self.g) {
+            *m = *m * k.beta_1 + g * f1;
+            *v = *v * k.beta_2 + g * g * f2;
+            let delta = (*m / k.c1) / ((*v / k.c2).sqrt() + k.epsilon);
+            *p = *p * k.keep - delta * k.lr;
+        }
+    }
+}
+
+/// `x *= factor`.
+struct Scale<'a> {
+    x: &'a mut [f32],
+    factor: f32,
+}
+
+impl WithSimd for Scale<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        for x in self.x.iter_mut() {
+            *x *= self.factor;
+        }
+    }
+}
+
+/// Row-wise softmax of the scores `p` (rows of `sk`), after adding `bias` to every row;
+/// with `causal`, row `i` keeps positions `0..=i` and the rest get 0.
+struct Softmax<'a> {
+    p: &'a mut [f32],
+    sk: usize,
+    bias: Option<&'a [f32]>,
+    causal: bool,
+}
+
+impl WithSimd for Softmax<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        for (i, row) in self.p.chunks_exact_mut(self.sk).enumerate() {
+            let n = if self.causal { i + 1 } else { self.sk };
+            let (live, future) = row.split_at_mut(n);
+            if let Some(m) = self.bias {
+                for (x, &m) in live.iter_mut().zip(m) {
+                    *x += m;
+                }
+            }
+            let max = lane_max(live);
+            for x in live.iter_mut() {
+                *x = super::exp(*x - max);
+            }
+            let inv = 1.0 / lane_sum(live);
+            for x in live.iter_mut() {
+                *x *= inv;
+            }
+            future.fill(0.0);
+        }
+    }
+}
