@@ -152,7 +152,7 @@ pub fn run_factorize<B: Backend>(
 
     let before = test_metrics(&model, task, &data, opts.batch_size, device);
     let after = test_metrics(&factorized, task, &data, opts.batch_size, device);
-    let (lat_before, lat_after) = paired_latency(
+    let lat = paired_latency(
         &model,
         &factorized,
         &data.test,
@@ -170,8 +170,8 @@ pub fn run_factorize<B: Backend>(
         backend: backend.to_string(),
         flops_per_token_before: config.flops_per_token(max_len),
         flops_per_token_after: new_config.flops_per_token(max_len),
-        latency_ms_before: lat_before,
-        latency_ms_after: lat_after,
+        latency_ms_before: lat.a_ms,
+        latency_ms_after: lat.b_ms,
         latency_batch: opts.batch_size.min(data.test.len()),
         test_examples: task.map(|_| data.test.len()),
         before,

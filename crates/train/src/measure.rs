@@ -53,11 +53,19 @@ pub struct Latency {
     pub dense_ms: f64,
     /// The same, pruned.
     pub pruned_ms: f64,
+    /// The median over the repeats of pruned / dense, each pair timed back to back: the
+    /// ratio the machine's drift disturbs least.
+    pub ratio: f64,
+    /// Repeats (pairs) timed.
+    pub repeats: usize,
 }
 
 /// Paired latency of the dense and the pruned model at `eval.latency_batch` (the first
 /// test examples, padded to the longest) and at batch 1 with `data.max_len` tokens (test
 /// examples packed end to end: the time depends on the shape, not on the ids).
+///
+/// Batch 1 is timed [`BATCH1_REPEATS`] times as often: each pass is tens of times
+/// shorter, and a pass of a few milliseconds moves by up to 2x with the machine's load.
 pub(crate) fn latency<B: Backend>(
     dense: &TaskModel<B>,
     pruned: &TaskModel<B>,
@@ -68,24 +76,41 @@ pub(crate) fn latency<B: Backend>(
     let repeats = exp.eval.latency_repeats;
     let n = exp.eval.latency_batch.min(data.test.len());
     let seq = data.test.ids[..n].iter().map(Vec::len).max().unwrap_or(1);
-    let (dense_ms, pruned_ms) =
-        paired_latency(dense, pruned, &data.test, data.pad_id, n, repeats, device);
+    let p = paired_latency(dense, pruned, &data.test, data.pad_id, n, repeats, device);
     let batched = Latency {
         batch: n,
         seq,
-        dense_ms,
-        pruned_ms,
+        dense_ms: p.a_ms,
+        pruned_ms: p.b_ms,
+        ratio: p.ratio,
+        repeats,
     };
     let packed = packed_row(&data.test, exp.data.max_len);
-    let (dense_ms, pruned_ms) =
-        paired_latency(dense, pruned, &packed, data.pad_id, 1, repeats, device);
+    let repeats = repeats * BATCH1_REPEATS;
+    let p = paired_latency(dense, pruned, &packed, data.pad_id, 1, repeats, device);
     let single = Latency {
         batch: 1,
         seq: packed.ids[0].len(),
-        dense_ms,
-        pruned_ms,
+        dense_ms: p.a_ms,
+        pruned_ms: p.b_ms,
+        ratio: p.ratio,
+        repeats,
     };
     (batched, single)
+}
+
+/// How many times `eval.latency_repeats` batch 1 is timed.
+pub const BATCH1_REPEATS: usize = 5;
+
+/// Two models timed in alternation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Paired {
+    /// Median forward latency of the first model, ms.
+    pub a_ms: f64,
+    /// The same, second.
+    pub b_ms: f64,
+    /// Median over the pairs of second / first.
+    pub ratio: f64,
 }
 
 /// One row of `len` tokens (fewer when the split has fewer): the split's examples end to
@@ -99,8 +124,8 @@ fn packed_row(split: &Split, len: usize) -> Split {
 }
 
 /// Median forward latency (ms) of two models on the same batch (the first `batch`
-/// examples of `split`), alternating the two so that drift affects both alike; one warm-up
-/// run each.
+/// examples of `split`), alternating the two so that drift affects both alike, and the
+/// median of the per-pair ratios; one warm-up run each.
 pub(crate) fn paired_latency<B: Backend>(
     a: &TaskModel<B>,
     b: &TaskModel<B>,
@@ -109,7 +134,7 @@ pub(crate) fn paired_latency<B: Backend>(
     batch: usize,
     repeats: usize,
     device: &B::Device,
-) -> (f64, f64) {
+) -> Paired {
     let n = batch.min(split.len());
     let idx: Vec<usize> = (0..n).collect();
     let batch = make_batch::<B>(split, &idx, pad_id, device);
@@ -131,7 +156,12 @@ pub(crate) fn paired_latency<B: Backend>(
         ta.push(time(a));
         tb.push(time(b));
     }
-    (median(&mut ta), median(&mut tb))
+    let mut ratios: Vec<f64> = ta.iter().zip(&tb).map(|(a, b)| b / a).collect();
+    Paired {
+        a_ms: median(&mut ta),
+        b_ms: median(&mut tb),
+        ratio: median(&mut ratios),
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {

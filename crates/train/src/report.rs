@@ -161,6 +161,15 @@ pub struct Report {
     /// The same, pruned.
     #[serde(default)]
     pub latency_ms_pruned_batch1: f64,
+    /// Median over the paired repeats of pruned / dense latency at `latency_batch`.
+    #[serde(default)]
+    pub latency_ratio: f64,
+    /// The same at batch 1 (timed `measure::BATCH1_REPEATS` times as often).
+    #[serde(default)]
+    pub latency_ratio_batch1: f64,
+    /// Pairs timed at `latency_batch` and at batch 1.
+    #[serde(default)]
+    pub latency_repeats: [usize; 2],
     /// Whole run, seconds (all invocations of a resumed run).
     pub wall_seconds: f64,
     /// Seconds per phase.
@@ -273,6 +282,9 @@ pub fn build(p: Parts<'_>) -> Report {
         latency_seq: p.latency.seq,
         latency_ms_dense_batch1: p.latency_batch1.dense_ms,
         latency_ms_pruned_batch1: p.latency_batch1.pruned_ms,
+        latency_ratio: p.latency.ratio,
+        latency_ratio_batch1: p.latency_batch1.ratio,
+        latency_repeats: [p.latency.repeats, p.latency_batch1.repeats],
         wall_seconds: p.wall_seconds,
         phase_seconds: p.phase_seconds,
         gate_values: p.gate_values,
@@ -377,20 +389,22 @@ pub fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "| latency, batch {} x seq {} (ms) | {:.1} | {:.1} | {} |",
+        "| latency, batch {} x seq {} (ms, median of {}) | {:.1} | {:.1} | {:.1}% (median of the paired ratios) |",
         r.latency_batch,
         r.latency_seq,
+        r.latency_repeats[0],
         r.latency_ms_dense,
         r.latency_ms_pruned,
-        pct(r.latency_ms_pruned, r.latency_ms_dense)
+        100.0 * r.latency_ratio
     );
     let _ = writeln!(
         s,
-        "| latency, batch 1 x seq {} (ms) | {:.1} | {:.1} | {} |",
+        "| latency, batch 1 x seq {} (ms, median of {}) | {:.1} | {:.1} | {:.1}% (median of the paired ratios) |",
         r.config.data.max_len,
+        r.latency_repeats[1],
         r.latency_ms_dense_batch1,
         r.latency_ms_pruned_batch1,
-        pct(r.latency_ms_pruned_batch1, r.latency_ms_dense_batch1)
+        100.0 * r.latency_ratio_batch1
     );
     if let (Some(a), Some(b)) = (r.accuracy_dense, r.accuracy_pruned) {
         let _ = writeln!(

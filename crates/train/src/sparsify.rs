@@ -299,7 +299,7 @@ pub fn run_sparsify<B: Backend>(
 
     let before = test_metrics(&model, task, &data, opts.batch_size, device);
     let after = test_metrics(&sparse, task, &data, opts.batch_size, device);
-    let (lat_before, lat_after) = paired_latency(
+    let lat = paired_latency(
         &model,
         &sparse,
         &data.test,
@@ -320,8 +320,8 @@ pub fn run_sparsify<B: Backend>(
         tensors,
         params_total: model.num_params(),
         calibration_tokens,
-        latency_ms_before: lat_before,
-        latency_ms_after: lat_after,
+        latency_ms_before: lat.a_ms,
+        latency_ms_after: lat.b_ms,
         latency_batch: opts.batch_size.min(data.test.len()),
         test_examples: task.map(|_| data.test.len()),
         before,

@@ -58,6 +58,9 @@ pub struct Args {
     /// Also write the results as JSON to this file (`-` for standard output).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// `pruned`: only the shapes whose name contains this text (e.g. `joint`, `hidden`).
+    #[arg(long)]
+    shape: Option<String>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -393,7 +396,7 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         pruned: Vec::new(),
     };
     if what == "pruned" {
-        report.pruned = pruned(backend, &dir, &sizes, args.iters)?;
+        report.pruned = pruned(backend, &dir, &sizes, args.iters, args.shape.as_deref())?;
     } else {
         let ours: Vec<Timing> = crate::with_backend!(backend, |B, device| {
             let mut out = Vec::new();
@@ -554,21 +557,37 @@ fn pruned(
     dir: &Path,
     sizes: &[(usize, usize)],
     iters: usize,
+    only: Option<&str>,
 ) -> Result<Vec<PrunedRow>> {
     let dense = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+    let shapes: Vec<_> = pruned_shapes(&dense)
+        .into_iter()
+        .filter(|(name, _)| only.is_none_or(|o| name.contains(o)))
+        .collect();
+    if shapes.is_empty() {
+        bail!(
+            "--shape {}: no pruned shape's name contains it (names: {})",
+            only.unwrap_or_default(),
+            pruned_shapes(&dense)
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
     let mut rows = Vec::new();
     crate::with_backend!(backend, |B, device| {
         let model = Transformer::<B>::new(&dense, &device);
         for &(b, s) in sizes {
-            for (shape, config) in pruned_shapes(&dense) {
-                let small = Transformer::<B>::new(&config, &device);
+            for (shape, config) in &shapes {
+                let small = Transformer::<B>::new(config, &device);
                 let (base, t, ratio) = Timing::paired(
                     iters,
                     forward_once(&model, b, s, &device),
                     forward_once(&small, b, s, &device),
                 );
                 rows.push(PrunedRow {
-                    shape: shape.into(),
+                    shape: shape.to_string(),
                     batch: b,
                     seq: s,
                     dense: base,

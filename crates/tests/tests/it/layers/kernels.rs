@@ -191,8 +191,9 @@ mod flex {
 
     #[test]
     fn fused_linear_equals_matmul_add_gelu() {
-        // A small product (one thread) and one large enough for every thread; odd widths.
-        for [n, k, m] in [[7, 13, 5], [130, 200, 301]] {
+        // A small product (one thread) and two large enough for every thread (cut into
+        // column blocks, then row blocks); odd widths.
+        for [n, k, m] in [[7, 13, 5], [130, 200, 301], [301, 200, 130]] {
             let x = noise(n * k, 1).iter().map(|v| v * 4.0).collect::<Vec<_>>();
             let w = noise(k * m, 2);
             let b = noise(m, 3);
@@ -253,7 +254,7 @@ mod flex {
 
     #[test]
     fn fused_linear_gradients_equal_burns() {
-        for [n, k, m] in [[6, 11, 9], [70, 129, 160]] {
+        for [n, k, m] in [[6, 11, 9], [70, 129, 160], [300, 64, 100]] {
             let (x, w, b) = (noise(n * k, 4), noise(k * m, 5), noise(m, 6));
             for gelu in [false, true] {
                 let got = linear_grads::<Flex>(&x, &w, &b, [n, k, m], gelu);

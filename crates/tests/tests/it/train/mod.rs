@@ -866,6 +866,16 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     ] {
         assert!(!json[key].is_null(), "report.json lacks {key}");
     }
+    // The paired ratios, and batch 1 timed five times as often as the batch.
+    for key in ["latency_ratio", "latency_ratio_batch1"] {
+        let r = json[key].as_f64().unwrap();
+        assert!(r > 0.0 && r.is_finite(), "{key} {r}");
+    }
+    let repeats = exp.eval.latency_repeats;
+    assert_eq!(
+        json["latency_repeats"],
+        serde_json::json!([repeats, 5 * repeats])
+    );
     // The transformers export is a sequence classifier with the labels and removed heads.
     let hf: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("hf-model/config.json")).unwrap())
