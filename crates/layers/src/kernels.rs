@@ -36,12 +36,12 @@ pub fn fused() -> bool {
 }
 
 /// Set while a pass runs on the passes' workers through [`on_workers`].
-#[cfg(feature = "flex")]
+#[cfg(feature = "cpu-kernels")]
 static ON_WORKERS: AtomicBool = AtomicBool::new(false);
 
 /// The thread pool that [`on_workers`] runs passes on (as many threads as rayon's global
 /// pool: `RAYON_NUM_THREADS`, else one per core), or `None` if it could not be built.
-#[cfg(feature = "flex")]
+#[cfg(feature = "cpu-kernels")]
 fn pass_pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
@@ -73,7 +73,7 @@ fn pass_pool() -> Option<&'static rayon::ThreadPool> {
 /// parallel work, and the work of any thread it waits for runs in the global pool.
 /// Without the `flex` feature (no rayon here) it calls `f`.
 pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    #[cfg(feature = "flex")]
+    #[cfg(feature = "cpu-kernels")]
     {
         let Some(pool) = pass_pool() else {
             return f();
@@ -97,9 +97,23 @@ pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         let _release = Release;
         pool.install(f)
     }
-    #[cfg(not(feature = "flex"))]
+    #[cfg(not(feature = "cpu-kernels"))]
     {
         f()
+    }
+}
+
+/// Whether the kernels run on backend `B` (with [`fused`] on and f32 tensors): flex and
+/// ndarray (`NdArray<f32>`) when this crate is built with their features, and the same
+/// under `Autodiff`. Every other backend runs Burn's generic operations.
+pub fn on_kernels<B: Backend>() -> bool {
+    #[cfg(feature = "cpu-kernels")]
+    {
+        cpu::is_host::<B>()
+    }
+    #[cfg(not(feature = "cpu-kernels"))]
+    {
+        false
     }
 }
 
@@ -115,10 +129,10 @@ pub fn linear<B: Backend>(
     b: Option<Tensor<B, 1>>,
     gelu: bool,
 ) -> Tensor<B, 2> {
-    #[cfg(feature = "flex")]
-    let (x, w, b) = match flex::linear_dispatch(x, w, b, gelu) {
+    #[cfg(feature = "cpu-kernels")]
+    let (x, w, b) = match cpu::linear_dispatch((x, w, b, gelu)) {
         Ok(y) => return y,
-        Err(args) => args,
+        Err((x, w, b, _)) => (x, w, b),
     };
     let y = x.matmul(w);
     let y = match b {
@@ -166,10 +180,10 @@ fn norm<B: Backend>(
     bias: Tensor<B, 1>,
     eps: f64,
 ) -> Tensor<B, 3> {
-    #[cfg(feature = "flex")]
-    let (x, a, weight, bias) = match flex::add_layer_norm_dispatch(x, a, weight, bias, eps) {
+    #[cfg(feature = "cpu-kernels")]
+    let (x, a, weight, bias) = match cpu::add_layer_norm_dispatch((x, a, weight, bias, eps)) {
         Ok(y) => return y,
-        Err(args) => args,
+        Err((x, a, weight, bias, _)) => (x, a, weight, bias),
     };
     let x = match a {
         Some(a) => x + a,
@@ -200,10 +214,10 @@ pub fn attention<B: Backend>(
     bias: Option<Tensor<B, 2>>,
     causal: bool,
 ) -> Tensor<B, 4> {
-    #[cfg(feature = "flex")]
-    let (q, k, v, bias) = match flex::attention_dispatch(q, k, v, bias, causal) {
+    #[cfg(feature = "cpu-kernels")]
+    let (q, k, v, bias) = match cpu::attention_dispatch((q, k, v, bias, causal)) {
         Ok(y) => return y,
-        Err(args) => args,
+        Err((q, k, v, bias, _)) => (q, k, v, bias),
     };
     let [b, _, s, _] = q.dims();
     let sk = k.dims()[2];
@@ -247,10 +261,10 @@ pub fn adamw_step<B: Backend, const D: usize>(
     moments: Option<(Tensor<B, D>, Tensor<B, D>)>,
     h: AdamWStep,
 ) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
-    #[cfg(feature = "flex")]
-    let (param, grad, moments) = match flex::adamw_dispatch(param, grad, moments, h) {
+    #[cfg(feature = "cpu-kernels")]
+    let (param, grad, moments) = match cpu::adamw_dispatch((param, grad, moments, h)) {
         Ok(out) => return out,
-        Err(args) => args,
+        Err((p, g, m, _)) => (p, g, m),
     };
     let (f1, f2) = (1.0 - h.beta_1, 1.0 - h.beta_2);
     let (m, v) = match moments {
@@ -277,8 +291,8 @@ pub fn adamw_step<B: Backend, const D: usize>(
 /// one pass on every thread over fixed blocks summed in order, so the value does not depend
 /// on the thread count; elsewhere Burn's `powi` and `sum`.
 pub fn sum_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
-    #[cfg(feature = "flex")]
-    let t = match flex::sum_squares_dispatch(t) {
+    #[cfg(feature = "cpu-kernels")]
+    let t = match cpu::sum_squares_dispatch(t) {
         Ok(s) => return s,
         Err(t) => t,
     };
@@ -288,8 +302,8 @@ pub fn sum_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> 
 /// `t · factor`. On flex (with [`fused`] on) in place on every thread when `t` owns its
 /// buffer; elsewhere Burn's `mul_scalar`.
 pub fn scale<B: Backend, const D: usize>(t: Tensor<B, D>, factor: f32) -> Tensor<B, D> {
-    #[cfg(feature = "flex")]
-    let t = match flex::scale_dispatch(t, factor) {
+    #[cfg(feature = "cpu-kernels")]
+    let t = match cpu::scale_dispatch(t, factor) {
         Ok(s) => return s,
         Err(t) => t,
     };
@@ -299,21 +313,10 @@ pub fn scale<B: Backend, const D: usize>(t: Tensor<B, D>, factor: f32) -> Tensor
 /// `x Φ(x)` (the exact GELU, as BERT's `gelu`): the kernels below on flex, [`exact_gelu`]
 /// elsewhere.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    #[cfg(feature = "flex")]
-    let x = {
-        use flex::{Ad, cast, uncast};
-        let x = match cast::<burn::backend::Flex, B, D>(x) {
-            Ok(t) if t.dtype() == burn::tensor::DType::F32 => {
-                return uncast(flex::on_flex(t, flex::gelu));
-            }
-            Ok(t) => uncast(t),
-            Err(x) => x,
-        };
-        match cast::<Ad, B, D>(x) {
-            Ok(t) if t.dtype() == burn::tensor::DType::F32 => return uncast(flex::gelu_ad(t)),
-            Ok(t) => uncast(t),
-            Err(x) => x,
-        }
+    #[cfg(feature = "cpu-kernels")]
+    let x = match cpu::gelu_dispatch(x) {
+        Ok(y) => return y,
+        Err(x) => x,
     };
     exact_gelu(x)
 }
@@ -329,23 +332,10 @@ pub fn exact_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 pub fn split_heads<B: Backend>(x: Tensor<B, 2>, batch: usize, heads: usize) -> Tensor<B, 4> {
     let [n, w] = x.dims();
     let (seq, d_head) = (n / batch.max(1), w / heads.max(1));
-    #[cfg(feature = "flex")]
-    let x = {
-        use flex::{Ad, cast, uncast};
-        let x = match cast::<burn::backend::Flex, B, 2>(x) {
-            Ok(t) if t.dtype() == burn::tensor::DType::F32 => {
-                return uncast(flex::on_flex(t, |t| flex::split_heads(t, batch, heads)));
-            }
-            Ok(t) => uncast(t),
-            Err(x) => x,
-        };
-        match cast::<Ad, B, 2>(x) {
-            Ok(t) if t.dtype() == burn::tensor::DType::F32 => {
-                return uncast(flex::split_heads_ad(t, batch, heads));
-            }
-            Ok(t) => uncast(t),
-            Err(x) => x,
-        }
+    #[cfg(feature = "cpu-kernels")]
+    let x = match cpu::split_heads_dispatch((x, batch, heads)) {
+        Ok(y) => return y,
+        Err((x, _, _)) => x,
     };
     x.reshape([batch, seq, heads, d_head]).swap_dims(1, 2)
 }
@@ -353,25 +343,10 @@ pub fn split_heads<B: Backend>(x: Tensor<B, 2>, batch: usize, heads: usize) -> T
 /// `x: [batch, heads, seq, d_head]` as `[batch, seq, heads · d_head]`.
 pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     let [b, h, s, dh] = x.dims();
-    #[cfg(feature = "flex")]
-    let x = {
-        use flex::{Ad, cast, uncast};
-        let x = match cast::<burn::backend::Flex, B, 4>(x) {
-            Ok(t) if t.dtype() == burn::tensor::DType::F32 => {
-                return uncast(flex::on_flex(t, |t| {
-                    flex::merge_heads(t, vec![b, s, h * dh])
-                }));
-            }
-            Ok(t) => uncast(t),
-            Err(x) => x,
-        };
-        match cast::<Ad, B, 4>(x) {
-            Ok(t) if t.dtype() == burn::tensor::DType::F32 => {
-                return uncast(flex::merge_heads_ad(t));
-            }
-            Ok(t) => uncast(t),
-            Err(x) => x,
-        }
+    #[cfg(feature = "cpu-kernels")]
+    let x = match cpu::merge_heads_dispatch(x) {
+        Ok(y) => return y,
+        Err(x) => x,
     };
     x.swap_dims(1, 2).reshape([b, s, h * dh])
 }
@@ -421,5 +396,5 @@ pub fn exp(x: f32) -> f32 {
     if x < -87.0 { 0.0 } else { p * scale }
 }
 
-#[cfg(feature = "flex")]
-mod flex;
+#[cfg(feature = "cpu-kernels")]
+mod cpu;

@@ -1,12 +1,15 @@
+//! The kernels on host memory, for the CPU backends (flex and ndarray, each behind its
+//! cargo feature): every kernel reads its inputs as row-major `f32` slices of the backend's
+//! own buffers (borrowed, or moved out when the tensor owns them) and builds its output from
+//! a `Vec`, so one implementation serves both backends, with and without autodiff.
+
 use std::any::Any;
 
 use burn::backend::Autodiff;
-use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
-use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use faer::linalg::matmul::matmul;
@@ -14,18 +17,126 @@ use faer::{Accum, MatMut, MatRef, Par};
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
-/// Training's backend: flex under autodiff (no checkpointing, Burn's default).
-pub type Ad = Autodiff<Flex>;
+/// A backend's float tensor.
+type T<H> = burn::tensor::ops::FloatTensor<H>;
 
 /// Elements per parallel task: large enough to amortise scheduling.
 const CHUNK: usize = 1 << 14;
 
-/// `x` as a tensor of backend `T`, or back unchanged when `B` is another backend.
-pub fn cast<T: Backend, B: Backend, const D: usize>(
+/// A CPU backend whose `f32` tensors the kernels read as host slices and build from host
+/// vectors, without copies where the tensor's buffer allows.
+pub trait Host: Backend {
+    /// The shape of `t`.
+    fn dims(t: &T<Self>) -> Vec<usize>;
+    /// `t` itself when its values lie in row-major order in its buffer, else a copy that
+    /// does.
+    fn contiguous(t: T<Self>) -> T<Self>;
+    /// The values of a [`Host::contiguous`] `f32` tensor, borrowed.
+    fn slice(t: &T<Self>) -> &[f32];
+    /// The values of `t` in row-major order (moved out when `t` owns exactly them).
+    fn values(t: T<Self>) -> Vec<f32>;
+    /// A tensor of these values and shape.
+    fn make(v: Vec<f32>, shape: Vec<usize>) -> T<Self>;
+
+    /// The shape of a matrix.
+    fn dims2(t: &T<Self>) -> [usize; 2] {
+        match Self::dims(t)[..] {
+            [a, b] => [a, b],
+            _ => panic!("a matrix was expected"),
+        }
+    }
+}
+
+#[cfg(feature = "flex")]
+impl Host for burn::backend::Flex {
+    fn dims(t: &T<Self>) -> Vec<usize> {
+        t.layout().shape().to_vec()
+    }
+    fn contiguous(t: T<Self>) -> T<Self> {
+        if t.layout().contiguous_offsets().is_some() {
+            t
+        } else {
+            t.to_contiguous()
+        }
+    }
+    fn slice(t: &T<Self>) -> &[f32] {
+        t.as_slice::<f32>()
+            .expect("the kernels take contiguous f32 tensors (see `Host::contiguous`)")
+    }
+    fn values(t: T<Self>) -> Vec<f32> {
+        match t.into_data().into_vec::<f32>() {
+            Ok(v) => v,
+            Err(e) => panic!("the kernels take f32 tensors: {e:?}"),
+        }
+    }
+    fn make(v: Vec<f32>, shape: Vec<usize>) -> T<Self> {
+        burn::backend::flex::FlexTensor::from_data(TensorData::new(v, shape))
+    }
+}
+
+#[cfg(feature = "ndarray")]
+impl Host for burn::backend::NdArray {
+    fn dims(t: &T<Self>) -> Vec<usize> {
+        use burn::tensor::TensorMetadata;
+        t.shape().to_vec()
+    }
+    fn contiguous(t: T<Self>) -> T<Self> {
+        let standard = match &t {
+            burn::backend::ndarray::NdArrayTensor::F32(s) => s.view().is_standard_layout(),
+            _ => true,
+        };
+        if standard {
+            t
+        } else {
+            let shape = Self::dims(&t);
+            Self::make(Self::values(t), shape)
+        }
+    }
+    fn slice(t: &T<Self>) -> &[f32] {
+        match t {
+            burn::backend::ndarray::NdArrayTensor::F32(s) => s
+                .view()
+                .to_slice()
+                .expect("the kernels take contiguous f32 tensors (see `Host::contiguous`)"),
+            _ => panic!("the kernels take f32 tensors"),
+        }
+    }
+    fn values(t: T<Self>) -> Vec<f32> {
+        let data = burn::tensor::read_sync(
+            <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_into_data(t),
+        );
+        match data.map(|d| d.into_vec::<f32>()) {
+            Ok(Ok(v)) => v,
+            other => panic!("the kernels take f32 tensors: {other:?}"),
+        }
+    }
+    fn make(v: Vec<f32>, shape: Vec<usize>) -> T<Self> {
+        burn::backend::ndarray::NdArrayTensor::from_data(TensorData::new(v, shape))
+    }
+}
+
+/// Whether `B` is a CPU backend compiled in here, or one under autodiff.
+pub fn is_host<B: Backend>() -> bool {
+    fn is<B: Backend, H: Host>() -> bool {
+        use std::any::TypeId;
+        let b = TypeId::of::<B>();
+        b == TypeId::of::<H>() || b == TypeId::of::<Autodiff<H>>()
+    }
+    let hosts = [
+        #[cfg(feature = "flex")]
+        is::<B, burn::backend::Flex>(),
+        #[cfg(feature = "ndarray")]
+        is::<B, burn::backend::NdArray>(),
+    ];
+    hosts.contains(&true)
+}
+
+/// `x` as a tensor of backend `U`, or back unchanged when `B` is another backend.
+pub fn cast<U: Backend, B: Backend, const D: usize>(
     x: Tensor<B, D>,
-) -> Result<Tensor<T, D>, Tensor<B, D>> {
+) -> Result<Tensor<U, D>, Tensor<B, D>> {
     let boxed: Box<dyn Any> = Box::new(x);
-    match boxed.downcast::<Tensor<T, D>>() {
+    match boxed.downcast::<Tensor<U, D>>() {
         Ok(t) => Ok(*t),
         Err(b) => Err(*b
             .downcast::<Tensor<B, D>>()
@@ -33,66 +144,50 @@ pub fn cast<T: Backend, B: Backend, const D: usize>(
     }
 }
 
-/// The inverse of [`cast`] (only called when `B` is `T`).
-pub fn uncast<T: Backend, B: Backend, const D: usize>(x: Tensor<T, D>) -> Tensor<B, D> {
+/// The inverse of [`cast`] (only called when `B` is `U`).
+pub fn uncast<U: Backend, B: Backend, const D: usize>(x: Tensor<U, D>) -> Tensor<B, D> {
     let boxed: Box<dyn Any> = Box::new(x);
     *boxed
         .downcast::<Tensor<B, D>>()
-        .expect("uncast is called only when B is T")
+        .expect("uncast is called only when B is U")
 }
 
-/// The values of `t` in row-major order (moved out when `t` owns a contiguous buffer).
-fn values(t: FlexTensor) -> Vec<f32> {
-    match t.into_data().into_vec::<f32>() {
-        Ok(v) => v,
-        Err(e) => panic!("flex kernels take f32 tensors: {e:?}"),
-    }
-}
-
-fn make(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(v, shape))
-}
-
-fn dims(t: &FlexTensor) -> Vec<usize> {
-    t.layout().shape().to_vec()
-}
-
-fn float<const D: usize>(t: FlexTensor) -> Tensor<Flex, D> {
+fn float<H: Backend, const D: usize>(t: T<H>) -> Tensor<H, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 /// `x Φ(x)`, elementwise, on every thread.
 #[inline]
-pub fn gelu(t: FlexTensor) -> FlexTensor {
-    let shape = dims(&t);
-    let mut v = values(t);
+pub fn gelu<H: Host>(t: T<H>) -> T<H> {
+    let shape = H::dims(&t);
+    let mut v = H::values(t);
     v.par_chunks_mut(CHUNK)
         .for_each(|c| Arch::new().dispatch(GeluBias { rows: c, bias: &[] }));
-    make(v, shape)
+    H::make(v, shape)
 }
 
 /// `grad · (Φ(x) + x φ(x))`.
 #[inline]
-fn gelu_grad(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-    let shape = dims(&x);
-    let x = values(x);
-    let mut g = values(grad);
+fn gelu_grad<H: Host>(x: T<H>, grad: T<H>) -> T<H> {
+    let shape = H::dims(&x);
+    let x = H::values(x);
+    let mut g = H::values(grad);
     g.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(g, x)| Arch::new().dispatch(GeluGrad { g, x }));
-    make(g, shape)
+    H::make(g, shape)
 }
 
 /// `[batch · seq, heads · d_head]` to contiguous `[batch, heads, seq, d_head]`.
 // `#[inline]`: compiled (and optimised) in the crate that runs the model, as the generic
 // kernels are (our crates build at opt-level 1 in the dev profile).
 #[inline]
-pub fn split_heads(t: FlexTensor, batch: usize, heads: usize) -> FlexTensor {
-    let [n, w] = dims(&t)[..] else {
+pub fn split_heads<H: Host>(t: T<H>, batch: usize, heads: usize) -> T<H> {
+    let [n, w] = H::dims(&t)[..] else {
         panic!("split_heads takes a matrix")
     };
     let (seq, dh) = (n / batch, w / heads);
-    let v = values(t);
+    let v = H::values(t);
     let mut out = vec![0.0f32; n * w];
     // One task per (batch, head): seq rows of d_head contiguous values.
     out.par_chunks_mut((seq * dh).max(1))
@@ -104,16 +199,16 @@ pub fn split_heads(t: FlexTensor, batch: usize, heads: usize) -> FlexTensor {
                 dst[s * dh..(s + 1) * dh].copy_from_slice(&v[src..src + dh]);
             }
         });
-    make(out, vec![batch, heads, seq, dh])
+    H::make(out, vec![batch, heads, seq, dh])
 }
 
 /// `[batch, heads, seq, d_head]` to `[batch · seq, heads · d_head]` (as `out`'s shape).
 #[inline]
-pub fn merge_heads(t: FlexTensor, out_shape: Vec<usize>) -> FlexTensor {
-    let [b, h, s, dh] = dims(&t)[..] else {
+pub fn merge_heads<H: Host>(t: T<H>, out_shape: Vec<usize>) -> T<H> {
+    let [b, h, s, dh] = H::dims(&t)[..] else {
         panic!("merge_heads takes a 4-D tensor")
     };
-    let v = values(t);
+    let v = H::values(t);
     let w = h * dh;
     let mut out = vec![0.0f32; b * s * w];
     // One task per (batch, position): a row of heads · d_head values.
@@ -126,71 +221,72 @@ pub fn merge_heads(t: FlexTensor, out_shape: Vec<usize>) -> FlexTensor {
                 dst[hi * dh..(hi + 1) * dh].copy_from_slice(&v[src..src + dh]);
             }
         });
-    make(out, out_shape)
-}
-
-pub fn on_flex<const D: usize, const E: usize>(
-    x: Tensor<Flex, D>,
-    f: impl FnOnce(FlexTensor) -> FlexTensor,
-) -> Tensor<Flex, E> {
-    float(f(x.into_primitive().tensor()))
+    H::make(out, out_shape)
 }
 
 /// GELU under autodiff: the forward and backward kernels above.
 #[inline]
-pub fn gelu_ad<const D: usize>(x: Tensor<Ad, D>) -> Tensor<Ad, D> {
+pub fn gelu_ad<H: Host, const D: usize>(x: Tensor<Autodiff<H>, D>) -> Tensor<Autodiff<H>, D> {
     #[derive(Debug)]
     struct GeluBackward;
-    impl Backward<Flex, 1> for GeluBackward {
-        type State = FlexTensor;
-        fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+    impl<H: Host> Backward<H, 1> for GeluBackward {
+        type State = T<H>;
+        fn backward(self, ops: Ops<T<H>, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
             let x = ops.state;
-            unary::<Flex, _>(ops.parents, ops.node, grads, |g| gelu_grad(x, g));
+            unary::<H, _>(ops.parents, ops.node, grads, |g| gelu_grad::<H>(x, g));
         }
     }
     let t = x.into_primitive().tensor();
-    let out = match GeluBackward
-        .prepare::<NoCheckpointing>([t.node.clone()])
-        .compute_bound()
-        .stateful()
+    let out = match <GeluBackward as Backward<H, _>>::prepare::<NoCheckpointing>(
+        GeluBackward,
+        [t.node.clone()],
+    )
+    .compute_bound()
+    .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(t.primitive.clone(), gelu(t.primitive)),
-        OpsKind::UnTracked(prep) => prep.finish(gelu(t.primitive)),
+        OpsKind::Tracked(prep) => prep.finish(t.primitive.clone(), gelu::<H>(t.primitive)),
+        OpsKind::UnTracked(prep) => prep.finish(gelu::<H>(t.primitive)),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// `split_heads` under autodiff (its gradient is `merge_heads`).
 #[inline]
-pub fn split_heads_ad(x: Tensor<Ad, 2>, batch: usize, heads: usize) -> Tensor<Ad, 4> {
+pub fn split_heads_ad<H: Host>(
+    x: Tensor<Autodiff<H>, 2>,
+    batch: usize,
+    heads: usize,
+) -> Tensor<Autodiff<H>, 4> {
     #[derive(Debug)]
     struct SplitBackward;
-    impl Backward<Flex, 1> for SplitBackward {
+    impl<H: Host> Backward<H, 1> for SplitBackward {
         type State = Vec<usize>;
         fn backward(self, ops: Ops<Vec<usize>, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
             let shape = ops.state;
-            unary::<Flex, _>(ops.parents, ops.node, grads, |g| merge_heads(g, shape));
+            unary::<H, _>(ops.parents, ops.node, grads, |g| merge_heads::<H>(g, shape));
         }
     }
     let t = x.into_primitive().tensor();
-    let shape = dims(&t.primitive);
-    let out = match SplitBackward
-        .prepare::<NoCheckpointing>([t.node.clone()])
-        .compute_bound()
-        .stateful()
+    let shape = H::dims(&t.primitive);
+    let out = match <SplitBackward as Backward<H, _>>::prepare::<NoCheckpointing>(
+        SplitBackward,
+        [t.node.clone()],
+    )
+    .compute_bound()
+    .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(shape, split_heads(t.primitive, batch, heads)),
-        OpsKind::UnTracked(prep) => prep.finish(split_heads(t.primitive, batch, heads)),
+        OpsKind::Tracked(prep) => prep.finish(shape, split_heads::<H>(t.primitive, batch, heads)),
+        OpsKind::UnTracked(prep) => prep.finish(split_heads::<H>(t.primitive, batch, heads)),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// `merge_heads` under autodiff (its gradient is `split_heads`).
 #[inline]
-pub fn merge_heads_ad(x: Tensor<Ad, 4>) -> Tensor<Ad, 3> {
+pub fn merge_heads_ad<H: Host>(x: Tensor<Autodiff<H>, 4>) -> Tensor<Autodiff<H>, 3> {
     #[derive(Debug)]
     struct MergeBackward;
-    impl Backward<Flex, 1> for MergeBackward {
+    impl<H: Host> Backward<H, 1> for MergeBackward {
         type State = (usize, usize);
         fn backward(
             self,
@@ -199,50 +295,36 @@ pub fn merge_heads_ad(x: Tensor<Ad, 4>) -> Tensor<Ad, 3> {
             _: &mut Checkpointer,
         ) {
             let (batch, heads) = ops.state;
-            unary::<Flex, _>(ops.parents, ops.node, grads, |g| {
-                let [b, s, w] = dims(&g)[..] else {
+            unary::<H, _>(ops.parents, ops.node, grads, |g| {
+                let [b, s, w] = H::dims(&g)[..] else {
                     panic!("the gradient of merge_heads is 3-D")
                 };
-                let g = make(values(g), vec![b * s, w]);
-                split_heads(g, batch, heads)
+                let g = H::make(H::values(g), vec![b * s, w]);
+                split_heads::<H>(g, batch, heads)
             });
         }
     }
     let [b, h, s, dh] = x.dims();
     let t = x.into_primitive().tensor();
-    let out = match MergeBackward
-        .prepare::<NoCheckpointing>([t.node.clone()])
-        .compute_bound()
-        .stateful()
+    let out = match <MergeBackward as Backward<H, _>>::prepare::<NoCheckpointing>(
+        MergeBackward,
+        [t.node.clone()],
+    )
+    .compute_bound()
+    .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((b, h), merge_heads(t.primitive, vec![b, s, h * dh])),
-        OpsKind::UnTracked(prep) => prep.finish(merge_heads(t.primitive, vec![b, s, h * dh])),
+        OpsKind::Tracked(prep) => {
+            prep.finish((b, h), merge_heads::<H>(t.primitive, vec![b, s, h * dh]))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(merge_heads::<H>(t.primitive, vec![b, s, h * dh])),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// `t`'s values as a row-major slice, copied only when `t` is a strided view.
-fn contiguous(t: FlexTensor) -> FlexTensor {
-    if t.layout().contiguous_offsets().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>()
-        .expect("flex kernels take contiguous f32 tensors (see `contiguous`)")
-}
-
-fn prim<const D: usize>(x: Tensor<Flex, D>) -> FlexTensor {
-    x.into_primitive().tensor()
-}
-
-/// The tensor `cast` to `T` when it is known to be of backend `T` (the other arguments of
+/// The tensor `cast` to `U` when it is known to be of backend `T` (the other arguments of
 /// an operation whose first argument was).
-fn same<T: Backend, B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<T, D> {
-    cast::<T, B, D>(x).unwrap_or_else(|_| unreachable!("every argument has one backend"))
+fn same<U: Backend, B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<U, D> {
+    cast::<U, B, D>(x).unwrap_or_else(|_| unreachable!("every argument has one backend"))
 }
 
 fn is_f32<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
@@ -302,52 +384,77 @@ fn split_mm(
     }
 }
 
-type LinearArgs<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
+/// Runs `$on::<H, B>` on the arguments for each CPU backend `H` compiled in, and returns
+/// from the calling function with its result when one takes them; else gives them back.
+macro_rules! on_hosts {
+    ($on:ident, $args:expr $(, $d:ident)?) => {{
+        let args = $args;
+        #[cfg(feature = "flex")]
+        let args = match $on::<burn::backend::Flex, _ $(, $d)?>(args) {
+            Ok(out) => return Ok(out),
+            Err(args) => args,
+        };
+        #[cfg(feature = "ndarray")]
+        let args = match $on::<burn::backend::NdArray, _ $(, $d)?>(args) {
+            Ok(out) => return Ok(out),
+            Err(args) => args,
+        };
+        args
+    }};
+}
 
-/// [`super::linear`] on flex and `Autodiff<Flex>`, or the arguments back.
-pub fn linear_dispatch<B: Backend>(
-    x: Tensor<B, 2>,
-    w: Tensor<B, 2>,
-    b: Option<Tensor<B, 1>>,
-    gelu: bool,
-) -> Result<Tensor<B, 2>, LinearArgs<B>> {
+type LinearArgs<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>, bool);
+
+/// [`super::linear`] on a CPU backend, with or without autodiff, or the arguments back.
+pub fn linear_dispatch<B: Backend>(args: LinearArgs<B>) -> Result<Tensor<B, 2>, LinearArgs<B>> {
+    let (x, w, b, _) = &args;
     let [n, k] = x.dims();
     let m = w.dims()[1];
-    let f32s = is_f32(&x) && is_f32(&w) && b.as_ref().is_none_or(is_f32);
+    let f32s = is_f32(x) && is_f32(w) && b.as_ref().is_none_or(is_f32);
     if !super::fused() || !f32s || n * k * m == 0 {
-        return Err((x, w, b));
+        return Err(args);
     }
-    let x = match cast::<Flex, B, 2>(x) {
+    Err(on_hosts!(linear_on, args))
+}
+
+fn linear_on<H: Host, B: Backend>(
+    (x, w, b, gelu): LinearArgs<B>,
+) -> Result<Tensor<B, 2>, LinearArgs<B>> {
+    let x = match cast::<H, B, 2>(x) {
         Ok(x) => {
-            let y = linear(
+            let y = linear::<H>(
                 prim(x),
-                prim(same::<Flex, B, 2>(w)),
-                b.map(|b| prim(same::<Flex, B, 1>(b))),
+                prim(same::<H, B, 2>(w)),
+                b.map(|b| prim(same::<H, B, 1>(b))),
                 gelu,
             );
-            return Ok(uncast(float(y)));
+            return Ok(uncast(float::<H, 2>(y)));
         }
         Err(x) => x,
     };
-    match (cast::<Ad, B, 2>(x), b) {
-        (Ok(x), Some(b)) => Ok(uncast(linear_ad(
+    match (cast::<Autodiff<H>, B, 2>(x), b) {
+        (Ok(x), Some(b)) => Ok(uncast(linear_ad::<H>(
             x,
-            same::<Ad, B, 2>(w),
-            same::<Ad, B, 1>(b),
+            same::<Autodiff<H>, B, 2>(w),
+            same::<Autodiff<H>, B, 1>(b),
             gelu,
         ))),
-        (Ok(x), b) => Err((uncast(x), w, b)),
-        (Err(x), b) => Err((x, w, b)),
+        (Ok(x), b) => Err((uncast(x), w, b, gelu)),
+        (Err(x), b) => Err((x, w, b, gelu)),
     }
+}
+
+fn prim<H: Backend, const D: usize>(x: Tensor<H, D>) -> T<H> {
+    x.into_primitive().tensor()
 }
 
 /// `x W + b`, then GELU when `gelu`.
 #[inline]
-pub fn linear(x: FlexTensor, w: FlexTensor, b: Option<FlexTensor>, gelu: bool) -> FlexTensor {
-    let (x, w) = (contiguous(x), contiguous(w));
-    let ([n, k], [_, m]) = (dims2(&x), dims2(&w));
-    let b = b.map(contiguous);
-    let bias = b.as_ref().map(slice);
+pub fn linear<H: Host>(x: T<H>, w: T<H>, b: Option<T<H>>, gelu: bool) -> T<H> {
+    let (x, w) = (H::contiguous(x), H::contiguous(w));
+    let ([n, k], [_, m]) = (H::dims2(&x), H::dims2(&w));
+    let b = b.map(H::contiguous);
+    let bias = b.as_ref().map(H::slice);
     let mut out = match (bias, gelu) {
         // The product adds to the bias rows.
         (Some(bias), false) => bias.repeat(n),
@@ -361,8 +468,8 @@ pub fn linear(x: FlexTensor, w: FlexTensor, b: Option<FlexTensor>, gelu: bool) -
     mm(
         MatMut::from_row_major_slice_mut(&mut out, n, m),
         accum,
-        MatRef::from_row_major_slice(slice(&x), n, k),
-        MatRef::from_row_major_slice(slice(&w), k, m),
+        MatRef::from_row_major_slice(H::slice(&x), n, k),
+        MatRef::from_row_major_slice(H::slice(&w), k, m),
         1.0f32,
     );
     if gelu {
@@ -372,24 +479,17 @@ pub fn linear(x: FlexTensor, w: FlexTensor, b: Option<FlexTensor>, gelu: bool) -
         out.par_chunks_mut(rows * m)
             .for_each(|rows| Arch::new().dispatch(GeluBias { rows, bias }));
     }
-    make(out, vec![n, m])
-}
-
-fn dims2(t: &FlexTensor) -> [usize; 2] {
-    match dims(t)[..] {
-        [a, b] => [a, b],
-        _ => panic!("a matrix was expected"),
-    }
+    H::make(out, vec![n, m])
 }
 
 /// `a · b` (`a: [n, k]`, `b: [k, m]`, either given transposed).
-fn product(a: &FlexTensor, ta: bool, b: &FlexTensor, tb: bool) -> FlexTensor {
-    fn view(t: &FlexTensor, transposed: bool) -> MatRef<'_, f32> {
-        let [r, c] = dims2(t);
-        let v = MatRef::from_row_major_slice(slice(t), r, c);
+fn product<H: Host>(a: &T<H>, ta: bool, b: &T<H>, tb: bool) -> T<H> {
+    fn view<H: Host>(t: &T<H>, transposed: bool) -> MatRef<'_, f32> {
+        let [r, c] = H::dims2(t);
+        let v = MatRef::from_row_major_slice(H::slice(t), r, c);
         if transposed { v.transpose() } else { v }
     }
-    let (a, b) = (view(a, ta), view(b, tb));
+    let (a, b) = (view::<H>(a, ta), view::<H>(b, tb));
     let (n, m) = (a.nrows(), b.ncols());
     let mut out = vec![0.0f32; n * m];
     mm(
@@ -399,50 +499,55 @@ fn product(a: &FlexTensor, ta: bool, b: &FlexTensor, tb: bool) -> FlexTensor {
         b,
         1.0f32,
     );
-    make(out, vec![n, m])
+    H::make(out, vec![n, m])
 }
 
 /// The sum of the rows of `g: [n, m]`.
-fn column_sums(g: &FlexTensor) -> FlexTensor {
-    let [_, m] = dims2(g);
+fn column_sums<H: Host>(g: &T<H>) -> T<H> {
+    let [_, m] = H::dims2(g);
     let mut out = vec![0.0f32; m];
     Arch::new().dispatch(ColumnSums {
         out: &mut out,
-        g: slice(g),
+        g: H::slice(g),
     });
-    make(out, vec![m])
+    H::make(out, vec![m])
 }
 
 /// [`linear`] under autodiff.
 #[inline]
-pub fn linear_ad(
-    x: Tensor<Ad, 2>,
-    w: Tensor<Ad, 2>,
-    b: Tensor<Ad, 1>,
+pub fn linear_ad<H: Host>(
+    x: Tensor<Autodiff<H>, 2>,
+    w: Tensor<Autodiff<H>, 2>,
+    b: Tensor<Autodiff<H>, 1>,
     gelu: bool,
-) -> Tensor<Ad, 2> {
+) -> Tensor<Autodiff<H>, 2> {
     /// The input, the weight, and the pre-activation when GELU follows.
-    type LinearState = (FlexTensor, FlexTensor, Option<FlexTensor>);
+    type LinearState<H> = (T<H>, T<H>, Option<T<H>>);
     #[derive(Debug)]
     struct LinearBackward;
-    impl Backward<Flex, 3> for LinearBackward {
-        type State = LinearState;
-        fn backward(self, ops: Ops<LinearState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+    impl<H: Host> Backward<H, 3> for LinearBackward {
+        type State = LinearState<H>;
+        fn backward(
+            self,
+            ops: Ops<LinearState<H>, 3>,
+            grads: &mut Gradients,
+            _: &mut Checkpointer,
+        ) {
             let [px, pw, pb] = ops.parents;
-            let grad = grads.consume::<Flex>(&ops.node);
+            let grad = grads.consume::<H>(&ops.node);
             let (x, w, z) = ops.state;
-            let dz = contiguous(match z {
-                Some(z) => gelu_grad(z, grad),
+            let dz = H::contiguous(match z {
+                Some(z) => gelu_grad::<H>(z, grad),
                 None => grad,
             });
             if let Some(node) = pb {
-                grads.register::<Flex>(node.id, column_sums(&dz));
+                grads.register::<H>(node.id, column_sums::<H>(&dz));
             }
             if let Some(node) = pw {
-                grads.register::<Flex>(node.id, product(&x, true, &dz, false));
+                grads.register::<H>(node.id, product::<H>(&x, true, &dz, false));
             }
             if let Some(node) = px {
-                grads.register::<Flex>(node.id, product(&dz, false, &w, true));
+                grads.register::<H>(node.id, product::<H>(&dz, false, &w, true));
             }
         }
     }
@@ -452,25 +557,28 @@ pub fn linear_ad(
         b.into_primitive().tensor(),
     );
     let nodes = [x.node.clone(), w.node.clone(), b.node.clone()];
-    let out = match LinearBackward
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (xp, wp) = (contiguous(x.primitive), contiguous(w.primitive));
-            let z = linear(xp.clone(), wp.clone(), Some(b.primitive), false);
-            if gelu {
-                let y = self::gelu(make(slice(&z).to_vec(), dims(&z)));
-                prep.finish((xp, wp, Some(z)), y)
-            } else {
-                prep.finish((xp, wp, None), z)
+    let out =
+        match <LinearBackward as Backward<H, _>>::prepare::<NoCheckpointing>(LinearBackward, nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (xp, wp) = (H::contiguous(x.primitive), H::contiguous(w.primitive));
+                let z = linear::<H>(xp.clone(), wp.clone(), Some(b.primitive), false);
+                if gelu {
+                    let y = self::gelu::<H>(H::make(H::slice(&z).to_vec(), H::dims(&z)));
+                    prep.finish((xp, wp, Some(z)), y)
+                } else {
+                    prep.finish((xp, wp, None), z)
+                }
             }
-        }
-        OpsKind::UnTracked(prep) => {
-            prep.finish(linear(x.primitive, w.primitive, Some(b.primitive), gelu))
-        }
-    };
+            OpsKind::UnTracked(prep) => prep.finish(linear::<H>(
+                x.primitive,
+                w.primitive,
+                Some(b.primitive),
+                gelu,
+            )),
+        };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
@@ -479,63 +587,64 @@ type NormArgs<B> = (
     Option<Tensor<B, 3>>,
     Tensor<B, 1>,
     Tensor<B, 1>,
+    f64,
 );
 
-/// [`super::add_layer_norm`] and [`super::layer_norm`] on flex (contiguous `x` and `a` of one
-/// shape) and `Autodiff<Flex>`, or the arguments back.
-pub fn add_layer_norm_dispatch<B: Backend>(
-    x: Tensor<B, 3>,
-    a: Option<Tensor<B, 3>>,
-    weight: Tensor<B, 1>,
-    bias: Tensor<B, 1>,
-    eps: f64,
-) -> Result<Tensor<B, 3>, NormArgs<B>> {
-    let f32s = is_f32(&x) && a.as_ref().is_none_or(is_f32) && is_f32(&weight) && is_f32(&bias);
+/// [`super::add_layer_norm`] and [`super::layer_norm`] on a CPU backend, with or without
+/// autodiff (`x` and `a` of one shape), or the arguments back.
+pub fn add_layer_norm_dispatch<B: Backend>(args: NormArgs<B>) -> Result<Tensor<B, 3>, NormArgs<B>> {
+    let (x, a, weight, bias, _) = &args;
+    let f32s = is_f32(x) && a.as_ref().is_none_or(is_f32) && is_f32(weight) && is_f32(bias);
     let same_shape = a.as_ref().is_none_or(|a| a.dims() == x.dims());
     if !super::fused() || !f32s || !same_shape || x.dims()[2] == 0 {
-        return Err((x, a, weight, bias));
+        return Err(args);
     }
-    let x = match cast::<Flex, B, 3>(x) {
+    Err(on_hosts!(add_layer_norm_on, args))
+}
+
+fn add_layer_norm_on<H: Host, B: Backend>(
+    (x, a, weight, bias, eps): NormArgs<B>,
+) -> Result<Tensor<B, 3>, NormArgs<B>> {
+    let x = match cast::<H, B, 3>(x) {
         Ok(x) => x,
-        Err(x) => match cast::<Ad, B, 3>(x) {
+        Err(x) => match cast::<Autodiff<H>, B, 3>(x) {
             Ok(x) => {
-                let a = a.map(same::<Ad, B, 3>);
-                let (w, b) = (same::<Ad, B, 1>(weight), same::<Ad, B, 1>(bias));
-                return Ok(uncast(add_layer_norm_ad(x, a, w, b, eps as f32)));
+                let a = a.map(same::<Autodiff<H>, B, 3>);
+                let (w, b) = (
+                    same::<Autodiff<H>, B, 1>(weight),
+                    same::<Autodiff<H>, B, 1>(bias),
+                );
+                return Ok(uncast(add_layer_norm_ad::<H>(x, a, w, b, eps as f32)));
             }
-            Err(x) => return Err((x, a, weight, bias)),
+            Err(x) => return Err((x, a, weight, bias, eps)),
         },
     };
-    let a = a.map(|a| prim(same::<Flex, B, 3>(a)));
-    let xp = prim(x);
-    let strided = |t: &FlexTensor| t.layout().contiguous_offsets().is_none();
-    if strided(&xp) || a.as_ref().is_some_and(strided) {
-        return Err((uncast(float(xp)), a.map(|a| uncast(float(a))), weight, bias));
-    }
+    let a = a.map(|a| H::contiguous(prim(same::<H, B, 3>(a))));
+    let x = H::contiguous(prim(x));
     let (w, b) = (
-        contiguous(prim(same::<Flex, B, 1>(weight))),
-        contiguous(prim(same::<Flex, B, 1>(bias))),
+        H::contiguous(prim(same::<H, B, 1>(weight))),
+        H::contiguous(prim(same::<H, B, 1>(bias))),
     );
-    Ok(uncast(float(
-        add_layer_norm(&xp, a.as_ref(), &w, &b, eps as f32, false).0,
+    Ok(uncast(float::<H, 3>(
+        add_layer_norm::<H>(&x, a.as_ref(), &w, &b, eps as f32, false).0,
     )))
 }
 
 /// `LayerNorm(x + a)` (or of `x` alone) per row of the last axis; with `keep`, also the
 /// normalised rows `x̂` and each row's `1 / √(σ² + ε)` (what the backward pass needs).
 #[inline]
-fn add_layer_norm(
-    x: &FlexTensor,
-    a: Option<&FlexTensor>,
-    w: &FlexTensor,
-    b: &FlexTensor,
+fn add_layer_norm<H: Host>(
+    x: &T<H>,
+    a: Option<&T<H>>,
+    w: &T<H>,
+    b: &T<H>,
     eps: f32,
     keep: bool,
-) -> (FlexTensor, Option<(FlexTensor, FlexTensor)>) {
-    let shape = dims(x);
+) -> (T<H>, Option<(T<H>, T<H>)>) {
+    let shape = H::dims(x);
     let d = shape[shape.len() - 1];
-    let (xs, ws, bs) = (slice(x), slice(w), slice(b));
-    let a = a.map(slice);
+    let (xs, ws, bs) = (H::slice(x), H::slice(w), H::slice(b));
+    let a = a.map(H::slice);
     let n = xs.len() / d;
     let mut out = vec![0.0f32; xs.len()];
     let (mut xhat, mut inv) = if keep {
@@ -567,23 +676,23 @@ fn add_layer_norm(
             .enumerate()
             .for_each(|(i, out)| run(i, out, None));
     }
-    let kept = keep.then(|| (make(xhat, shape.clone()), make(inv, vec![n])));
-    (make(out, shape), kept)
+    let kept = keep.then(|| (H::make(xhat, shape.clone()), H::make(inv, vec![n])));
+    (H::make(out, shape), kept)
 }
 
 /// The gradients of `y = x̂ · w + b` with `x̂ = (h - μ) · inv`: `(dh, dw, db)`.
 ///
 /// Deterministic: `dw` and `db` are summed over fixed row blocks, then the blocks in order,
 /// whatever the thread count.
-fn layer_norm_backward(
-    dy: &FlexTensor,
-    xhat: &FlexTensor,
-    inv: &FlexTensor,
-    w: &FlexTensor,
-) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let shape = dims(dy);
+fn layer_norm_backward<H: Host>(
+    dy: &T<H>,
+    xhat: &T<H>,
+    inv: &T<H>,
+    w: &T<H>,
+) -> (T<H>, T<H>, T<H>) {
+    let shape = H::dims(dy);
     let d = shape[shape.len() - 1];
-    let (gs, xs, is, ws) = (slice(dy), slice(xhat), slice(inv), slice(w));
+    let (gs, xs, is, ws) = (H::slice(dy), H::slice(xhat), H::slice(inv), H::slice(w));
     let rows = (CHUNK / d).max(1);
     let chunk = rows * d;
     let mut dh = vec![0.0f32; gs.len()];
@@ -612,71 +721,74 @@ fn layer_norm_backward(
             db[j] += part[d + j];
         }
     }
-    (make(dh, shape), make(dw, vec![d]), make(db, vec![d]))
+    (
+        H::make(dh, shape),
+        H::make(dw, vec![d]),
+        H::make(db, vec![d]),
+    )
 }
 
 /// [`add_layer_norm`] under autodiff: `x` and `a` (when given) get the same gradient.
 #[inline]
-fn add_layer_norm_ad(
-    x: Tensor<Ad, 3>,
-    a: Option<Tensor<Ad, 3>>,
-    w: Tensor<Ad, 1>,
-    b: Tensor<Ad, 1>,
+fn add_layer_norm_ad<H: Host>(
+    x: Tensor<Autodiff<H>, 3>,
+    a: Option<Tensor<Autodiff<H>, 3>>,
+    w: Tensor<Autodiff<H>, 1>,
+    b: Tensor<Autodiff<H>, 1>,
     eps: f32,
-) -> Tensor<Ad, 3> {
+) -> Tensor<Autodiff<H>, 3> {
     /// `x̂`, `inv` and the weight.
-    type NormState = (FlexTensor, FlexTensor, FlexTensor);
+    type NormState<H> = (T<H>, T<H>, T<H>);
     /// Parents: the inputs (`x`, or `x` and `a`), then the weight and the bias.
     #[derive(Debug)]
     struct NormBackward;
-    fn backward<const N: usize>(ops: Ops<NormState, N>, grads: &mut Gradients) {
-        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+    fn backward<H: Host, const N: usize>(ops: Ops<NormState<H>, N>, grads: &mut Gradients) {
+        let dy = H::contiguous(grads.consume::<H>(&ops.node));
         let (xhat, inv, w) = ops.state;
-        let (dh, dw, db) = layer_norm_backward(&dy, &xhat, &inv, &w);
+        let (dh, dw, db) = layer_norm_backward::<H>(&dy, &xhat, &inv, &w);
         let mut parents: Vec<_> = ops.parents.into_iter().collect();
         if let Some(node) = parents.pop().flatten() {
-            grads.register::<Flex>(node.id, db);
+            grads.register::<H>(node.id, db);
         }
         if let Some(node) = parents.pop().flatten() {
-            grads.register::<Flex>(node.id, dw);
+            grads.register::<H>(node.id, dw);
         }
         for node in parents.into_iter().flatten() {
-            grads.register::<Flex>(node.id, dh.clone());
+            grads.register::<H>(node.id, dh.clone());
         }
     }
-    impl Backward<Flex, 3> for NormBackward {
-        type State = NormState;
-        fn backward(self, ops: Ops<NormState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-            backward(ops, grads)
+    impl<H: Host> Backward<H, 3> for NormBackward {
+        type State = NormState<H>;
+        fn backward(self, ops: Ops<NormState<H>, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            backward::<H, _>(ops, grads)
         }
     }
-    impl Backward<Flex, 4> for NormBackward {
-        type State = NormState;
-        fn backward(self, ops: Ops<NormState, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-            backward(ops, grads)
+    impl<H: Host> Backward<H, 4> for NormBackward {
+        type State = NormState<H>;
+        fn backward(self, ops: Ops<NormState<H>, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+            backward::<H, _>(ops, grads)
         }
     }
     // A macro, not a function: the node type of Burn's autodiff graph has no public name.
     macro_rules! run {
         ($nodes:expr, $x:expr, $a:expr, $w:expr, $b:expr) => {{
             let (x, a, w, b) = (
-                contiguous($x),
-                $a.map(contiguous),
-                contiguous($w),
-                contiguous($b),
+                H::contiguous($x),
+                $a.map(H::contiguous),
+                H::contiguous($w),
+                H::contiguous($b),
             );
-            match NormBackward
-                .prepare::<NoCheckpointing>($nodes)
+            match <NormBackward as Backward<H, _>>::prepare::<NoCheckpointing>(NormBackward, $nodes)
                 .compute_bound()
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    let (y, kept) = add_layer_norm(&x, a.as_ref(), &w, &b, eps, true);
+                    let (y, kept) = add_layer_norm::<H>(&x, a.as_ref(), &w, &b, eps, true);
                     let (xhat, inv) = kept.expect("kept on request");
                     prep.finish((xhat, inv, w), y)
                 }
                 OpsKind::UnTracked(prep) => {
-                    prep.finish(add_layer_norm(&x, a.as_ref(), &w, &b, eps, false).0)
+                    prep.finish(add_layer_norm::<H>(&x, a.as_ref(), &w, &b, eps, false).0)
                 }
             }
         }};
@@ -690,7 +802,7 @@ fn add_layer_norm_ad(
         None => run!(
             [x.node.clone(), w.node.clone(), b.node.clone()],
             x.primitive,
-            None::<FlexTensor>,
+            None::<T<H>>,
             w.primitive,
             b.primitive
         ),
@@ -718,44 +830,48 @@ type AttentionArgs<B> = (
     Tensor<B, 4>,
     Tensor<B, 4>,
     Option<Tensor<B, 2>>,
+    bool,
 );
 
-/// [`super::attention`] on flex and `Autodiff<Flex>`, or the arguments back.
+/// [`super::attention`] on a CPU backend, with or without autodiff, or the arguments back.
 pub fn attention_dispatch<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    bias: Option<Tensor<B, 2>>,
-    causal: bool,
+    args: AttentionArgs<B>,
 ) -> Result<Tensor<B, 4>, AttentionArgs<B>> {
-    let f32s = is_f32(&q) && is_f32(&k) && is_f32(&v) && bias.as_ref().is_none_or(is_f32);
+    let (q, k, v, bias, causal) = &args;
+    let f32s = is_f32(q) && is_f32(k) && is_f32(v) && bias.as_ref().is_none_or(is_f32);
     let [_, _, s, dh] = q.dims();
     let sk = k.dims()[2];
-    if !super::fused() || !f32s || s * sk * dh == 0 || (causal && s != sk) {
-        return Err((q, k, v, bias));
+    if !super::fused() || !f32s || s * sk * dh == 0 || (*causal && s != sk) {
+        return Err(args);
     }
-    let q = match cast::<Flex, B, 4>(q) {
+    Err(on_hosts!(attention_on, args))
+}
+
+fn attention_on<H: Host, B: Backend>(
+    (q, k, v, bias, causal): AttentionArgs<B>,
+) -> Result<Tensor<B, 4>, AttentionArgs<B>> {
+    let q = match cast::<H, B, 4>(q) {
         Ok(q) => q,
-        Err(q) => match cast::<Ad, B, 4>(q) {
+        Err(q) => match cast::<Autodiff<H>, B, 4>(q) {
             Ok(q) => {
-                let (k, v) = (same::<Ad, B, 4>(k), same::<Ad, B, 4>(v));
-                let bias = bias.map(same::<Ad, B, 2>);
-                return Ok(uncast(attention_ad(q, k, v, bias, causal)));
+                let (k, v) = (same::<Autodiff<H>, B, 4>(k), same::<Autodiff<H>, B, 4>(v));
+                let bias = bias.map(same::<Autodiff<H>, B, 2>);
+                return Ok(uncast(attention_ad::<H>(q, k, v, bias, causal)));
             }
-            Err(q) => return Err((q, k, v, bias)),
+            Err(q) => return Err((q, k, v, bias, causal)),
         },
     };
-    let (k, v) = (same::<Flex, B, 4>(k), same::<Flex, B, 4>(v));
-    let bias = bias.map(|m| contiguous(prim(same::<Flex, B, 2>(m))));
-    let (out, _) = attention(
-        &contiguous(prim(q)),
-        &contiguous(prim(k)),
-        &contiguous(prim(v)),
+    let (k, v) = (same::<H, B, 4>(k), same::<H, B, 4>(v));
+    let bias = bias.map(|m| H::contiguous(prim(same::<H, B, 2>(m))));
+    let (out, _) = attention::<H>(
+        &H::contiguous(prim(q)),
+        &H::contiguous(prim(k)),
+        &H::contiguous(prim(v)),
         bias.as_ref(),
         causal,
         false,
     );
-    Ok(uncast(float(out)))
+    Ok(uncast(float::<H, 4>(out)))
 }
 
 /// Row-major `[rows, cols]` block `i` of a buffer of such blocks.
@@ -767,21 +883,21 @@ fn block(v: &[f32], i: usize, rows: usize, cols: usize) -> MatRef<'_, f32> {
 /// per row, then `S V` into the output. With `keep`, also the probabilities
 /// (`[batch, heads, seq, seq_k]`), which the backward pass needs.
 #[inline]
-fn attention(
-    q: &FlexTensor,
-    k: &FlexTensor,
-    v: &FlexTensor,
-    bias: Option<&FlexTensor>,
+fn attention<H: Host>(
+    q: &T<H>,
+    k: &T<H>,
+    v: &T<H>,
+    bias: Option<&T<H>>,
     causal: bool,
     keep: bool,
-) -> (FlexTensor, Option<FlexTensor>) {
-    let [b, h, s, dh] = dims(q)[..] else {
+) -> (T<H>, Option<T<H>>) {
+    let [b, h, s, dh] = H::dims(q)[..] else {
         panic!("attention takes [batch, heads, seq, d_head]")
     };
-    let sk = dims(k)[2];
-    let dv = dims(v)[3];
-    let (qs, ks, vs) = (slice(q), slice(k), slice(v));
-    let bias = bias.map(slice);
+    let sk = H::dims(k)[2];
+    let dv = H::dims(v)[3];
+    let (qs, ks, vs) = (H::slice(q), H::slice(k), H::slice(v));
+    let bias = bias.map(H::slice);
     let scale = 1.0 / (dh as f32).sqrt();
     let mut out = vec![0.0f32; b * h * s * dv];
     let one = |bh: usize, p: &mut [f32], o: &mut [f32]| {
@@ -817,32 +933,38 @@ fn attention(
             .enumerate()
             .for_each(|(bh, (o, p))| one(bh, p, o));
         (
-            make(out, vec![b, h, s, dv]),
-            Some(make(probs, vec![b, h, s, sk])),
+            H::make(out, vec![b, h, s, dv]),
+            Some(H::make(probs, vec![b, h, s, sk])),
         )
     } else {
         out.par_chunks_mut(s * dv)
             .enumerate()
             .for_each(|(bh, o)| one(bh, &mut vec![0.0f32; s * sk], o));
-        (make(out, vec![b, h, s, dv]), None)
+        (H::make(out, vec![b, h, s, dv]), None)
     }
 }
 
 /// The gradients of [`attention`]'s output with respect to `q`, `k` and `v`, from the
 /// probabilities `p` it kept, one task per (batch, head):
 /// `dV = Pᵀ dO`, `dS = P ⊙ (dO Vᵀ - rowsum(P ⊙ dO Vᵀ))`, `dQ = dS K / √d`, `dK = dSᵀ Q / √d`.
-fn attention_backward(
-    q: &FlexTensor,
-    k: &FlexTensor,
-    v: &FlexTensor,
-    p: &FlexTensor,
-    d_out: &FlexTensor,
-) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let [b, h, s, dh] = dims(q)[..] else {
+fn attention_backward<H: Host>(
+    q: &T<H>,
+    k: &T<H>,
+    v: &T<H>,
+    p: &T<H>,
+    d_out: &T<H>,
+) -> (T<H>, T<H>, T<H>) {
+    let [b, h, s, dh] = H::dims(q)[..] else {
         panic!("attention takes [batch, heads, seq, d_head]")
     };
-    let (sk, dv) = (dims(k)[2], dims(v)[3]);
-    let (qs, ks, vs, ps, gs) = (slice(q), slice(k), slice(v), slice(p), slice(d_out));
+    let (sk, dv) = (H::dims(k)[2], H::dims(v)[3]);
+    let (qs, ks, vs, ps, gs) = (
+        H::slice(q),
+        H::slice(k),
+        H::slice(v),
+        H::slice(p),
+        H::slice(d_out),
+    );
     let scale = 1.0 / (dh as f32).sqrt();
     let (mut dq, mut dk, mut dvs) = (
         vec![0.0f32; b * h * s * dh],
@@ -896,41 +1018,41 @@ fn attention_backward(
             );
         });
     (
-        make(dq, vec![b, h, s, dh]),
-        make(dk, vec![b, h, sk, dh]),
-        make(dvs, vec![b, h, sk, dv]),
+        H::make(dq, vec![b, h, s, dh]),
+        H::make(dk, vec![b, h, sk, dh]),
+        H::make(dvs, vec![b, h, sk, dv]),
     )
 }
 
 /// [`attention`] under autodiff, with [`attention_backward`]. The bias is a constant (the
 /// padding mask): no gradient flows to it.
 #[inline]
-fn attention_ad(
-    q: Tensor<Ad, 4>,
-    k: Tensor<Ad, 4>,
-    v: Tensor<Ad, 4>,
-    bias: Option<Tensor<Ad, 2>>,
+fn attention_ad<H: Host>(
+    q: Tensor<Autodiff<H>, 4>,
+    k: Tensor<Autodiff<H>, 4>,
+    v: Tensor<Autodiff<H>, 4>,
+    bias: Option<Tensor<Autodiff<H>, 2>>,
     causal: bool,
-) -> Tensor<Ad, 4> {
+) -> Tensor<Autodiff<H>, 4> {
     /// `q`, `k`, `v` and the probabilities.
-    type AttentionState = (FlexTensor, FlexTensor, FlexTensor, FlexTensor);
+    type AttentionState<H> = (T<H>, T<H>, T<H>, T<H>);
     #[derive(Debug)]
     struct AttentionBackward;
-    impl Backward<Flex, 3> for AttentionBackward {
-        type State = AttentionState;
+    impl<H: Host> Backward<H, 3> for AttentionBackward {
+        type State = AttentionState<H>;
         fn backward(
             self,
-            ops: Ops<AttentionState, 3>,
+            ops: Ops<AttentionState<H>, 3>,
             grads: &mut Gradients,
             _: &mut Checkpointer,
         ) {
-            let d_out = contiguous(grads.consume::<Flex>(&ops.node));
+            let d_out = H::contiguous(grads.consume::<H>(&ops.node));
             let (q, k, v, p) = ops.state;
-            let (dq, dk, dv) = attention_backward(&q, &k, &v, &p, &d_out);
+            let (dq, dk, dv) = attention_backward::<H>(&q, &k, &v, &p, &d_out);
             let [pq, pk, pv] = ops.parents;
             for (node, g) in [(pq, dq), (pk, dk), (pv, dv)] {
                 if let Some(node) = node {
-                    grads.register::<Flex>(node.id, g);
+                    grads.register::<H>(node.id, g);
                 }
             }
         }
@@ -940,80 +1062,75 @@ fn attention_ad(
         k.into_primitive().tensor(),
         v.into_primitive().tensor(),
     );
-    let bias = bias.map(|m| contiguous(m.into_primitive().tensor().primitive));
+    let bias = bias.map(|m| H::contiguous(m.into_primitive().tensor().primitive));
     let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
     let (q, k, v) = (
-        contiguous(q.primitive),
-        contiguous(k.primitive),
-        contiguous(v.primitive),
+        H::contiguous(q.primitive),
+        H::contiguous(k.primitive),
+        H::contiguous(v.primitive),
     );
-    let out = match AttentionBackward
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful()
+    let out = match <AttentionBackward as Backward<H, _>>::prepare::<NoCheckpointing>(
+        AttentionBackward,
+        nodes,
+    )
+    .compute_bound()
+    .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let (out, p) = attention(&q, &k, &v, bias.as_ref(), causal, true);
+            let (out, p) = attention::<H>(&q, &k, &v, bias.as_ref(), causal, true);
             prep.finish((q, k, v, p.expect("kept on request")), out)
         }
         OpsKind::UnTracked(prep) => {
-            prep.finish(attention(&q, &k, &v, bias.as_ref(), causal, false).0)
+            prep.finish(attention::<H>(&q, &k, &v, bias.as_ref(), causal, false).0)
         }
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
-}
-
-/// `t` with a contiguous buffer of exactly its elements (itself when it has one), so that
-/// its storage is its values in order.
-fn exact(t: FlexTensor) -> FlexTensor {
-    let l = t.layout();
-    if l.is_contiguous() && l.start_offset() == 0 && t.bytes().len() == l.num_elements() * 4 {
-        t
-    } else {
-        t.to_contiguous()
-    }
 }
 
 type AdamWArgs<B, const D: usize> = (
     Tensor<B, D>,
     Tensor<B, D>,
     Option<(Tensor<B, D>, Tensor<B, D>)>,
+    super::AdamWStep,
 );
 type AdamWOut<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>);
 
-/// [`super::adamw_step`] on flex, or the arguments back.
+/// [`super::adamw_step`] on a CPU backend, or the arguments back.
 pub fn adamw_dispatch<B: Backend, const D: usize>(
-    param: Tensor<B, D>,
-    grad: Tensor<B, D>,
-    moments: Option<(Tensor<B, D>, Tensor<B, D>)>,
-    h: super::AdamWStep,
+    args: AdamWArgs<B, D>,
 ) -> Result<AdamWOut<B, D>, AdamWArgs<B, D>> {
-    let f32s = is_f32(&param)
-        && is_f32(&grad)
+    let (param, grad, moments, _) = &args;
+    let f32s = is_f32(param)
+        && is_f32(grad)
         && moments.as_ref().is_none_or(|(m, v)| is_f32(m) && is_f32(v));
     let shapes = param.dims() == grad.dims()
         && moments
             .as_ref()
             .is_none_or(|(m, v)| m.dims() == param.dims() && v.dims() == param.dims());
     if !super::fused() || !f32s || !shapes {
-        return Err((param, grad, moments));
+        return Err(args);
     }
-    let param = match cast::<Flex, B, D>(param) {
+    Err(on_hosts!(adamw_on, args, D))
+}
+
+/// One pass over the parameter, gradient and moments, in place where the tensors own
+/// their buffers (moved out and back, no copy).
+fn adamw_on<H: Host, B: Backend, const D: usize>(
+    (param, grad, moments, h): AdamWArgs<B, D>,
+) -> Result<AdamWOut<B, D>, AdamWArgs<B, D>> {
+    let param = match cast::<H, B, D>(param) {
         Ok(p) => p,
-        Err(p) => return Err((p, grad, moments)),
+        Err(p) => return Err((p, grad, moments, h)),
     };
     let shape = param.dims().to_vec();
-    let mut p = exact(prim(param));
-    let g = exact(prim(same::<Flex, B, D>(grad)));
+    let mut p = H::values(prim(param));
+    let g = H::contiguous(prim(same::<H, B, D>(grad)));
     let (mut m, mut v) = match moments {
         Some((m, v)) => (
-            exact(prim(same::<Flex, B, D>(m))),
-            exact(prim(same::<Flex, B, D>(v))),
+            H::values(prim(same::<H, B, D>(m))),
+            H::values(prim(same::<H, B, D>(v))),
         ),
-        None => {
-            let n = shape.iter().product();
-            (make(vec![0.0; n], shape.clone()), make(vec![0.0; n], shape))
-        }
+        None => (vec![0.0; p.len()], vec![0.0; p.len()]),
     };
     let t = h.time as i32;
     let k = AdamWConsts {
@@ -1025,38 +1142,38 @@ pub fn adamw_dispatch<B: Backend, const D: usize>(
         lr: h.lr as f32,
         keep: (1.0 - h.lr * h.weight_decay as f64) as f32,
     };
-    {
-        let (ps, ms, vs) = (
-            p.storage_mut::<f32>(),
-            m.storage_mut::<f32>(),
-            v.storage_mut::<f32>(),
-        );
-        ps.par_chunks_mut(CHUNK)
-            .zip(ms.par_chunks_mut(CHUNK))
-            .zip(vs.par_chunks_mut(CHUNK))
-            .zip(slice(&g).par_chunks(CHUNK))
-            .for_each(|(((p, m), v), g)| Arch::new().dispatch(AdamWKernel { p, m, v, g, k }));
-    }
-    Ok((uncast(float(p)), uncast(float(m)), uncast(float(v))))
+    p.par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(H::slice(&g).par_chunks(CHUNK))
+        .for_each(|(((p, m), v), g)| Arch::new().dispatch(AdamWKernel { p, m, v, g, k }));
+    let out = |x: Vec<f32>| uncast(float::<H, D>(H::make(x, shape.clone())));
+    Ok((out(p), out(m), out(v)))
 }
 
-/// [`super::sum_squares`] on flex, or the tensor back.
+/// [`super::sum_squares`] on a CPU backend, or the tensor back.
 pub fn sum_squares_dispatch<B: Backend, const D: usize>(
     t: Tensor<B, D>,
 ) -> Result<Tensor<B, 1>, Tensor<B, D>> {
     if !super::fused() || !is_f32(&t) {
         return Err(t);
     }
-    let t = contiguous(prim(cast::<Flex, B, D>(t)?));
-    let blocks: Vec<f64> = slice(&t)
+    Err(on_hosts!(sum_squares_on, t, D))
+}
+
+fn sum_squares_on<H: Host, B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+) -> Result<Tensor<B, 1>, Tensor<B, D>> {
+    let t = H::contiguous(prim(cast::<H, B, D>(t)?));
+    let blocks: Vec<f64> = H::slice(&t)
         .par_chunks(CHUNK)
         .map(|c| lane_dot(c, c) as f64)
         .collect();
     let total: f64 = blocks.iter().sum();
-    Ok(uncast(float(make(vec![total as f32], vec![1]))))
+    Ok(uncast(float::<H, 1>(H::make(vec![total as f32], vec![1]))))
 }
 
-/// [`super::scale`] on flex, or the tensor back.
+/// [`super::scale`] on a CPU backend, or the tensor back.
 pub fn scale_dispatch<B: Backend, const D: usize>(
     t: Tensor<B, D>,
     factor: f32,
@@ -1064,11 +1181,90 @@ pub fn scale_dispatch<B: Backend, const D: usize>(
     if !super::fused() || !is_f32(&t) {
         return Err(t);
     }
-    let mut t = exact(prim(cast::<Flex, B, D>(t)?));
-    t.storage_mut::<f32>()
-        .par_chunks_mut(CHUNK)
+    Err(on_hosts!(scale_on, (t, factor), D).0)
+}
+
+fn scale_on<H: Host, B: Backend, const D: usize>(
+    (t, factor): (Tensor<B, D>, f32),
+) -> Result<Tensor<B, D>, (Tensor<B, D>, f32)> {
+    let t = match cast::<H, B, D>(t) {
+        Ok(t) => t,
+        Err(t) => return Err((t, factor)),
+    };
+    let shape = t.dims().to_vec();
+    let mut v = H::values(prim(t));
+    v.par_chunks_mut(CHUNK)
         .for_each(|c| Arch::new().dispatch(Scale { x: c, factor }));
-    Ok(uncast(float(t)))
+    Ok(uncast(float::<H, D>(H::make(v, shape))))
+}
+
+/// [`super::gelu`] on a CPU backend, with or without autodiff, or the tensor back.
+pub fn gelu_dispatch<B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if !is_f32(&t) {
+        return Err(t);
+    }
+    Err(on_hosts!(gelu_on, t, D))
+}
+
+fn gelu_on<H: Host, B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let t = match cast::<H, B, D>(t) {
+        Ok(t) => return Ok(uncast(float::<H, D>(gelu::<H>(prim(t))))),
+        Err(t) => t,
+    };
+    Ok(uncast(gelu_ad::<H, D>(cast::<Autodiff<H>, B, D>(t)?)))
+}
+
+/// [`super::split_heads`] on a CPU backend, with or without autodiff, or the tensor back.
+pub fn split_heads_dispatch<B: Backend>(
+    args: (Tensor<B, 2>, usize, usize),
+) -> Result<Tensor<B, 4>, (Tensor<B, 2>, usize, usize)> {
+    if !is_f32(&args.0) {
+        return Err(args);
+    }
+    Err(on_hosts!(split_heads_on, args))
+}
+
+fn split_heads_on<H: Host, B: Backend>(
+    (t, batch, heads): (Tensor<B, 2>, usize, usize),
+) -> Result<Tensor<B, 4>, (Tensor<B, 2>, usize, usize)> {
+    let t = match cast::<H, B, 2>(t) {
+        Ok(t) => {
+            return Ok(uncast(float::<H, 4>(split_heads::<H>(
+                prim(t),
+                batch,
+                heads,
+            ))));
+        }
+        Err(t) => t,
+    };
+    match cast::<Autodiff<H>, B, 2>(t) {
+        Ok(t) => Ok(uncast(split_heads_ad::<H>(t, batch, heads))),
+        Err(t) => Err((t, batch, heads)),
+    }
+}
+
+/// [`super::merge_heads`] on a CPU backend, with or without autodiff, or the tensor back.
+pub fn merge_heads_dispatch<B: Backend>(t: Tensor<B, 4>) -> Result<Tensor<B, 3>, Tensor<B, 4>> {
+    if !is_f32(&t) {
+        return Err(t);
+    }
+    Err(on_hosts!(merge_heads_on, t))
+}
+
+fn merge_heads_on<H: Host, B: Backend>(t: Tensor<B, 4>) -> Result<Tensor<B, 3>, Tensor<B, 4>> {
+    let [b, h, s, dh] = t.dims();
+    let t = match cast::<H, B, 4>(t) {
+        Ok(t) => {
+            let out = merge_heads::<H>(prim(t), vec![b, s, h * dh]);
+            return Ok(uncast(float::<H, 3>(out)));
+        }
+        Err(t) => t,
+    };
+    Ok(uncast(merge_heads_ad::<H>(cast::<Autodiff<H>, B, 4>(t)?)))
 }
 
 // The loops below run through `pulp`'s dispatch: each `with_simd` body is compiled for
