@@ -89,7 +89,7 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
 
     fn forward(&self, x: Tensor<B, 3>, context: &AttentionContext<B>) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
-        let (h, dh) = (self.n_heads, self.d_head);
+        let h = self.n_heads;
         if h == 0 {
             // Every head removed: what is left of the block is its output bias, exactly what
             // the full block gives with every head masked.
@@ -98,7 +98,7 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
         if let Some(c) = &context.capture {
             c.record(&["query", "key", "value"], x.clone());
         }
-        let split = |t: Tensor<B, 3>| kernels::split_heads(t.reshape([b * s, h * dh]), b, h);
+        let split = |t: Tensor<B, 3>| kernels::split_heads(t, b, h);
         let q = split(self.query.forward(x.clone()));
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x));

@@ -117,24 +117,29 @@ pub fn on_kernels<B: Backend>() -> bool {
     }
 }
 
-/// `x W + b`, then GELU when `gelu` (`x: [n, in]`, `w: [in, out]`, `b: [out]`).
+/// `x W + b`, then GELU when `gelu` (`x: [..., in]`, its leading axes as the rows of one
+/// product; `w: [in, out]`, `b: [out]`; the result `[..., out]`).
 ///
-/// On flex (with [`fused`] on) one matrix product in `faer` into a buffer that already
-/// holds the bias, or the product and then one pass for the bias and GELU; under
-/// `Autodiff<Flex>` one operation with its own backward (`dZ = dY · GELU'(Z)`,
-/// `dX = dZ Wᵀ`, `dW = Xᵀ dZ`, `db = Σ dZ`). Elsewhere Burn's `matmul`, add and [`gelu`].
-pub fn linear<B: Backend>(
-    x: Tensor<B, 2>,
+/// On the CPU backends (see [`on_kernels`]; with [`fused`] on) one matrix product in `faer`
+/// into a buffer that already holds the bias, or the product and then one pass for the bias
+/// and GELU, with no reshape copies; under autodiff one operation with its own backward
+/// (`dZ = dY · GELU'(Z)`, `dX = dZ Wᵀ`, `dW = Xᵀ dZ`, `db = Σ dZ`). Elsewhere Burn's
+/// `matmul`, add and [`gelu`].
+pub fn linear<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
     w: Tensor<B, 2>,
     b: Option<Tensor<B, 1>>,
     gelu: bool,
-) -> Tensor<B, 2> {
+) -> Tensor<B, D> {
     #[cfg(feature = "cpu-kernels")]
     let (x, w, b) = match cpu::linear_dispatch((x, w, b, gelu)) {
         Ok(y) => return y,
         Err((x, w, b, _)) => (x, w, b),
     };
-    let y = x.matmul(w);
+    // One 2-D product over the leading axes.
+    let mut shape = x.dims();
+    let k = shape[D - 1];
+    let y = x.reshape([shape[..D - 1].iter().product(), k]).matmul(w);
     let y = match b {
         Some(b) => {
             let o = b.dims()[0];
@@ -142,7 +147,9 @@ pub fn linear<B: Backend>(
         }
         None => y,
     };
-    if gelu { self::gelu(y) } else { y }
+    let y = if gelu { self::gelu(y) } else { y };
+    shape[D - 1] = y.dims()[1];
+    y.reshape(shape)
 }
 
 /// `LayerNorm(x + a)` over the last axis (BERT's post-norm residual), `x, a: [batch, seq,
@@ -327,10 +334,17 @@ pub fn exact_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.clone() * ((x / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5
 }
 
-/// `x: [batch · seq, heads · d_head]` as `[batch, heads, seq, d_head]` (contiguous on flex,
-/// a strided view elsewhere).
-pub fn split_heads<B: Backend>(x: Tensor<B, 2>, batch: usize, heads: usize) -> Tensor<B, 4> {
-    let [n, w] = x.dims();
+/// `x: [batch · seq, heads · d_head]` (or `[batch, seq, heads · d_head]`) as `[batch,
+/// heads, seq, d_head]` (contiguous on the CPU backends, a strided view elsewhere).
+pub fn split_heads<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    batch: usize,
+    heads: usize,
+) -> Tensor<B, 4> {
+    let (n, w) = (
+        x.shape().num_elements() / x.dims()[D - 1].max(1),
+        x.dims()[D - 1],
+    );
     let (seq, d_head) = (n / batch.max(1), w / heads.max(1));
     #[cfg(feature = "cpu-kernels")]
     let x = match cpu::split_heads_dispatch((x, batch, heads)) {

@@ -106,10 +106,8 @@ impl<B: Backend> Projection<B> {
     /// [`Self::forward`], then the exact GELU when `gelu` (fused into the product's output
     /// pass on flex, see [`crate::kernels::linear`]).
     pub fn forward_act(&self, x: Tensor<B, 3>, gelu: bool) -> Tensor<B, 3> {
-        let [b, s, d] = x.dims();
-        let x = x.reshape([b * s, d]);
         let bias = self.bias.as_ref().map(|b| b.val());
-        let y = match (&self.weight, &self.first, &self.second) {
+        match (&self.weight, &self.first, &self.second) {
             (Some(w), _, _) => kernels::linear(x, w.val(), bias, gelu),
             (None, Some(a), Some(bm)) => kernels::linear(
                 kernels::linear(x, a.val(), None, false),
@@ -118,9 +116,7 @@ impl<B: Backend> Projection<B> {
                 gelu,
             ),
             _ => unreachable!("a projection is dense or factorized"),
-        };
-        let o = y.dims()[1];
-        y.reshape([b, s, o])
+        }
     }
 
     /// Declares this projection's axes under `name`: inputs in `input`, outputs in `output`,

@@ -38,11 +38,11 @@ pub trait Host: Backend {
     /// A tensor of these values and shape.
     fn make(v: Vec<f32>, shape: Vec<usize>) -> T<Self>;
 
-    /// The shape of a matrix.
+    /// The shape of `t` as a matrix: its leading axes as the rows, its last as the columns.
     fn dims2(t: &T<Self>) -> [usize; 2] {
         match Self::dims(t)[..] {
-            [a, b] => [a, b],
-            _ => panic!("a matrix was expected"),
+            [] => [1, 1],
+            [ref rows @ .., cols] => [rows.iter().product(), cols],
         }
     }
 }
@@ -183,9 +183,7 @@ fn gelu_grad<H: Host>(x: T<H>, grad: T<H>) -> T<H> {
 // kernels are (our crates build at opt-level 1 in the dev profile).
 #[inline]
 pub fn split_heads<H: Host>(t: T<H>, batch: usize, heads: usize) -> T<H> {
-    let [n, w] = H::dims(&t)[..] else {
-        panic!("split_heads takes a matrix")
-    };
+    let [n, w] = H::dims2(&t);
     let (seq, dh) = (n / batch, w / heads);
     let v = H::values(t);
     let mut out = vec![0.0f32; n * w];
@@ -252,8 +250,8 @@ pub fn gelu_ad<H: Host, const D: usize>(x: Tensor<Autodiff<H>, D>) -> Tensor<Aut
 
 /// `split_heads` under autodiff (its gradient is `merge_heads`).
 #[inline]
-pub fn split_heads_ad<H: Host>(
-    x: Tensor<Autodiff<H>, 2>,
+pub fn split_heads_ad<H: Host, const D: usize>(
+    x: Tensor<Autodiff<H>, D>,
     batch: usize,
     heads: usize,
 ) -> Tensor<Autodiff<H>, 4> {
@@ -403,24 +401,29 @@ macro_rules! on_hosts {
     }};
 }
 
-type LinearArgs<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>, bool);
+type LinearArgs<B, const D: usize> = (Tensor<B, D>, Tensor<B, 2>, Option<Tensor<B, 1>>, bool);
 
 /// [`super::linear`] on a CPU backend, with or without autodiff, or the arguments back.
-pub fn linear_dispatch<B: Backend>(args: LinearArgs<B>) -> Result<Tensor<B, 2>, LinearArgs<B>> {
+pub fn linear_dispatch<B: Backend, const D: usize>(
+    args: LinearArgs<B, D>,
+) -> Result<Tensor<B, D>, LinearArgs<B, D>> {
     let (x, w, b, _) = &args;
-    let [n, k] = x.dims();
+    let (n, k) = (
+        x.shape().num_elements() / x.dims()[D - 1].max(1),
+        x.dims()[D - 1],
+    );
     let m = w.dims()[1];
     let f32s = is_f32(x) && is_f32(w) && b.as_ref().is_none_or(is_f32);
     if !super::fused() || !f32s || n * k * m == 0 {
         return Err(args);
     }
-    Err(on_hosts!(linear_on, args))
+    Err(on_hosts!(linear_on, args, D))
 }
 
-fn linear_on<H: Host, B: Backend>(
-    (x, w, b, gelu): LinearArgs<B>,
-) -> Result<Tensor<B, 2>, LinearArgs<B>> {
-    let x = match cast::<H, B, 2>(x) {
+fn linear_on<H: Host, B: Backend, const D: usize>(
+    (x, w, b, gelu): LinearArgs<B, D>,
+) -> Result<Tensor<B, D>, LinearArgs<B, D>> {
+    let x = match cast::<H, B, D>(x) {
         Ok(x) => {
             let y = linear::<H>(
                 prim(x),
@@ -428,12 +431,12 @@ fn linear_on<H: Host, B: Backend>(
                 b.map(|b| prim(same::<H, B, 1>(b))),
                 gelu,
             );
-            return Ok(uncast(float::<H, 2>(y)));
+            return Ok(uncast(float::<H, D>(y)));
         }
         Err(x) => x,
     };
-    match (cast::<Autodiff<H>, B, 2>(x), b) {
-        (Ok(x), Some(b)) => Ok(uncast(linear_ad::<H>(
+    match (cast::<Autodiff<H>, B, D>(x), b) {
+        (Ok(x), Some(b)) => Ok(uncast(linear_ad::<H, D>(
             x,
             same::<Autodiff<H>, B, 2>(w),
             same::<Autodiff<H>, B, 1>(b),
@@ -448,11 +451,15 @@ fn prim<H: Backend, const D: usize>(x: Tensor<H, D>) -> T<H> {
     x.into_primitive().tensor()
 }
 
-/// `x W + b`, then GELU when `gelu`.
+/// `x W + b`, then GELU when `gelu` (`x: [..., k]`, its leading axes as the rows).
 #[inline]
 pub fn linear<H: Host>(x: T<H>, w: T<H>, b: Option<T<H>>, gelu: bool) -> T<H> {
     let (x, w) = (H::contiguous(x), H::contiguous(w));
     let ([n, k], [_, m]) = (H::dims2(&x), H::dims2(&w));
+    let mut shape = H::dims(&x);
+    *shape
+        .last_mut()
+        .expect("linear takes a tensor of at least one axis") = m;
     let b = b.map(H::contiguous);
     let bias = b.as_ref().map(H::slice);
     let mut out = match (bias, gelu) {
@@ -479,11 +486,12 @@ pub fn linear<H: Host>(x: T<H>, w: T<H>, b: Option<T<H>>, gelu: bool) -> T<H> {
         out.par_chunks_mut(rows * m)
             .for_each(|rows| Arch::new().dispatch(GeluBias { rows, bias }));
     }
-    H::make(out, vec![n, m])
+    H::make(out, shape)
 }
 
-/// `a · b` (`a: [n, k]`, `b: [k, m]`, either given transposed).
-fn product<H: Host>(a: &T<H>, ta: bool, b: &T<H>, tb: bool) -> T<H> {
+/// `a · b` (`a: [n, k]`, `b: [k, m]`, either given transposed; leading axes as rows) as a
+/// tensor of `shape`.
+fn product<H: Host>(a: &T<H>, ta: bool, b: &T<H>, tb: bool, shape: Vec<usize>) -> T<H> {
     fn view<H: Host>(t: &T<H>, transposed: bool) -> MatRef<'_, f32> {
         let [r, c] = H::dims2(t);
         let v = MatRef::from_row_major_slice(H::slice(t), r, c);
@@ -499,7 +507,7 @@ fn product<H: Host>(a: &T<H>, ta: bool, b: &T<H>, tb: bool) -> T<H> {
         b,
         1.0f32,
     );
-    H::make(out, vec![n, m])
+    H::make(out, shape)
 }
 
 /// The sum of the rows of `g: [n, m]`.
@@ -515,12 +523,12 @@ fn column_sums<H: Host>(g: &T<H>) -> T<H> {
 
 /// [`linear`] under autodiff.
 #[inline]
-pub fn linear_ad<H: Host>(
-    x: Tensor<Autodiff<H>, 2>,
+pub fn linear_ad<H: Host, const D: usize>(
+    x: Tensor<Autodiff<H>, D>,
     w: Tensor<Autodiff<H>, 2>,
     b: Tensor<Autodiff<H>, 1>,
     gelu: bool,
-) -> Tensor<Autodiff<H>, 2> {
+) -> Tensor<Autodiff<H>, D> {
     /// The input, the weight, and the pre-activation when GELU follows.
     type LinearState<H> = (T<H>, T<H>, Option<T<H>>);
     #[derive(Debug)]
@@ -544,10 +552,10 @@ pub fn linear_ad<H: Host>(
                 grads.register::<H>(node.id, column_sums::<H>(&dz));
             }
             if let Some(node) = pw {
-                grads.register::<H>(node.id, product::<H>(&x, true, &dz, false));
+                grads.register::<H>(node.id, product::<H>(&x, true, &dz, false, H::dims(&w)));
             }
             if let Some(node) = px {
-                grads.register::<H>(node.id, product::<H>(&dz, false, &w, true));
+                grads.register::<H>(node.id, product::<H>(&dz, false, &w, true, H::dims(&x)));
             }
         }
     }
@@ -630,6 +638,9 @@ fn add_layer_norm_on<H: Host, B: Backend>(
     )))
 }
 
+/// The normalised rows `x̂` and each row's `1 / √(σ² + ε)`, kept for the backward pass.
+type Normalised<H> = (T<H>, T<H>);
+
 /// `LayerNorm(x + a)` (or of `x` alone) per row of the last axis; with `keep`, also the
 /// normalised rows `x̂` and each row's `1 / √(σ² + ε)` (what the backward pass needs).
 #[inline]
@@ -640,7 +651,7 @@ fn add_layer_norm<H: Host>(
     b: &T<H>,
     eps: f32,
     keep: bool,
-) -> (T<H>, Option<(T<H>, T<H>)>) {
+) -> (T<H>, Option<Normalised<H>>) {
     let shape = H::dims(x);
     let d = shape[shape.len() - 1];
     let (xs, ws, bs) = (H::slice(x), H::slice(w), H::slice(b));
@@ -1219,19 +1230,19 @@ fn gelu_on<H: Host, B: Backend, const D: usize>(
 }
 
 /// [`super::split_heads`] on a CPU backend, with or without autodiff, or the tensor back.
-pub fn split_heads_dispatch<B: Backend>(
-    args: (Tensor<B, 2>, usize, usize),
-) -> Result<Tensor<B, 4>, (Tensor<B, 2>, usize, usize)> {
+pub fn split_heads_dispatch<B: Backend, const D: usize>(
+    args: (Tensor<B, D>, usize, usize),
+) -> Result<Tensor<B, 4>, (Tensor<B, D>, usize, usize)> {
     if !is_f32(&args.0) {
         return Err(args);
     }
-    Err(on_hosts!(split_heads_on, args))
+    Err(on_hosts!(split_heads_on, args, D))
 }
 
-fn split_heads_on<H: Host, B: Backend>(
-    (t, batch, heads): (Tensor<B, 2>, usize, usize),
-) -> Result<Tensor<B, 4>, (Tensor<B, 2>, usize, usize)> {
-    let t = match cast::<H, B, 2>(t) {
+fn split_heads_on<H: Host, B: Backend, const D: usize>(
+    (t, batch, heads): (Tensor<B, D>, usize, usize),
+) -> Result<Tensor<B, 4>, (Tensor<B, D>, usize, usize)> {
+    let t = match cast::<H, B, D>(t) {
         Ok(t) => {
             return Ok(uncast(float::<H, 4>(split_heads::<H>(
                 prim(t),
@@ -1241,8 +1252,8 @@ fn split_heads_on<H: Host, B: Backend>(
         }
         Err(t) => t,
     };
-    match cast::<Autodiff<H>, B, 2>(t) {
-        Ok(t) => Ok(uncast(split_heads_ad::<H>(t, batch, heads))),
+    match cast::<Autodiff<H>, B, D>(t) {
+        Ok(t) => Ok(uncast(split_heads_ad::<H, D>(t, batch, heads))),
         Err(t) => Err((t, batch, heads)),
     }
 }

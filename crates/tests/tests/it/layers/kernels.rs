@@ -192,6 +192,7 @@ mod cpu {
         layer_norm_gradients_equal_the_f64_formulas,
         fused_adamw_equals_burns_arithmetic,
         sum_of_squares_and_scale_equal_burns,
+        batches_equal_their_rows,
     );
 }
 
@@ -689,5 +690,50 @@ mod bodies {
         let scaled = vec_of(kernels::scale(tensor::<C, 2>(&v, [200, 200]), 0.37));
         let want: Vec<f32> = v.iter().map(|x| x * 0.37).collect();
         assert_eq!(scaled, want, "scale");
+    }
+
+    /// `linear` and `split_heads` on `[batch, seq, d]` equal them on `[batch · seq, d]`,
+    /// values and gradients (the kernels read the leading axes as rows, with no reshape),
+    /// on the kernels and on Burn's operations.
+    pub fn batches_equal_their_rows<C: Backend>() {
+        let ([b, s, k], m, heads) = ([3, 5, 24], 40, 4);
+        let (x, w, bias) = (noise(b * s * k, 50), noise(k * m, 51), noise(m, 52));
+        fn run<B: Backend, const D: usize>(
+            x: Tensor<Autodiff<B>, D>,
+            w: &[f32],
+            bias: &[f32],
+            [k, m]: [usize; 2],
+            heads: usize,
+            batch: usize,
+        ) -> [Vec<f32>; 3] {
+            let x = x.require_grad();
+            let w = tensor::<Autodiff<B>, 2>(w, [k, m]);
+            let y = kernels::linear(x.clone(), w, Some(tensor(bias, [m])), true);
+            let split = kernels::split_heads(y.clone(), batch, heads);
+            let c =
+                tensor::<Autodiff<B>, 4>(&noise(split.shape().num_elements(), 53), split.dims());
+            let grads = (split.clone() * c).sum().backward();
+            let g = x.grad(&grads).expect("x takes part");
+            [vec_of(y.inner()), vec_of(split.inner()), vec_of(g)]
+        }
+        for (name, rows, batch) in [
+            (
+                "kernels",
+                run::<C, 2>(tensor(&x, [b * s, k]), &w, &bias, [k, m], heads, b),
+                run::<C, 3>(tensor(&x, [b, s, k]), &w, &bias, [k, m], heads, b),
+            ),
+            (
+                "burn",
+                run::<Reference, 2>(tensor(&x, [b * s, k]), &w, &bias, [k, m], heads, b),
+                run::<Reference, 3>(tensor(&x, [b, s, k]), &w, &bias, [k, m], heads, b),
+            ),
+        ] {
+            for (i, what) in ["linear", "split_heads", "the gradient"].iter().enumerate() {
+                assert_eq!(
+                    rows[i], batch[i],
+                    "{name}: {what} of a batch against its rows"
+                );
+            }
+        }
     }
 }
