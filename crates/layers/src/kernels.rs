@@ -71,14 +71,20 @@ fn pass_pool() -> Option<&'static rayon::ThreadPool> {
 /// worker, and a pass above another thread's matrix product (in the global pool). In a pool
 /// of their own with at most one pass in it, a pass shares its workers only with its own
 /// parallel work, and the work of any thread it waits for runs in the global pool.
-/// Without the `flex` feature (no rayon here) it calls `f`.
-pub fn on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+///
+/// Only for the CPU backends the kernels run on ([`on_kernels`]): on any other backend
+/// (wgpu) it calls `f` here. burn-fusion 0.21 corrupts its handle table when tensors made on
+/// one thread are used on another (tracel-ai/burn#4947, fixed after 0.21: "Should have
+/// handle for tensor", then every later operation on the device fails), and a GPU pass has
+/// no rayon work to run in place anyway. Without the CPU kernels (no rayon here) it calls `f`.
+pub fn on_workers<B: Backend, R: Send>(f: impl FnOnce() -> R + Send) -> R {
     #[cfg(feature = "cpu-kernels")]
     {
         let Some(pool) = pass_pool() else {
             return f();
         };
         if !fused()
+            || !on_kernels::<B>()
             || pool.current_num_threads() < 2
             || rayon::current_thread_index().is_some()
             || ON_WORKERS

@@ -330,7 +330,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
     ///
     /// The pass runs on a rayon worker ([`crate::kernels::on_workers`]).
     pub fn forward(&self, input: ModelInput<B>) -> ModelOutput<B> {
-        crate::kernels::on_workers(|| self.forward_here(input))
+        crate::kernels::on_workers::<B, _>(|| self.forward_here(input))
     }
 
     fn forward_here(&self, input: ModelInput<B>) -> ModelOutput<B> {

@@ -198,7 +198,7 @@ pub fn dense_step<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
     lr: f64,
 ) -> (M, Tally) {
     // On a rayon worker: see `kernels::on_workers`.
-    shears_layers::kernels::on_workers(|| {
+    shears_layers::kernels::on_workers::<B, _>(|| {
         let (l, tally) = loss(&model, batch.input, batch.labels, Draw::Eval);
         let mut grads = GradientsParams::from_grads(l.backward(), &model);
         clip_global_norm(&model, &mut grads, MAX_GRAD_NORM);
@@ -265,7 +265,7 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
                 (Some(l), Some(s)) => task_loss + l.term(s, step),
                 _ => task_loss,
             };
-            let mut grads = shears_layers::kernels::on_workers(|| total.backward());
+            let mut grads = shears_layers::kernels::on_workers::<B, _>(|| total.backward());
             if let (Some(gate_lr), Some(g)) = (phase.gate_lr, model.gates()) {
                 let gg = GradientsParams::from_module(&mut grads, g);
                 model = model.map_gates(|gs| gate_opt.step(gate_lr, gs, gg));
@@ -275,7 +275,7 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
             let mut rest = GradientsParams::from_grads(grads, &model);
             clip_global_norm(&model, &mut rest, MAX_GRAD_NORM);
             let lr = phase.lr_at(step);
-            model = shears_layers::kernels::on_workers(|| opt.step(lr, model, rest));
+            model = shears_layers::kernels::on_workers::<B, _>(|| opt.step(lr, model, rest));
             if let (Some(l), Some(s)) = (lag.as_deref_mut(), model.expected_sparsity(measure)) {
                 last_s = s.into_scalar().elem::<f64>();
                 l.ascend(last_s, step);
