@@ -43,13 +43,7 @@ impl Draw {
     }
 }
 
-/// SplitMix64's finaliser: a bijection of `u64` that scatters nearby keys.
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use shears_spaces::mix;
 
 /// Settings of a Hard-Concrete gate.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -20,6 +20,9 @@ pub struct AttentionContext<B: Backend> {
     /// When set, the block records the inputs of its projections (calibration for
     /// factorization and activation statistics); blocks that do not are still correct.
     pub capture: Option<Capture<B>>,
+    /// Training: dropout on the attention probabilities (see [`crate::dropout`]); `None`
+    /// in evaluation. A block without probabilities may ignore it.
+    pub dropout: Option<kernels::ProbDropout>,
 }
 
 /// An attention implementation a model can be built with.
@@ -106,7 +109,7 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
         // and the weighted sum, differentiable under autodiff), with the padding bias over
         // key positions and GPT-2's causal mask.
         let bias = context.bias.clone().map(|bias| bias.reshape([b, s]));
-        let mut ctx = kernels::attention(q, k, v, bias, context.causal);
+        let mut ctx = kernels::attention(q, k, v, bias, context.causal, context.dropout);
         // A head mask scales each head's probabilities, which is scaling its output.
         if let Some(m) = &context.head_mask {
             ctx = ctx * m.clone().reshape([1, h, 1, 1]);

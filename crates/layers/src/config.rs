@@ -153,6 +153,9 @@ pub struct ModelConfig {
     pub activation: Activation,
     /// LayerNorm epsilon.
     pub layer_norm_eps: f64,
+    /// Dropout probabilities in training (0 in configs saved before shears had dropout).
+    #[serde(default)]
+    pub dropout: crate::DropoutConfig,
     /// The original Hugging Face `config.json`, kept to write it back on export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hf_config: Option<serde_json::Value>,
@@ -177,6 +180,7 @@ impl ModelConfig {
             layers: vec![LayerConfig::new(n_heads, d_model / n_heads, d_ff); n_layers],
             activation: Activation::Gelu,
             layer_norm_eps: 1e-12,
+            dropout: crate::DropoutConfig::default(),
             hf_config: None,
         }
     }
@@ -199,6 +203,7 @@ impl ModelConfig {
             layers: vec![LayerConfig::new(n_heads, d_model / n_heads, d_ff); n_layers],
             activation: Activation::GeluTanh,
             layer_norm_eps: 1e-5,
+            dropout: crate::DropoutConfig::default(),
             hf_config: None,
         }
     }
@@ -310,6 +315,28 @@ impl ModelConfig {
                 Family::Bert => 1e-12,
                 Family::Gpt2 => 1e-5,
             }),
+            dropout: {
+                // transformers' defaults where the file leaves a probability out.
+                let hidden = wire.hidden_dropout.unwrap_or(0.1);
+                let dropout = crate::DropoutConfig {
+                    hidden,
+                    attention: wire.attention_dropout.unwrap_or(0.1),
+                    embedding: match family {
+                        Family::Bert => hidden,
+                        Family::Gpt2 => wire.embd_pdrop.unwrap_or(0.1),
+                    },
+                };
+                for (key, p) in [
+                    ("hidden dropout", dropout.hidden),
+                    ("attention dropout", dropout.attention),
+                    ("embedding dropout", dropout.embedding),
+                ] {
+                    if !(0.0..1.0).contains(&p) {
+                        return Err(bad(format!("{key} probability {p} is not in [0, 1)")));
+                    }
+                }
+                dropout
+            },
             hf_config: Some(value),
         })
     }
@@ -338,4 +365,10 @@ struct HfWire {
     layer_norm_eps: Option<f64>,
     #[serde(default)]
     pruned_heads: BTreeMap<String, Vec<usize>>,
+    #[serde(alias = "resid_pdrop", rename = "hidden_dropout_prob", default)]
+    hidden_dropout: Option<f64>,
+    #[serde(alias = "attn_pdrop", rename = "attention_probs_dropout_prob", default)]
+    attention_dropout: Option<f64>,
+    #[serde(default)]
+    embd_pdrop: Option<f64>,
 }

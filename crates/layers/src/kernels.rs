@@ -210,31 +210,93 @@ fn norm<B: Backend>(
     )))
 }
 
+/// Dropout on attention probabilities: probability `p`, the draws keyed by `key`, element
+/// `i` of the `[batch, heads, seq, seq_k]` probabilities kept when
+/// [`crate::dropout::kept`]`(key, i, p)` (so every path drops the same elements).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbDropout {
+    /// Probability of dropping a probability.
+    pub p: f32,
+    /// The draws' key.
+    pub key: u64,
+}
+
+impl ProbDropout {
+    /// Multiplies `x[i]` (element `base + i` of the probabilities) by `1 / (1 - p)` or 0.
+    pub fn apply(&self, x: &mut [f32], base: usize) {
+        let scale = 1.0 / (1.0 - self.p);
+        for (i, x) in x.iter_mut().enumerate() {
+            *x = if crate::dropout::kept(self.key, (base + i) as u64, self.p) {
+                *x * scale
+            } else {
+                0.0
+            };
+        }
+    }
+
+    /// [`ProbDropout::apply`] on a copy of `x`.
+    pub fn applied(&self, x: &[f32], base: usize) -> Vec<f32> {
+        let mut out = x.to_vec();
+        self.apply(&mut out, base);
+        out
+    }
+}
+
 /// Scaled dot-product attention, `softmax(Q Kᵀ / √d + bias) V`, `q, k, v: [batch, heads,
 /// seq, d_head]`, `bias: [batch, seq]` added to every query's score of each key position
-/// (0 keep, a large negative value for padding), future positions removed when `causal`.
+/// (0 keep, a large negative value for padding), future positions removed when `causal`,
+/// and with `dropout` the probabilities dropped (see [`ProbDropout`]) before the product
+/// with `V`.
 ///
 /// On flex (with [`fused`] on) one task per (batch, head) on every thread: both products in
 /// `faer`, the bias, mask and softmax in one pass per row. Under `Autodiff<Flex>` the same,
 /// keeping the probabilities, with its own backward (one task per (batch, head) again); the
 /// bias is taken as a constant there (no gradient reaches it). Elsewhere Burn's attention
 /// operation (flex's runs the heads one after another on one thread; under autodiff Burn
-/// composes it from single-threaded elementwise operations).
+/// composes it from single-threaded elementwise operations), or with dropout the explicit
+/// scores, softmax, mask and product.
 pub fn attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     bias: Option<Tensor<B, 2>>,
     causal: bool,
+    dropout: Option<ProbDropout>,
 ) -> Tensor<B, 4> {
     #[cfg(feature = "cpu-kernels")]
-    let (q, k, v, bias) = match cpu::attention_dispatch((q, k, v, bias, causal)) {
+    let (q, k, v, bias) = match cpu::attention_dispatch((q, k, v, bias, causal, dropout)) {
         Ok(y) => return y,
-        Err((q, k, v, bias, _)) => (q, k, v, bias),
+        Err((q, k, v, bias, _, _)) => (q, k, v, bias),
     };
-    let [b, _, s, _] = q.dims();
+    let [b, h, s, dh] = q.dims();
     let sk = k.dims()[2];
     let bias = bias.map(|m| m.reshape([b, 1, 1, sk]).expand([b, 1, s, sk]));
+    if let Some(d) = dropout.filter(|d| d.p > 0.0) {
+        let device = q.device();
+        let mut scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (dh as f64).sqrt());
+        if let Some(bias) = bias {
+            scores = scores + bias;
+        }
+        if causal {
+            // Key positions after the query's get the most negative score (0 after softmax).
+            let future: Vec<f32> = (0..s * sk)
+                .map(|i| {
+                    if i % sk > i / sk {
+                        crate::attention::MASKED
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let future = Tensor::<B, 4>::from_data(TensorData::new(future, [1, 1, s, sk]), &device);
+            scores = scores + future;
+        }
+        let probs = burn::tensor::activation::softmax(scores, 3);
+        let mut mask = vec![1.0f32; b * h * s * sk];
+        d.apply(&mut mask, 0);
+        let mask = Tensor::<B, 4>::from_data(TensorData::new(mask, [b, h, s, sk]), &device);
+        return (probs * mask).matmul(v);
+    }
     let options = AttentionModuleOptions {
         scale: None,
         softcap: None,

@@ -17,6 +17,7 @@
 mod attention;
 mod config;
 mod cost;
+pub mod dropout;
 mod error;
 mod ffn;
 pub mod hf;
@@ -33,6 +34,7 @@ mod tokenizer;
 pub use attention::*;
 pub use config::*;
 pub use cost::PROJECTIONS;
+pub use dropout::DropoutConfig;
 pub use error::*;
 pub use ffn::*;
 pub use model::*;

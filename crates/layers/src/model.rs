@@ -43,6 +43,11 @@ pub struct ModelInput<B: Backend> {
     pub masks: Masks<B>,
     /// Records the inputs of every projection (see [`Capture`]).
     pub capture: Option<Capture<B>>,
+    /// Training: the key of this step's dropout draws (the config's probabilities, see
+    /// [`crate::dropout`]); `None` (evaluation) drops nothing.
+    pub dropout: Option<u64>,
+    /// Also return every layer's output ([`ModelOutput::hidden_states`]).
+    pub output_hidden_states: bool,
 }
 
 impl<B: Backend> ModelInput<B> {
@@ -54,7 +59,21 @@ impl<B: Backend> ModelInput<B> {
             attention_mask: None,
             masks: Masks::default(),
             capture: None,
+            dropout: None,
+            output_hidden_states: false,
         }
+    }
+
+    /// With dropout drawn from `key` (training).
+    pub fn with_dropout(mut self, key: u64) -> Self {
+        self.dropout = Some(key);
+        self
+    }
+
+    /// Returning every layer's output too.
+    pub fn with_hidden_states(mut self) -> Self {
+        self.output_hidden_states = true;
+        self
     }
 
     /// Recording the inputs of every projection into `capture`.
@@ -85,6 +104,10 @@ pub struct ModelOutput<B: Backend> {
     pub pooled: Option<Tensor<B, 2>>,
     /// GPT-2 next-token logits from the tied LM head, `[batch, seq, vocab]`.
     pub logits: Option<Tensor<B, 3>>,
+    /// With [`ModelInput::output_hidden_states`]: the embeddings' output and each layer's
+    /// output (`n_layers + 1` tensors `[batch, seq, d_model]`, hidden masks applied; GPT-2's
+    /// last one before its final LayerNorm).
+    pub hidden_states: Option<Vec<Tensor<B, 3>>>,
 }
 
 /// The spaces one layer's blocks declare their axes in.
@@ -147,6 +170,9 @@ struct LayerMasks<'a, B: Backend> {
     ffn: Option<&'a Tensor<B, 1>>,
     hidden: Option<&'a Tensor<B, 1>>,
     capture: Option<Capture<B>>,
+    /// The step's dropout key and the probabilities.
+    dropout: Option<(u64, crate::DropoutConfig)>,
+    layer: usize,
 }
 
 /// Records the inputs of a model's projections during a forward pass, as rows
@@ -249,11 +275,25 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Layer<B, A, F> {
         bias: &Option<Tensor<B, 4>>,
         masks: LayerMasks<'_, B>,
     ) -> Tensor<B, 3> {
+        use crate::dropout::{Site, dropout};
+        let l = masks.layer;
         let context = AttentionContext {
             bias: bias.clone(),
             head_mask: masks.heads,
             causal: family == Family::Gpt2,
             capture: masks.capture.as_ref().map(|c| c.child("attention")),
+            dropout: masks
+                .dropout
+                .filter(|(_, p)| p.attention > 0.0)
+                .map(|(key, p)| crate::kernels::ProbDropout {
+                    p: p.attention as f32,
+                    key: Site::AttentionProbs(l).key(key),
+                }),
+        };
+        // Dropout on a block's output before it joins the residual stream.
+        let drop = |t: Tensor<B, 3>, site: Site| match masks.dropout {
+            Some((key, p)) => dropout(t, p.hidden, site.key(key)),
+            None => t,
         };
         let ffn_capture = masks.capture.as_ref().map(|c| c.child("ffn"));
         let hm = masks.hidden;
@@ -269,25 +309,27 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Layer<B, A, F> {
         match family {
             Family::Bert => {
                 let a = masked(self.attention.forward(x.clone(), &context));
+                let a = drop(a, Site::AttentionOutput(l));
                 let x = self.attention_norm.forward_residual(x, a, hm);
                 let f = masked(self.ffn.forward_captured(
                     x.clone(),
                     masks.ffn,
                     ffn_capture.as_ref(),
                 ));
+                let f = drop(f, Site::FfnOutput(l));
                 self.ffn_norm.forward_residual(x, f, hm)
             }
             Family::Gpt2 => {
                 let a = self
                     .attention
                     .forward(self.attention_norm.forward(x.clone(), hm), &context);
-                let x = x + masked(a);
+                let x = x + drop(masked(a), Site::AttentionOutput(l));
                 let f = self.ffn.forward_captured(
                     self.ffn_norm.forward(x.clone(), hm),
                     masks.ffn,
                     ffn_capture.as_ref(),
                 );
-                x + masked(f)
+                x + drop(masked(f), Site::FfnOutput(l))
             }
         }
     }
@@ -353,6 +395,12 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         if let Some(m) = hm {
             x = x * m.clone().reshape([1, 1, config.d_model]);
         }
+        let dropout = input.dropout.map(|key| (key, config.dropout));
+        if let Some(key) = input.dropout {
+            let site = crate::dropout::Site::Embeddings.key(key);
+            x = crate::dropout::dropout(x, config.dropout.embedding, site);
+        }
+        let mut hidden_states = input.output_hidden_states.then(|| vec![x.clone()]);
         // Calibration records real tokens only: the flat indices of unmasked positions.
         let capture = input.capture.clone().map(|c| match &input.attention_mask {
             Some(m) => {
@@ -388,8 +436,13 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
                 ffn: input.masks.ffn.as_ref().map(|f| &f[l]),
                 hidden: hm,
                 capture: capture.as_ref().map(|c| c.child(&format!("layers.{l}"))),
+                dropout,
+                layer: l,
             };
             x = layer.forward(x, config.family, &bias, masks);
+            if let Some(states) = &mut hidden_states {
+                states.push(x.clone());
+            }
         }
         if let Some(norm) = &self.final_norm {
             x = norm.forward(x, hm);
@@ -413,6 +466,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
             hidden: x,
             pooled,
             logits,
+            hidden_states,
         }
     }
 

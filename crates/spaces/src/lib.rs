@@ -13,11 +13,13 @@
 //! ([`TensorMap`]), so any framework can use it.
 
 mod error;
+mod hash;
 mod registry;
 mod space;
 mod tensors;
 
 pub use error::*;
+pub use hash::*;
 pub use registry::*;
 pub use space::*;
 pub use tensors::*;

@@ -842,13 +842,14 @@ type AttentionArgs<B> = (
     Tensor<B, 4>,
     Option<Tensor<B, 2>>,
     bool,
+    Option<super::ProbDropout>,
 );
 
 /// [`super::attention`] on a CPU backend, with or without autodiff, or the arguments back.
 pub fn attention_dispatch<B: Backend>(
     args: AttentionArgs<B>,
 ) -> Result<Tensor<B, 4>, AttentionArgs<B>> {
-    let (q, k, v, bias, causal) = &args;
+    let (q, k, v, bias, causal, _) = &args;
     let f32s = is_f32(q) && is_f32(k) && is_f32(v) && bias.as_ref().is_none_or(is_f32);
     let [_, _, s, dh] = q.dims();
     let sk = k.dims()[2];
@@ -859,7 +860,7 @@ pub fn attention_dispatch<B: Backend>(
 }
 
 fn attention_on<H: Host, B: Backend>(
-    (q, k, v, bias, causal): AttentionArgs<B>,
+    (q, k, v, bias, causal, drop): AttentionArgs<B>,
 ) -> Result<Tensor<B, 4>, AttentionArgs<B>> {
     let q = match cast::<H, B, 4>(q) {
         Ok(q) => q,
@@ -867,9 +868,9 @@ fn attention_on<H: Host, B: Backend>(
             Ok(q) => {
                 let (k, v) = (same::<Autodiff<H>, B, 4>(k), same::<Autodiff<H>, B, 4>(v));
                 let bias = bias.map(same::<Autodiff<H>, B, 2>);
-                return Ok(uncast(attention_ad::<H>(q, k, v, bias, causal)));
+                return Ok(uncast(attention_ad::<H>(q, k, v, bias, causal, drop)));
             }
-            Err(q) => return Err((q, k, v, bias, causal)),
+            Err(q) => return Err((q, k, v, bias, causal, drop)),
         },
     };
     let (k, v) = (same::<H, B, 4>(k), same::<H, B, 4>(v));
@@ -880,6 +881,7 @@ fn attention_on<H: Host, B: Backend>(
         &H::contiguous(prim(v)),
         bias.as_ref(),
         causal,
+        drop,
         false,
     );
     Ok(uncast(float::<H, 4>(out)))
@@ -891,8 +893,9 @@ fn block(v: &[f32], i: usize, rows: usize, cols: usize) -> MatRef<'_, f32> {
 }
 
 /// One task per (batch, head): `S = Q Kᵀ / √d` in faer, bias, causal mask and softmax
-/// per row, then `S V` into the output. With `keep`, also the probabilities
-/// (`[batch, heads, seq, seq_k]`), which the backward pass needs.
+/// per row, then `S V` into the output (`S` with dropout's mask applied when `drop`). With
+/// `keep`, also the probabilities before dropout (`[batch, heads, seq, seq_k]`), which the
+/// backward pass needs.
 #[inline]
 fn attention<H: Host>(
     q: &T<H>,
@@ -900,6 +903,7 @@ fn attention<H: Host>(
     v: &T<H>,
     bias: Option<&T<H>>,
     causal: bool,
+    drop: Option<super::ProbDropout>,
     keep: bool,
 ) -> (T<H>, Option<T<H>>) {
     let [b, h, s, dh] = H::dims(q)[..] else {
@@ -928,6 +932,14 @@ fn attention<H: Host>(
             bias,
             causal,
         });
+        let dropped;
+        let p: &[f32] = match drop {
+            Some(d) => {
+                dropped = d.applied(p, bh * s * sk);
+                &dropped
+            }
+            None => p,
+        };
         matmul(
             MatMut::from_row_major_slice_mut(o, s, dv),
             Accum::Replace,
@@ -956,14 +968,16 @@ fn attention<H: Host>(
 }
 
 /// The gradients of [`attention`]'s output with respect to `q`, `k` and `v`, from the
-/// probabilities `p` it kept, one task per (batch, head):
-/// `dV = Pᵀ dO`, `dS = P ⊙ (dO Vᵀ - rowsum(P ⊙ dO Vᵀ))`, `dQ = dS K / √d`, `dK = dSᵀ Q / √d`.
+/// probabilities `p` it kept, one task per (batch, head): with `M` dropout's multipliers
+/// (all 1 without `drop`), `dV = (P ⊙ M)ᵀ dO`, `G = (dO Vᵀ) ⊙ M`,
+/// `dS = P ⊙ (G - rowsum(P ⊙ G))`, `dQ = dS K / √d`, `dK = dSᵀ Q / √d`.
 fn attention_backward<H: Host>(
     q: &T<H>,
     k: &T<H>,
     v: &T<H>,
     p: &T<H>,
     d_out: &T<H>,
+    drop: Option<super::ProbDropout>,
 ) -> (T<H>, T<H>, T<H>) {
     let [b, h, s, dh] = H::dims(q)[..] else {
         panic!("attention takes [batch, heads, seq, d_head]")
@@ -987,7 +1001,10 @@ fn attention_backward<H: Host>(
         .zip(dvs.par_chunks_mut(sk * dv))
         .enumerate()
         .for_each(|(bh, ((dq, dk), dv_))| {
-            let (p, g) = (block(ps, bh, s, sk), block(gs, bh, s, dv));
+            let g = block(gs, bh, s, dv);
+            let p_bh = &ps[bh * s * sk..(bh + 1) * s * sk];
+            let dropped = drop.map(|d| d.applied(p_bh, bh * s * sk));
+            let p = MatRef::from_row_major_slice(dropped.as_deref().unwrap_or(p_bh), s, sk);
             matmul(
                 MatMut::from_row_major_slice_mut(dv_, sk, dv),
                 Accum::Replace,
@@ -1005,6 +1022,9 @@ fn attention_backward<H: Host>(
                 1.0f32,
                 Par::Seq,
             );
+            if let Some(d) = drop {
+                d.apply(&mut ds, bh * s * sk);
+            }
             Arch::new().dispatch(SoftmaxGrad {
                 ds: &mut ds,
                 p: &ps[bh * s * sk..(bh + 1) * s * sk],
@@ -1044,11 +1064,14 @@ fn attention_ad<H: Host>(
     v: Tensor<Autodiff<H>, 4>,
     bias: Option<Tensor<Autodiff<H>, 2>>,
     causal: bool,
+    drop: Option<super::ProbDropout>,
 ) -> Tensor<Autodiff<H>, 4> {
     /// `q`, `k`, `v` and the probabilities.
     type AttentionState<H> = (T<H>, T<H>, T<H>, T<H>);
     #[derive(Debug)]
-    struct AttentionBackward;
+    struct AttentionBackward {
+        drop: Option<super::ProbDropout>,
+    }
     impl<H: Host> Backward<H, 3> for AttentionBackward {
         type State = AttentionState<H>;
         fn backward(
@@ -1059,7 +1082,7 @@ fn attention_ad<H: Host>(
         ) {
             let d_out = H::contiguous(grads.consume::<H>(&ops.node));
             let (q, k, v, p) = ops.state;
-            let (dq, dk, dv) = attention_backward::<H>(&q, &k, &v, &p, &d_out);
+            let (dq, dk, dv) = attention_backward::<H>(&q, &k, &v, &p, &d_out, self.drop);
             let [pq, pk, pv] = ops.parents;
             for (node, g) in [(pq, dq), (pk, dk), (pv, dv)] {
                 if let Some(node) = node {
@@ -1081,18 +1104,18 @@ fn attention_ad<H: Host>(
         H::contiguous(v.primitive),
     );
     let out = match <AttentionBackward as Backward<H, _>>::prepare::<NoCheckpointing>(
-        AttentionBackward,
+        AttentionBackward { drop },
         nodes,
     )
     .compute_bound()
     .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let (out, p) = attention::<H>(&q, &k, &v, bias.as_ref(), causal, true);
+            let (out, p) = attention::<H>(&q, &k, &v, bias.as_ref(), causal, drop, true);
             prep.finish((q, k, v, p.expect("kept on request")), out)
         }
         OpsKind::UnTracked(prep) => {
-            prep.finish(attention::<H>(&q, &k, &v, bias.as_ref(), causal, false).0)
+            prep.finish(attention::<H>(&q, &k, &v, bias.as_ref(), causal, drop, false).0)
         }
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))

@@ -41,3 +41,20 @@ fn fixtures(krate: &str) -> PathBuf {
         .join(krate)
         .join("tests/fixtures")
 }
+
+/// `m` with every parameter initialised now. Burn initialises parameters lazily, and clones
+/// of a module whose parameters are not yet initialised initialise apart, with different
+/// values: clone only materialised modules when the clones must be equal.
+fn materialized<B: burn::prelude::Backend, M: burn::module::Module<B>>(m: M) -> M {
+    struct Init;
+    impl<B: burn::prelude::Backend> burn::module::ModuleMapper<B> for Init {
+        fn map_float<const D: usize>(
+            &mut self,
+            p: burn::module::Param<burn::prelude::Tensor<B, D>>,
+        ) -> burn::module::Param<burn::prelude::Tensor<B, D>> {
+            let _ = p.val();
+            p
+        }
+    }
+    m.map(&mut Init)
+}

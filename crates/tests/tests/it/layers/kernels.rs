@@ -397,10 +397,16 @@ mod bodies {
             bias[s + j] = MASKED;
         }
         bias[3 * s - 1] = MASKED;
-        for causal in [false, true] {
+        let drops = [None, Some(kernels::ProbDropout { p: 0.3, key: 7 })];
+        for (causal, drop) in [
+            (false, drops[0]),
+            (true, drops[0]),
+            (false, drops[1]),
+            (true, drops[1]),
+        ] {
             for bias in [None, Some(&bias)] {
                 let run = |q: Tensor<C, 4>, k, v, m: Option<Tensor<C, 2>>| {
-                    vec_of(kernels::attention(q, k, v, m, causal))
+                    vec_of(kernels::attention(q, k, v, m, causal, drop))
                 };
                 let got = run(
                     tensor(&q, [b, h, s, dh]),
@@ -414,9 +420,14 @@ mod bodies {
                     tensor(&v, [b, h, s, dh]),
                     bias.map(|m| tensor(m, [b, s])),
                     causal,
+                    drop,
                 ));
-                let tol = vec![2e-6f32; n];
-                let what = format!("attention, causal {causal}, padding {}", bias.is_some());
+                let tol = vec![5e-6f32; n];
+                let what = format!(
+                    "attention, causal {causal}, padding {}, dropout {}",
+                    bias.is_some(),
+                    drop.is_some()
+                );
                 close(&got, &want, &tol, &what);
             }
         }
@@ -429,13 +440,14 @@ mod bodies {
         bias: Option<&[f32]>,
         [b, h, s, dh]: [usize; 4],
         causal: bool,
+        drop: Option<kernels::ProbDropout>,
     ) -> [Vec<f32>; 4] {
         let shape = [b, h, s, dh];
         let q = tensor::<Autodiff<B>, 4>(q, shape).require_grad();
         let k = tensor::<Autodiff<B>, 4>(k, shape).require_grad();
         let v = tensor::<Autodiff<B>, 4>(v, shape).require_grad();
         let bias = bias.map(|m| tensor::<Autodiff<B>, 2>(m, [b, s]));
-        let y = kernels::attention(q.clone(), k.clone(), v.clone(), bias, causal);
+        let y = kernels::attention(q.clone(), k.clone(), v.clone(), bias, causal, drop);
         let c = tensor::<Autodiff<B>, 4>(&noise(b * h * s * dh, 21), shape);
         let value = vec_of(y.clone().inner());
         let grads = (y * c).sum().backward();
@@ -444,14 +456,27 @@ mod bodies {
     }
 
     /// [`attention_grads`] in f64 from the formulas: `P = softmax(Q Kᵀ / √d + bias)` (and the
-    /// causal mask), `O = P V`, `dV = Pᵀ C`, `dS = P ⊙ (C Vᵀ - rowsum(P ⊙ C Vᵀ))`,
+    /// causal mask), dropout's multipliers `M` (1 without it), `O = (P ⊙ M) V`,
+    /// `dV = (P ⊙ M)ᵀ C`, `G = (C Vᵀ) ⊙ M`, `dS = P ⊙ (G - rowsum(P ⊙ G))`,
     /// `dQ = dS K / √d`, `dK = dSᵀ Q / √d` with `C` the weights of the sum.
     fn attention_grads_f64(
         [q, k, v]: [&[f32]; 3],
         bias: Option<&[f32]>,
         [b, h, s, dh]: [usize; 4],
         causal: bool,
+        drop: Option<kernels::ProbDropout>,
     ) -> [Vec<f32>; 4] {
+        let m = |bh: usize, i: usize, j: usize| match drop {
+            Some(d) => {
+                let idx = ((bh * s + i) * s + j) as u64;
+                if shears_layers::dropout::kept(d.key, idx, d.p) {
+                    1.0 / (1.0 - d.p as f64)
+                } else {
+                    0.0
+                }
+            }
+            None => 1.0,
+        };
         let c = noise(b * h * s * dh, 21);
         let n = b * h * s * dh;
         let (mut o, mut dq, mut dk, mut dv) =
@@ -490,14 +515,17 @@ mod bodies {
             let cat = |i: usize, e: usize| c[(bh * s + i) * dh + e] as f64;
             for i in 0..s {
                 for e in 0..dh {
-                    o[(bh * s + i) * dh + e] =
-                        (0..s).map(|j| p[i][j] * at(v, bh, j, e)).sum::<f64>() as f32;
+                    o[(bh * s + i) * dh + e] = (0..s)
+                        .map(|j| p[i][j] * m(bh, i, j) * at(v, bh, j, e))
+                        .sum::<f64>() as f32;
                 }
             }
             let mut ds = vec![vec![0.0f64; s]; s];
             for i in 0..s {
                 let dp: Vec<f64> = (0..s)
-                    .map(|j| (0..dh).map(|e| cat(i, e) * at(v, bh, j, e)).sum())
+                    .map(|j| {
+                        (0..dh).map(|e| cat(i, e) * at(v, bh, j, e)).sum::<f64>() * m(bh, i, j)
+                    })
                     .collect();
                 let dot: f64 = (0..s).map(|j| p[i][j] * dp[j]).sum();
                 for j in 0..s {
@@ -507,7 +535,9 @@ mod bodies {
             for j in 0..s {
                 for e in 0..dh {
                     let idx = (bh * s + j) * dh + e;
-                    dv[idx] = (0..s).map(|i| p[i][j] * cat(i, e)).sum::<f64>() as f32;
+                    dv[idx] = (0..s)
+                        .map(|i| p[i][j] * m(bh, i, j) * cat(i, e))
+                        .sum::<f64>() as f32;
                     dq[idx] =
                         ((0..s).map(|l| ds[j][l] * at(k, bh, l, e)).sum::<f64>() * scale) as f32;
                     dk[idx] =
@@ -527,17 +557,24 @@ mod bodies {
         for j in s - 5..s {
             bias[s + j] = MASKED;
         }
-        for causal in [false, true] {
+        let drops = [None, Some(kernels::ProbDropout { p: 0.25, key: 11 })];
+        for (causal, drop) in [
+            (false, drops[0]),
+            (true, drops[0]),
+            (false, drops[1]),
+            (true, drops[1]),
+        ] {
             for bias in [None, Some(&bias[..])] {
-                let args = ([&q[..], &k, &v], bias, [b, h, s, dh], causal);
-                let got = attention_grads::<C>(args.0, args.1, args.2, args.3);
-                let want = attention_grads_f64(args.0, args.1, args.2, args.3);
+                let args = ([&q[..], &k, &v], bias, [b, h, s, dh], causal, drop);
+                let got = attention_grads::<C>(args.0, args.1, args.2, args.3, args.4);
+                let want = attention_grads_f64(args.0, args.1, args.2, args.3, args.4);
                 // Burn's composition (what other backends run) agrees more loosely.
-                let burns = attention_grads::<Reference>(args.0, args.1, args.2, args.3);
+                let burns = attention_grads::<Reference>(args.0, args.1, args.2, args.3, args.4);
                 for (i, what) in ["value", "dq", "dk", "dv"].iter().enumerate() {
                     let what = format!(
-                        "attention {what}, causal {causal}, padding {}",
-                        bias.is_some()
+                        "attention {what}, causal {causal}, padding {}, dropout {}",
+                        bias.is_some(),
+                        drop.is_some()
                     );
                     let tol: Vec<f32> = want[i].iter().map(|v| 2e-6 * v.abs().max(1.0)).collect();
                     close(&got[i], &want[i], &tol, &what);

@@ -2,6 +2,7 @@
 //! `SHEARS_BACKEND` (`flex`, the default, `ndarray` or `wgpu`); `cargo xtask test` runs all three.
 
 mod common;
+mod dropout;
 mod errors;
 mod kernels;
 mod masked_pruned;
