@@ -98,6 +98,9 @@ pub struct GatedModel<B: Backend> {
 pub struct PruneReport {
     /// Units kept per gated group, as the gates decided.
     pub kept: Vec<Kept>,
+    /// Units kept per pruned space (ascending), after block gates and minimum sizes: what
+    /// the pruned model really has of the original. Spaces not listed were not pruned.
+    pub keeps: BTreeMap<SpaceName, Vec<usize>>,
     /// Spaces the gates would have emptied below what the model allows (the hidden space,
     /// or the heads of a user block that cannot run without heads); the most open unit of
     /// each was kept.
@@ -390,6 +393,7 @@ impl<B: Backend> GatedModel<B> {
             model,
             PruneReport {
                 kept,
+                keeps,
                 rescued,
                 headless_layers,
                 neuronless_layers,
