@@ -72,6 +72,33 @@ pub(crate) struct State {
     pub phase_seconds: BTreeMap<String, f64>,
     /// Wall seconds of the whole pipeline, over every invocation.
     pub seconds: f64,
+    /// The dense phase's validation at each epoch's end.
+    #[serde(default)]
+    pub epochs: Vec<EpochScore>,
+    /// Index in `epochs` of the teacher (the best within `dense.epochs`).
+    #[serde(default)]
+    pub teacher_epoch: Option<usize>,
+    /// Index in `epochs` of the baseline (the best of the whole dense run).
+    #[serde(default)]
+    pub baseline_epoch: Option<usize>,
+    /// The baseline's metrics.
+    #[serde(default)]
+    pub baseline: Option<EvalResult>,
+}
+
+/// Validation of the dense model at an epoch's end.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochScore {
+    /// Steps done in the dense phase.
+    pub step: usize,
+    /// Validation loss.
+    pub valid_loss: f64,
+    /// Validation accuracy (classification).
+    pub valid_accuracy: Option<f64>,
+    /// What the best epoch maximises (accuracy, or the negative loss) and its tie-break.
+    pub score: f64,
+    /// Tie-break of `score` (the negative loss for accuracy).
+    pub tie: f64,
 }
 
 impl State {
@@ -92,6 +119,10 @@ impl State {
             rescued: Vec::new(),
             phase_seconds: BTreeMap::new(),
             seconds: 0.0,
+            epochs: Vec::new(),
+            teacher_epoch: None,
+            baseline_epoch: None,
+            baseline: None,
         }
     }
 
@@ -125,7 +156,7 @@ pub(crate) fn ckpt_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
 }
 
 /// Records of finished phases, carried from one checkpoint to the next.
-pub(crate) const ARTIFACTS: [&str; 3] = ["dense", "pruned", "final"];
+pub(crate) const ARTIFACTS: [&str; 5] = ["dense", "baseline", "pruned", "map", "final"];
 const POINTER: &str = "latest";
 const STATE: &str = "state.json";
 /// Burn's `NamedMpkFileRecorder` adds this extension to the paths it is given.

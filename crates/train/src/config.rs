@@ -52,6 +52,10 @@ pub struct Experiment {
     pub gated: GatedSection,
     /// Phase 3: fine-tune the pruned model.
     pub finetune: PhaseSection,
+    /// Distillation from the dense model in phases 2 and 3.
+    pub distill: crate::distill::DistillSection,
+    /// The dense baseline the pruned model is compared with.
+    pub baseline: BaselineSection,
     /// Evaluation and latency measurement.
     pub eval: EvalSection,
     /// Checkpoints.
@@ -59,6 +63,24 @@ pub struct Experiment {
     /// Overrides applied by `--quick` (same keys as the rest of the file).
     #[serde(skip_serializing)]
     pub quick: Option<serde_json::Value>,
+}
+
+/// `[baseline]`: how long the dense baseline trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineSection {
+    /// Train the dense model as long as the pruned model's whole path (`dense.epochs +
+    /// gated.epochs + finetune.epochs`) and compare with its best validation epoch; the
+    /// teacher and the gated phase's start stay the best epoch within `dense.epochs`.
+    /// `false`: the baseline is the teacher itself (shorter, and flattering to the pruned
+    /// model).
+    pub match_path: bool,
+}
+
+impl Default for BaselineSection {
+    fn default() -> Self {
+        Self { match_path: true }
+    }
 }
 
 /// Where the model comes from.
@@ -199,6 +221,8 @@ impl Default for Experiment {
                 epochs: 1.0,
                 ..PhaseSection::default()
             },
+            distill: crate::distill::DistillSection::default(),
+            baseline: BaselineSection::default(),
             eval: EvalSection::default(),
             checkpoint: CheckpointSection::default(),
             quick: None,
@@ -437,6 +461,27 @@ impl Experiment {
             ">= 1",
         )?;
         range("gated.round_to", g.round_to as f64, g.round_to >= 1, ">= 1")?;
+        let d = &self.distill;
+        range(
+            "distill.temperature",
+            d.temperature,
+            d.temperature > 0.0 && d.temperature.is_finite(),
+            "> 0",
+        )?;
+        for (k, v) in [
+            ("distill.logit_weight", d.logit_weight),
+            ("distill.layer_weight", d.layer_weight),
+            ("distill.ce_weight", d.ce_weight),
+        ] {
+            range(k, v, v >= 0.0 && v.is_finite(), ">= 0")?;
+        }
+        if d.enabled && d.logit_weight + d.layer_weight + d.ce_weight == 0.0 {
+            return Err(TrainError::OutOfRange {
+                key: "distill.logit_weight".into(),
+                value: "0".into(),
+                expected: "> 0 (or distill.layer_weight / ce_weight > 0): every weight is 0".into(),
+            });
+        }
         if g.round_to > 1 && g.target_measure == TargetMeasure::Units {
             return Err(TrainError::OutOfRange {
                 key: "gated.round_to".into(),

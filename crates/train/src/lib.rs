@@ -10,6 +10,7 @@ mod checkpoint;
 mod config;
 pub mod data;
 mod derived;
+pub mod distill;
 mod error;
 mod eval;
 mod factorize;
@@ -24,12 +25,13 @@ pub mod task;
 mod taskfile;
 mod trainer;
 
+pub use checkpoint::EpochScore;
 pub use config::*;
 pub use derived::{DataChoice, Metrics};
 pub use error::*;
 pub use eval::*;
 pub use factorize::*;
-pub use measure::Latency;
+pub use measure::{BOOTSTRAP_RESAMPLES, Latency, PairedDelta, paired_delta};
 pub use run::*;
 pub use sparsify::{
     DEFAULT_PATTERNS, SparsifyMethod, SparsifyOptions, SparsifySummary, TensorSparsity,

@@ -195,3 +195,74 @@ pub(crate) fn randomize_gates<B: Backend>(
     }
     model
 }
+
+/// The pruned model's test metric against the baseline's on the same examples, with a 95%
+/// interval from a paired bootstrap (the same resampled examples for both models).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PairedDelta {
+    /// Classification: accuracy pruned - dense (a fraction; ×100 for points). LM:
+    /// perplexity pruned / dense - 1.
+    pub delta: f64,
+    /// 2.5th percentile of the resampled deltas.
+    pub low: f64,
+    /// 97.5th percentile.
+    pub high: f64,
+    /// Bootstrap resamples.
+    pub resamples: usize,
+    /// Examples resampled (test rows or LM blocks).
+    pub examples: usize,
+}
+
+/// Resamples of [`paired_delta`].
+pub const BOOTSTRAP_RESAMPLES: usize = 10_000;
+
+/// [`PairedDelta`] from per-example tallies of both models (same order), resampled with a
+/// generator seeded by `seed`.
+pub fn paired_delta(
+    dense: &[crate::task::Tally],
+    pruned: &[crate::task::Tally],
+    task: crate::Task,
+    seed: u64,
+) -> PairedDelta {
+    use crate::task::Tally;
+    assert_eq!(
+        dense.len(),
+        pruned.len(),
+        "paired tallies of different lengths"
+    );
+    let n = dense.len();
+    let metric = |d: &Tally, p: &Tally| match task {
+        crate::Task::Classification => p.accuracy() - d.accuracy(),
+        crate::Task::Lm => p.perplexity() / d.perplexity() - 1.0,
+    };
+    let all = |rows: &[Tally]| {
+        let mut t = Tally::default();
+        for r in rows {
+            t.add(*r);
+        }
+        t
+    };
+    let delta = metric(&all(dense), &all(pruned));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut deltas: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| {
+            let (mut d, mut p) = (Tally::default(), Tally::default());
+            for _ in 0..n {
+                let i = rng.random_range(0..n.max(1));
+                d.add(dense[i]);
+                p.add(pruned[i]);
+            }
+            metric(&d, &p)
+        })
+        .collect();
+    deltas.sort_by(f64::total_cmp);
+    let q =
+        |f: f64| deltas[((f * BOOTSTRAP_RESAMPLES as f64) as usize).min(BOOTSTRAP_RESAMPLES - 1)];
+    PairedDelta {
+        delta,
+        low: q(0.025),
+        high: q(0.975),
+        resamples: BOOTSTRAP_RESAMPLES,
+        examples: n,
+    }
+}

@@ -133,10 +133,31 @@ pub struct Report {
     pub perplexity_dense: Option<f64>,
     /// Test perplexity, pruned (LM).
     pub perplexity_pruned: Option<f64>,
-    /// Validation and test metrics, dense.
+    /// Validation and test metrics, dense (the baseline).
     pub eval_dense: EvalResult,
     /// Validation and test metrics, pruned.
     pub eval_pruned: EvalResult,
+    /// The pruned model's test metric against the baseline's on the same test examples,
+    /// with its paired-bootstrap 95% interval.
+    #[serde(default)]
+    pub paired_delta: Option<crate::measure::PairedDelta>,
+    /// The teacher (the best validation epoch within `dense.epochs`: the gated phase's
+    /// start and, with `distill.enabled`, the distillation teacher).
+    #[serde(default)]
+    pub eval_teacher: Option<EvalResult>,
+    /// The dense run's validation at each epoch's end.
+    #[serde(default)]
+    pub dense_epochs: Vec<crate::checkpoint::EpochScore>,
+    /// Training steps of the baseline's chosen epoch and of the teacher's.
+    #[serde(default)]
+    pub baseline_step: usize,
+    /// See `baseline_step`.
+    #[serde(default)]
+    pub teacher_step: usize,
+    /// Epochs the dense run trained (the baseline's budget) and epochs of the pruned
+    /// model's path (`dense.epochs + gated.epochs + finetune.epochs`).
+    #[serde(default)]
+    pub epochs_baseline_pruned: [f64; 2],
     /// Expected sparsity of the gates at the end of the gated phase, before hardening.
     pub expected_sparsity_gated: Option<f64>,
     /// Mean validation loss of the hardened model before the fine-tune: what the gates
@@ -194,8 +215,18 @@ pub struct Parts<'a> {
     pub dense_config: &'a ModelConfig,
     /// Pruned config.
     pub pruned_config: &'a ModelConfig,
-    /// Dense metrics.
+    /// Dense (baseline) metrics.
     pub dense_eval: EvalResult,
+    /// The teacher's metrics.
+    pub teacher_eval: Option<EvalResult>,
+    /// Validation per epoch of the dense run, and the baseline's and the teacher's indices.
+    pub dense_epochs: (
+        Vec<crate::checkpoint::EpochScore>,
+        Option<usize>,
+        Option<usize>,
+    ),
+    /// Paired test comparison.
+    pub paired_delta: Option<crate::measure::PairedDelta>,
     /// Pruned metrics.
     pub pruned_eval: EvalResult,
     /// Expected sparsity of the gates at the end of the gated phase.
@@ -273,6 +304,23 @@ pub fn build(p: Parts<'_>) -> Report {
         perplexity_pruned: p.pruned_eval.test_perplexity,
         eval_dense: p.dense_eval,
         eval_pruned: p.pruned_eval,
+        paired_delta: p.paired_delta,
+        eval_teacher: p.teacher_eval,
+        baseline_step: p.dense_epochs.1.map_or(0, |i| p.dense_epochs.0[i].step),
+        teacher_step: p.dense_epochs.2.map_or(0, |i| p.dense_epochs.0[i].step),
+        dense_epochs: p.dense_epochs.0,
+        epochs_baseline_pruned: {
+            let e = &p.exp;
+            let path = e.dense.epochs + e.gated.epochs + e.finetune.epochs;
+            [
+                if e.baseline.match_path {
+                    path
+                } else {
+                    e.dense.epochs
+                },
+                path,
+            ]
+        },
         expected_sparsity_gated: p.expected_sparsity,
         valid_loss_hardened: p.gate_check.map(|c| c.0),
         valid_loss_random_kept: p.gate_check.map(|c| c.1),
@@ -406,17 +454,50 @@ pub fn markdown(r: &Report) -> String {
         r.latency_ms_pruned_batch1,
         100.0 * r.latency_ratio_batch1
     );
+    let interval = |scale: f64, unit: &str| match &r.paired_delta {
+        Some(d) => format!(
+            ", 95% interval [{:+.2}, {:+.2}]{unit} (paired bootstrap, {} examples)",
+            scale * d.low,
+            scale * d.high,
+            d.examples
+        ),
+        None => String::new(),
+    };
     if let (Some(a), Some(b)) = (r.accuracy_dense, r.accuracy_pruned) {
         let _ = writeln!(
             s,
-            "| test accuracy | {:.2}% | {:.2}% | {:+.2} points |",
+            "| test accuracy | {:.2}% | {:.2}% | {:+.2} points{} |",
             100.0 * a,
             100.0 * b,
-            100.0 * (b - a)
+            100.0 * (b - a),
+            interval(100.0, "")
         );
     }
     if let (Some(a), Some(b)) = (r.perplexity_dense, r.perplexity_pruned) {
-        let _ = writeln!(s, "| test perplexity | {a:.2} | {b:.2} | {} |", pct(b, a));
+        let _ = writeln!(
+            s,
+            "| test perplexity | {a:.2} | {b:.2} | {}{} |",
+            pct(b, a),
+            interval(100.0, "%")
+        );
+    }
+    let [e_base, e_path] = r.epochs_baseline_pruned;
+    let _ = writeln!(
+        s,
+        "\nThe dense baseline trained {e_base} epochs (the pruned model's whole path: {e_path}) and is its best validation epoch (step {}); the teacher and the gated phase's start is the best within `dense.epochs` (step {}).",
+        r.baseline_step, r.teacher_step
+    );
+    if r.config.distill.enabled {
+        let d = &r.config.distill;
+        let _ = writeln!(
+            s,
+            "Distilled from the teacher in the gated phase and the fine-tune: {} T² KL(T = {}) on the logits + {} hidden-state MSE (teacher layers {:?}, dynamic matching) + {} cross entropy.",
+            d.logit_weight,
+            d.temperature,
+            d.layer_weight,
+            d.layers(r.heads_per_layer_dense.len()),
+            d.ce_weight
+        );
     }
     let _ = writeln!(s, "\nHeads kept per layer: {:?}.", r.kept_heads_per_layer);
     let _ = writeln!(s, "\nFFN neurons kept per layer: {:?}.", r.ffn_per_layer);

@@ -16,17 +16,19 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use shears_gates::{Harden, Lagrangian, SparsityTarget};
-use shears_layers::{Family, ModelConfig, Tokenizer, Transformer, save};
+use shears_layers::{Family, ModelConfig, SpaceName, Tokenizer, Transformer, save};
 use shears_pruners::{ClassifierHead, GateSpec};
 
 use crate::checkpoint::{Phase, Stage, State, ckpt_err};
 use crate::data::{Dataset, load_dataset};
+use crate::distill::{Distilled, LayerMap, with_map};
+use crate::measure::paired_delta;
 use crate::measure::{eval_all, gate_values, latency, randomize_gates, valid_loss};
 use crate::report::{self, Report};
-use crate::task::{GatedTaskModel, TaskModel, trainable};
+use crate::task::{GatedTaskModel, TaskModel, evaluate_rows, trainable};
 use crate::taskfile::{DataSource, HF_DIR, TaskInfo, save_task_model};
 use crate::trainer::{
-    Budget, Ctx, PhaseParams, Purpose, Rec, key, model_writer, steps, train_phase,
+    Budget, Ctx, PhaseParams, Purpose, Rec, Select, key, model_writer, steps, train_phase,
 };
 use crate::{Experiment, Task, TrainError};
 
@@ -137,6 +139,14 @@ fn prepare<B: Backend>(exp: &Experiment, device: &B::Device) -> Result<Inputs<B>
             });
         }
     }
+    let n_layers = config.n_layers();
+    if let Some(&l) = exp.distill.teacher_layers.iter().find(|&&l| l >= n_layers) {
+        return Err(TrainError::OutOfRange {
+            key: "distill.teacher_layers".into(),
+            value: l.to_string(),
+            expected: format!("layer indices below the model's {n_layers} layers"),
+        });
+    }
     if exp.data.max_len > config.max_positions {
         return Err(TrainError::OutOfRange {
             key: "data.max_len".into(),
@@ -235,24 +245,57 @@ pub fn run<B: AutodiffBackend>(
             .load_file(&path, &recorder, device)
             .map_err(|e| ckpt_err(&path, e))
     };
+    let d_teacher = base_config.d_model;
+    let load_map = |stage: &Stage, d_student: usize| {
+        let path = stage.record("map")?;
+        LayerMap::<B::InnerBackend> {
+            weight: burn::module::Param::from_tensor(Tensor::zeros([d_student, d_teacher], device)),
+            bias: burn::module::Param::from_tensor(Tensor::zeros([d_teacher], device)),
+        }
+        .load_file(&path, &recorder, device)
+        .map_err(|e| ckpt_err(&path, e))
+    };
 
-    // Phase 1: the dense baseline.
+    // Phase 1: the dense model. It trains as long as the pruned model's whole path
+    // (`baseline.match_path`), validated at every epoch's end: the best epoch within
+    // `dense.epochs` is the teacher and the gated phase's start (record `dense`), the best
+    // of all is the baseline the pruned model is compared with (record `baseline`).
     if state.phase == Phase::Dense {
         let start: TaskModel<B> = TaskModel {
             backbone: trainable(inputs.model.clone()),
             head: fresh_head(device),
         };
-        let phase = PhaseParams::plain("dense", 0, &exp.dense, n_train, exp.checkpoint.every);
-        let Some(model) = train_phase(start, &phase, None, &mut ctx, &mut state)? else {
+        let mut section = exp.dense.clone();
+        if exp.baseline.match_path {
+            section.epochs += exp.gated.epochs + exp.finetune.epochs;
+        }
+        let mut phase = PhaseParams::plain("dense", 0, &section, n_train, exp.checkpoint.every);
+        let teacher_steps = steps(exp.dense.epochs, n_train, exp.dense.batch_size);
+        phase.select = Some(Select {
+            per_epoch: n_train.div_ceil(exp.dense.batch_size),
+            teacher_steps,
+        });
+        if state.step == 0 && (teacher_steps == 0 || phase.steps == 0) {
+            // No epoch to choose from: the starting model is the teacher (and the baseline
+            // when nothing trains at all).
+            let m = start.valid();
+            let mut files = vec![("dense", model_writer(&m))];
+            if phase.steps == 0 {
+                files.push(("baseline", model_writer(&m)));
+            }
+            ctx.stage.save(&state, files)?;
+        }
+        let Some(_) = train_phase(start, &phase, None, None, &mut ctx, &mut state)? else {
             return Ok(stopped(&state));
         };
-        let model = model.valid();
-        state.dense = Some(eval_all(&model, data, exp, device));
+        let teacher = load(dense_skeleton(), ctx.stage, "dense")?;
+        let baseline = load(dense_skeleton(), ctx.stage, "baseline")?;
+        state.dense = Some(eval_all(&teacher, data, exp, device));
+        state.baseline = Some(eval_all(&baseline, data, exp, device));
         state.account(&mut ctx.clock);
         state.phase = Phase::Gated;
         state.step = 0;
-        ctx.stage
-            .save(&state, vec![("dense", model_writer(&model))])?;
+        ctx.stage.save(&state, Vec::new())?;
     }
 
     // Phase 2: gates toward the target sparsity, then hardening and removal.
@@ -266,8 +309,11 @@ pub fn run<B: AutodiffBackend>(
             ..GateSpec::default()
         };
         let dense = load(dense_skeleton(), ctx.stage, "dense")?;
+        let teacher = exp.distill.enabled.then(|| dense.clone());
         let gated: GatedTaskModel<B> =
             trainable::<B, TaskModel<B>>(dense).with_gates(&spec, device)?;
+        // The layer map trains beside the student (unused without distillation).
+        let gated = with_map::<B, _>(gated, LayerMap::identity(d_teacher, device));
         let g = &exp.gated;
         let phase = PhaseParams {
             name: "gated",
@@ -277,6 +323,7 @@ pub fn run<B: AutodiffBackend>(
             batch_size: g.batch_size,
             gate_lr: Some(g.gate_lr),
             every: exp.checkpoint.every,
+            select: None,
         };
         let mut lag = Lagrangian::new(
             SparsityTarget::new(
@@ -289,10 +336,16 @@ pub fn run<B: AutodiffBackend>(
         if let Some((l1, l2)) = state.lagrangian {
             (lag.l1, lag.l2) = (f64::from_bits(l1), f64::from_bits(l2));
         }
-        let Some(gated) = train_phase(gated, &phase, Some(&mut lag), &mut ctx, &mut state)? else {
+        let teacher = teacher.as_ref().map(|t| (t, &exp.distill));
+        let Some(gated) =
+            train_phase(gated, &phase, Some(&mut lag), teacher, &mut ctx, &mut state)?
+        else {
             return Ok(stopped(&state));
         };
-        let gated = gated.valid();
+        let Distilled {
+            student: gated,
+            map,
+        } = gated.valid();
         state.gate_values = gate_values(&gated.gated);
         let measure = exp.size_measure();
         state.expected_sparsity = Some(match measure {
@@ -317,14 +370,24 @@ pub fn run<B: AutodiffBackend>(
             random += valid_loss(&control, data, exp, device) / CONTROL_SETS as f64;
         }
         let (model, report) = prune(gated)?;
+        // The map reads the student's hidden dimensions: only the kept ones are left.
+        let map = match report.keeps.get(&SpaceName::Hidden) {
+            Some(kept) => map.keep_inputs(kept),
+            None => map,
+        };
         state.gate_check = Some((valid_loss(&model, data, exp, device), random));
         state.rescued = report.rescued;
         state.pruned_config = Some(model.backbone.config().clone());
         state.account(&mut ctx.clock);
         state.phase = Phase::Finetune;
         state.step = 0;
-        ctx.stage
-            .save(&state, vec![("pruned", model_writer(&model))])?;
+        ctx.stage.save(
+            &state,
+            vec![
+                ("pruned", model_writer(&model)),
+                ("map", model_writer(&map)),
+            ],
+        )?;
     }
     let pruned_config = state
         .pruned_config
@@ -340,12 +403,18 @@ pub fn run<B: AutodiffBackend>(
     // Phase 3: fine-tune the smaller model.
     if state.phase == Phase::Finetune {
         let pruned = load(pruned_skeleton(), ctx.stage, "pruned")?;
+        let map = load_map(ctx.stage, pruned.backbone.config().d_model)?;
+        let teacher = match exp.distill.enabled {
+            true => Some(load(dense_skeleton(), ctx.stage, "dense")?),
+            false => None,
+        };
         let phase = PhaseParams::plain("finetune", 2, &exp.finetune, n_train, exp.checkpoint.every);
-        let start = trainable::<B, TaskModel<B>>(pruned);
-        let Some(model) = train_phase(start, &phase, None, &mut ctx, &mut state)? else {
+        let start = with_map::<B, _>(trainable::<B, TaskModel<B>>(pruned), map);
+        let teacher = teacher.as_ref().map(|t| (t, &exp.distill));
+        let Some(model) = train_phase(start, &phase, None, teacher, &mut ctx, &mut state)? else {
             return Ok(stopped(&state));
         };
-        let model = model.valid();
+        let model = model.valid().student;
         state.pruned = Some(eval_all(&model, data, exp, device));
         state.account(&mut ctx.clock);
         state.phase = Phase::Done;
@@ -354,10 +423,19 @@ pub fn run<B: AutodiffBackend>(
             .save(&state, vec![("final", model_writer(&model))])?;
     }
 
-    // Measure and write the output.
-    let dense = load(dense_skeleton(), ctx.stage, "dense")?;
+    // Measure and write the output: the pruned model against the baseline.
+    let dense = load(dense_skeleton(), ctx.stage, "baseline")?;
     let pruned = load(pruned_skeleton(), ctx.stage, "final")?;
     let (lat, lat1) = latency(&dense, &pruned, data, exp, device);
+    let rows = |m: &TaskModel<B::InnerBackend>| {
+        evaluate_rows(m, &data.test, data.pad_id, exp.eval.batch_size, device)
+    };
+    let paired = paired_delta(
+        &rows(&dense),
+        &rows(&pruned),
+        exp.task,
+        key(exp.seed, 0, Purpose::Bootstrap),
+    );
     // The pruned BERT also goes out in the layout transformers loads, when it can.
     let hf_export = match pruned.backbone.config().family {
         Family::Bert => shears_layers::hf::bert_hf_config(pruned.backbone.config())
@@ -372,7 +450,14 @@ pub fn run<B: AutodiffBackend>(
         data,
         dense_config: dense.backbone.config(),
         pruned_config: pruned.backbone.config(),
-        dense_eval: state.dense.clone().expect("dense phase ran"),
+        dense_eval: state.baseline.clone().expect("dense phase ran"),
+        teacher_eval: state.dense.clone(),
+        dense_epochs: (
+            state.epochs.clone(),
+            state.baseline_epoch,
+            state.teacher_epoch,
+        ),
+        paired_delta: Some(paired),
         pruned_eval: state.pruned.clone().expect("finetune phase ran"),
         expected_sparsity: state.expected_sparsity,
         gate_check: state.gate_check,

@@ -6,7 +6,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use shears_gates::{Draw, GateSet};
-use shears_layers::{ModelInput, ModelOutput};
+use shears_layers::{ModelConfig, ModelInput, ModelOutput};
 use shears_pruners::{ClassifierHead, SizeMeasure};
 
 use crate::data::{Split, make_batch};
@@ -14,11 +14,15 @@ use crate::data::{Split, make_batch};
 pub use shears_pruners::{GatedTaskModel, TaskModel};
 
 /// What the training loop needs of a model.
-pub trait Net<B: Backend>: Module<B> {
+///
+/// `Sync` because training passes run on a rayon worker (`kernels::on_workers`).
+pub trait Net<B: Backend>: Module<B> + burn::module::ModuleDisplay + Sync {
     /// Forward pass (gates, if any, drawn as `draw` says).
     fn output(&self, input: ModelInput<B>, draw: Draw) -> ModelOutput<B>;
     /// The classification head, if any.
     fn head(&self) -> Option<&ClassifierHead<B>>;
+    /// The backbone's config.
+    fn config(&self) -> &ModelConfig;
     /// The gates, if any.
     fn gates(&self) -> Option<&GateSet<B>> {
         None
@@ -35,6 +39,10 @@ pub trait Net<B: Backend>: Module<B> {
     fn expected_sparsity(&self, _measure: Option<SizeMeasure>) -> Option<Tensor<B, 1>> {
         None
     }
+    /// The layer map of a distilled model ([`crate::distill::Distilled`]).
+    fn layer_map(&self) -> Option<&crate::distill::LayerMap<B>> {
+        None
+    }
 }
 
 impl<B: Backend> Net<B> for TaskModel<B> {
@@ -44,6 +52,9 @@ impl<B: Backend> Net<B> for TaskModel<B> {
     fn head(&self) -> Option<&ClassifierHead<B>> {
         self.head.as_ref()
     }
+    fn config(&self) -> &ModelConfig {
+        self.backbone.config()
+    }
 }
 
 impl<B: Backend> Net<B> for GatedTaskModel<B> {
@@ -52,6 +63,9 @@ impl<B: Backend> Net<B> for GatedTaskModel<B> {
     }
     fn head(&self) -> Option<&ClassifierHead<B>> {
         self.head.as_ref()
+    }
+    fn config(&self) -> &ModelConfig {
+        self.gated.model.config()
     }
     fn gates(&self) -> Option<&GateSet<B>> {
         Some(&self.gated.gates)
@@ -100,6 +114,99 @@ impl Tally {
     }
 }
 
+/// What a forward pass scores: one row of logits per prediction with its target.
+pub struct Scored<B: Backend> {
+    /// Classification: the head's logits `[batch, classes]`; LM: the next-token logits of
+    /// every position but the last, `[batch · (seq - 1), vocab]`.
+    pub logits: Tensor<B, 2>,
+    /// The classes, or the next tokens (`None`: a classifier run without labels).
+    pub targets: Option<Tensor<B, 1, Int>>,
+    /// The backbone's hidden states, when the input asked for them.
+    pub hidden_states: Option<Vec<Tensor<B, 3>>>,
+    /// Whether the rows are classes (accuracy is counted) rather than next tokens.
+    pub classes: bool,
+}
+
+impl<B: Backend> Scored<B> {
+    /// Mean cross entropy of the rows (`[1]`, differentiable) and its tally.
+    ///
+    /// # Panics
+    /// Without targets.
+    pub fn cross_entropy(&self) -> (Tensor<B, 1>, Tally) {
+        let targets = self.targets.clone().expect("scoring needs targets");
+        let n = targets.dims()[0];
+        let ce = CrossEntropyLossConfig::new().init(&self.logits.device());
+        let correct: i64 = self
+            .logits
+            .clone()
+            .argmax(1)
+            .reshape([n])
+            .equal(targets.clone())
+            .int()
+            .sum()
+            .into_scalar()
+            .elem();
+        let l = ce.forward(self.logits.clone(), targets);
+        let lv: f64 = l.clone().into_scalar().elem();
+        (
+            l,
+            Tally {
+                loss_sum: lv * n as f64,
+                correct: if self.classes { correct as usize } else { 0 },
+                count: n,
+            },
+        )
+    }
+}
+
+/// The logits of a batch and what they predict. Classification: the head on the pooled
+/// output (with the classifier's dropout when the input has a dropout key); LM: the next
+/// token at every position.
+pub fn scored<B: Backend, M: Net<B>>(
+    model: &M,
+    input: ModelInput<B>,
+    labels: Option<Tensor<B, 1, Int>>,
+    draw: Draw,
+) -> Scored<B> {
+    let ids = input.ids.clone();
+    let dropout = input.dropout;
+    let out = model.output(input, draw);
+    match model.head() {
+        Some(head) => {
+            let pooled = out
+                .pooled
+                .expect("a classification model needs a BERT backbone with a pooler");
+            // The classifier's input dropout, as `BertForSequenceClassification`'s.
+            let pooled = match dropout {
+                Some(key) => shears_layers::dropout::dropout(
+                    pooled,
+                    model.config().dropout.hidden,
+                    shears_layers::dropout::Site::Classifier.key(key),
+                ),
+                None => pooled,
+            };
+            Scored {
+                logits: head.forward(pooled),
+                targets: labels,
+                hidden_states: out.hidden_states,
+                classes: true,
+            }
+        }
+        None => {
+            let logits = out
+                .logits
+                .expect("a language model needs a GPT-2 backbone with its LM head");
+            let [b, s, v] = logits.dims();
+            Scored {
+                logits: logits.slice([0..b, 0..s - 1]).reshape([b * (s - 1), v]),
+                targets: Some(ids.slice([0..b, 1..s]).reshape([b * (s - 1)])),
+                hidden_states: out.hidden_states,
+                classes: false,
+            }
+        }
+    }
+}
+
 /// Mean loss of a batch (`[1]`, differentiable) and its tally. Classification: cross
 /// entropy of the head's logits; LM: next-token cross entropy over every position.
 pub fn loss<B: Backend, M: Net<B>>(
@@ -108,57 +215,7 @@ pub fn loss<B: Backend, M: Net<B>>(
     labels: Option<Tensor<B, 1, Int>>,
     draw: Draw,
 ) -> (Tensor<B, 1>, Tally) {
-    let ids = input.ids.clone();
-    let device = ids.device();
-    let out = model.output(input, draw);
-    let ce = CrossEntropyLossConfig::new().init(&device);
-    match (model.head(), labels) {
-        (Some(head), Some(labels)) => {
-            let pooled = out
-                .pooled
-                .expect("a classification model needs a BERT backbone with a pooler");
-            let logits = head.forward(pooled);
-            let n = labels.dims()[0];
-            let correct: i64 = logits
-                .clone()
-                .argmax(1)
-                .reshape([n])
-                .equal(labels.clone())
-                .int()
-                .sum()
-                .into_scalar()
-                .elem();
-            let l = ce.forward(logits, labels);
-            let lv: f64 = l.clone().into_scalar().elem();
-            (
-                l,
-                Tally {
-                    loss_sum: lv * n as f64,
-                    correct: correct as usize,
-                    count: n,
-                },
-            )
-        }
-        _ => {
-            let logits = out
-                .logits
-                .expect("a language model needs a GPT-2 backbone with its LM head");
-            let [b, s, v] = logits.dims();
-            let pred = logits.slice([0..b, 0..s - 1]).reshape([b * (s - 1), v]);
-            let target = ids.slice([0..b, 1..s]).reshape([b * (s - 1)]);
-            let l = ce.forward(pred, target);
-            let lv: f64 = l.clone().into_scalar().elem();
-            let n = b * (s - 1);
-            (
-                l,
-                Tally {
-                    loss_sum: lv * n as f64,
-                    correct: 0,
-                    count: n,
-                },
-            )
-        }
-    }
+    scored(model, input, labels, draw).cross_entropy()
 }
 
 /// Evaluates `model` on a whole split (no gradients, deterministic gates).
@@ -179,6 +236,52 @@ pub fn evaluate<B: Backend, M: Net<B>>(
         tally.add(t);
     }
     tally
+}
+
+/// Per-example tallies of `model` on `split`, in the split's order (an LM block's rows
+/// summed), for paired comparisons of two models on the same examples.
+pub fn evaluate_rows<B: Backend, M: Net<B>>(
+    model: &M,
+    split: &Split,
+    pad_id: u32,
+    batch_size: usize,
+    device: &B::Device,
+) -> Vec<Tally> {
+    let mut order: Vec<usize> = (0..split.len()).collect();
+    order.sort_by_key(|&i| split.ids[i].len());
+    let mut rows = vec![Tally::default(); split.len()];
+    for idx in order.chunks(batch_size) {
+        let b = make_batch::<B>(split, idx, pad_id, device);
+        let s = scored(model, b.input, b.labels, Draw::Eval);
+        let targets = s.targets.clone().expect("evaluation has targets");
+        let n = targets.dims()[0];
+        let nll: Vec<f32> = burn::tensor::activation::log_softmax(s.logits.clone(), 1)
+            .gather(1, targets.clone().reshape([n, 1]))
+            .neg()
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 losses");
+        let hit: Vec<bool> = s
+            .logits
+            .argmax(1)
+            .reshape([n])
+            .equal(targets)
+            .into_data()
+            .to_vec()
+            .expect("bool hits");
+        let per_example = n / idx.len();
+        for (k, &i) in idx.iter().enumerate() {
+            for r in k * per_example..(k + 1) * per_example {
+                rows[i].add(Tally {
+                    loss_sum: nll[r] as f64,
+                    correct: usize::from(s.classes && hit[r]),
+                    count: 1,
+                });
+            }
+        }
+    }
+    rows
 }
 
 /// The autodiff twin of an inner-backend module with every parameter trainable. (Burn's

@@ -12,11 +12,12 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use shears_gates::{Draw, GateSet, Lagrangian, mix};
 
-use crate::checkpoint::{Stage, State, Writer, ckpt_err};
+use crate::checkpoint::{EpochScore, Stage, State, Writer, ckpt_err};
 use crate::data::{Dataset, make_batch, step_indices};
+use crate::distill::{DistillSection, distill_loss, teacher_targets};
 use crate::progress::Progress;
 use crate::report::Point;
-use crate::task::{Net, Tally, loss};
+use crate::task::{Net, Tally, TaskModel, evaluate, loss};
 use crate::{Experiment, Task, TrainError};
 
 pub(crate) type Rec = NamedMpkFileRecorder<FullPrecisionSettings>;
@@ -32,6 +33,10 @@ pub(crate) enum Purpose {
     Init = 3,
     /// The random kept set of the gate check.
     Control = 4,
+    /// Dropout at a step.
+    Dropout = 5,
+    /// The resamples of the paired test comparison.
+    Bootstrap = 6,
 }
 
 /// The key of the host generator for (`seed`, `step`, `purpose`). Every random draw of a run
@@ -107,6 +112,19 @@ pub(crate) struct PhaseParams {
     pub batch_size: usize,
     pub gate_lr: Option<f64>,
     pub every: usize,
+    /// Validation at every epoch's end, keeping the best epochs (the dense phase).
+    pub select: Option<Select>,
+}
+
+/// Which epochs of a phase to keep: the best on validation overall (the baseline, record
+/// `baseline`) and the best among the first `teacher_steps` steps (the teacher and the
+/// start of the gated phase, record `dense`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Select {
+    /// Steps per epoch (validation after each, and after the last step).
+    pub per_epoch: usize,
+    /// Steps within which the teacher is chosen.
+    pub teacher_steps: usize,
 }
 
 impl PhaseParams {
@@ -125,6 +143,7 @@ impl PhaseParams {
             batch_size: p.batch_size,
             gate_lr: None,
             every,
+            select: None,
         }
     }
 
@@ -178,6 +197,12 @@ pub(crate) struct Ctx<'a, B: AutodiffBackend> {
     pub device: &'a B::Device,
 }
 
+/// The teacher of a distilled phase and the distillation settings.
+pub(crate) type Teacher<'a, B> = (
+    &'a TaskModel<<B as AutodiffBackend>::InnerBackend>,
+    &'a DistillSection,
+);
+
 /// Maximum global gradient norm of the weights.
 pub const MAX_GRAD_NORM: f64 = 1.0;
 
@@ -213,9 +238,13 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
     mut model: M,
     phase: &PhaseParams,
     mut lag: Option<&mut Lagrangian>,
+    teacher: Option<Teacher<'_, B>>,
     ctx: &mut Ctx<'_, B>,
     state: &mut State,
-) -> Result<Option<M>, TrainError> {
+) -> Result<Option<M>, TrainError>
+where
+    M::InnerModule: Net<B::InnerBackend>,
+{
     let (exp, data, device) = (ctx.exp, ctx.data, ctx.device);
     let recorder = Rec::new();
     let mut opt = weight_optimizer::<B, M>();
@@ -247,20 +276,34 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
     let order_seed = key(exp.seed, phase.index, Purpose::DataOrder);
     while state.step < phase.steps {
         if !ctx.budget.take() {
-            save_mid_phase(&model, &opt, &gate_opt, phase, ctx, state)?;
+            save_mid_phase(&model, &opt, &gate_opt, phase, ctx, state, Vec::new())?;
             bar.finish();
             return Ok(None);
         }
         let step = state.step;
         let idx = step_indices(data.train.len(), phase.batch_size, order_seed, step);
-        let batch = make_batch::<B>(&data.train, &idx, data.pad_id, device);
-        if model.gates().is_none() {
+        let mut batch = make_batch::<B>(&data.train, &idx, data.pad_id, device);
+        batch.input = batch
+            .input
+            .with_dropout(key(exp.seed, state.global_step, Purpose::Dropout));
+        if model.gates().is_none() && teacher.is_none() {
             let (next, tally) = dense_step(model, &mut opt, batch, phase.lr_at(step));
             model = next;
             window.add(tally);
         } else {
-            let draw = Draw::Sample(key(exp.seed, state.global_step, Purpose::GateNoise));
-            let (task_loss, tally) = loss(&model, batch.input, batch.labels, draw);
+            let draw = match model.gates() {
+                Some(_) => Draw::Sample(key(exp.seed, state.global_step, Purpose::GateNoise)),
+                None => Draw::Eval,
+            };
+            let (task_loss, tally) = shears_layers::kernels::on_workers::<B, _>(|| match teacher {
+                Some((t, cfg)) => {
+                    let targets = teacher_targets::<B>(t, &batch.input, cfg);
+                    let (l, tally, _) =
+                        distill_loss(&model, batch.input, batch.labels, draw, targets, cfg);
+                    (l, tally)
+                }
+                None => loss(&model, batch.input, batch.labels, draw),
+            });
             let total = match (&lag, model.expected_sparsity(measure)) {
                 (Some(l), Some(s)) => task_loss + l.term(s, step),
                 _ => task_loss,
@@ -317,22 +360,92 @@ pub(crate) fn train_phase<B: AutodiffBackend, M: Net<B> + AutodiffModule<B>>(
             state.history.push(point);
             window = Tally::default();
         }
-        if phase.every > 0 && state.step.is_multiple_of(phase.every) && state.step < phase.steps {
-            save_mid_phase(&model, &opt, &gate_opt, phase, ctx, state)?;
+        let epoch_end = phase
+            .select
+            .filter(|s| state.step.is_multiple_of(s.per_epoch.max(1)) || state.step == phase.steps);
+        if let Some(select) = epoch_end {
+            let best = select_epoch(&model, select, ctx, state);
+            let inner = model.valid();
+            let mut files: Vec<(&str, Writer<'_>)> = Vec::new();
+            if best.0 {
+                files.push(("baseline", model_writer(&inner)));
+            }
+            if best.1 {
+                files.push(("dense", model_writer(&inner)));
+            }
+            save_mid_phase(&model, &opt, &gate_opt, phase, ctx, state, files)?;
+        } else if phase.every > 0
+            && state.step.is_multiple_of(phase.every)
+            && state.step < phase.steps
+        {
+            save_mid_phase(&model, &opt, &gate_opt, phase, ctx, state, Vec::new())?;
         }
     }
     bar.finish();
     Ok(Some(model))
 }
 
-/// A checkpoint inside a phase: the model, both optimizers' state and `state`.
-fn save_mid_phase<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>, G>(
+/// Validation at an epoch's end (see [`Select`]): records the score and returns whether
+/// this epoch is the best so far (the baseline) and the best within the teacher's steps.
+fn select_epoch<B: AutodiffBackend, M: AutodiffModule<B>>(
     model: &M,
-    opt: &O,
-    gate_opt: &G,
+    select: Select,
+    ctx: &Ctx<'_, B>,
+    state: &mut State,
+) -> (bool, bool)
+where
+    M::InnerModule: Net<B::InnerBackend>,
+{
+    let (exp, data) = (ctx.exp, ctx.data);
+    let inner = model.valid();
+    let t = evaluate(
+        &inner,
+        &data.valid,
+        data.pad_id,
+        exp.eval.batch_size,
+        ctx.device,
+    );
+    // Higher is better: accuracy (ties to the lower loss), or the negative loss.
+    let score = match exp.task {
+        Task::Classification => (t.accuracy(), -t.loss()),
+        Task::Lm => (-t.loss(), 0.0),
+    };
+    let better = |best: Option<usize>| {
+        best.is_none_or(|i| {
+            let b: &EpochScore = &state.epochs[i];
+            score > (b.score, b.tie)
+        })
+    };
+    let is_baseline = better(state.baseline_epoch);
+    let in_teacher = state.step <= select.teacher_steps;
+    let is_teacher = in_teacher && better(state.teacher_epoch);
+    state.epochs.push(EpochScore {
+        step: state.step,
+        valid_loss: t.loss(),
+        valid_accuracy: (exp.task == Task::Classification).then(|| t.accuracy()),
+        score: score.0,
+        tie: score.1,
+    });
+    let i = state.epochs.len() - 1;
+    if is_baseline {
+        state.baseline_epoch = Some(i);
+    }
+    if is_teacher {
+        state.teacher_epoch = Some(i);
+    }
+    (is_baseline, is_teacher)
+}
+
+/// A checkpoint inside a phase: the model, both optimizers' state, `extra` records and
+/// `state`.
+fn save_mid_phase<'w, B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<M, B>, G>(
+    model: &'w M,
+    opt: &'w O,
+    gate_opt: &'w G,
     phase: &PhaseParams,
     ctx: &mut Ctx<'_, B>,
     state: &mut State,
+    extra: Vec<(&'w str, Writer<'w>)>,
 ) -> Result<(), TrainError>
 where
     G: Optimizer<GateSet<B>, B>,
@@ -357,6 +470,7 @@ where
             }),
         ),
     ];
+    files.extend(extra);
     if phase.gate_lr.is_some() {
         files.push((
             "gate-optim",

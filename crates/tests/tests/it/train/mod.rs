@@ -7,6 +7,8 @@ use std::io::Write;
 use crate::assets;
 use std::path::Path;
 
+mod distill;
+
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -379,10 +381,16 @@ fn synthetic_csv(path: &Path, n: usize, seed: u64) {
 }
 
 fn tiny_bert_dir(dir: &Path) {
+    tiny_bert_dir_with(dir, 0.0)
+}
+
+/// The tiny BERT with every dropout probability `p`.
+fn tiny_bert_dir_with(dir: &Path, p: f64) {
     type B = burn::backend::NdArray<f32>;
     B::seed(&Default::default(), 3);
     let mut c = ModelConfig::bert(30522, 16, 2, 4, 32);
     c.max_positions = 32;
+    c.dropout = shears_layers::DropoutConfig::all(p);
     Transformer::<B>::new(&c, &Default::default())
         .save(dir)
         .unwrap();
@@ -432,6 +440,8 @@ warmup_fraction = 0.3
 epochs = 2
 lr = 1e-3
 batch_size = 16
+[baseline]
+match_path = false
 [eval]
 latency_batch = 8
 latency_repeats = 3
@@ -536,7 +546,7 @@ fn frozen_gates_fail_the_gate_check() {
 fn joint_runs_meet_a_flops_target() {
     type B = burn::backend::Flex;
     let device = Default::default();
-    let mut heads_removed = false;
+    let (mut heads_removed, mut blocks_removed, mut hidden_removed) = (false, false, false);
     for seed in [1, 2, 3] {
         let tmp = tempfile::tempdir().unwrap();
         let mut exp = bert_experiment(tmp.path());
@@ -548,6 +558,8 @@ fn joint_runs_meet_a_flops_target() {
         // One run keeps its widths at multiples of 4.
         let round_to = if seed == 3 { 4 } else { 1 };
         g.round_to = round_to;
+        // Two of the runs distil (their layer map loses the pruned hidden dimensions).
+        exp.distill.enabled = seed != 2;
         exp.finetune.epochs = 1.0;
         exp.eval.latency_repeats = 1;
         let out = tmp.path().join("out");
@@ -591,11 +603,9 @@ fn joint_runs_meet_a_flops_target() {
             "expected FLOPs sparsity {s}, {case}"
         );
         let neurons: usize = c.layers.iter().map(|l| l.d_ff).sum();
-        assert!(neurons < 64 && c.d_model < 16, "{case}");
-        assert!(
-            c.layers.iter().any(|l| l.n_heads == 0 || l.d_ff == 0),
-            "no block removed: {case}"
-        );
+        assert!(neurons < 64, "{case}");
+        hidden_removed |= c.d_model < 16;
+        blocks_removed |= c.layers.iter().any(|l| l.n_heads == 0 || l.d_ff == 0);
         heads_removed |= c.layers.iter().map(|l| l.n_heads).sum::<usize>() < 8;
         assert_eq!(r.hidden_pruned, c.d_model);
         assert_eq!(
@@ -616,18 +626,24 @@ fn joint_runs_meet_a_flops_target() {
         assert_eq!(summary.accuracy, r.accuracy_pruned, "{summary:?}");
     }
     assert!(heads_removed, "no run removed a head");
+    assert!(blocks_removed, "no run removed a whole block");
+    assert!(hidden_removed, "no run removed a hidden dimension");
 }
 
 const JOINT_TARGET: f64 = 0.5;
 
-/// A small, fast variant of the tiny BERT run for the resume and crash tests.
+/// A small, fast variant of the tiny BERT run for the resume and crash tests, with
+/// everything that draws or keeps state: dropout, distillation (its layer map), the dense
+/// run as long as the pruned path with its best epochs kept.
 fn small_bert_experiment(tmp: &Path) -> Experiment {
-    tiny_bert_dir(&tmp.join("model"));
+    tiny_bert_dir_with(&tmp.join("model"), 0.1);
     synthetic_csv(&tmp.join("data.csv"), 160, 2);
     let mut exp = bert_experiment_on(tmp);
     exp.dense.epochs = 1.0;
     exp.gated.epochs = 2.0;
     exp.finetune.epochs = 1.0;
+    exp.distill.enabled = true;
+    exp.baseline.match_path = true;
     exp.checkpoint.every = 3;
     exp.eval.latency_repeats = 1;
     exp
@@ -731,11 +747,17 @@ fn short_schedule() -> bool {
 
 fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     let tmp = tempfile::tempdir().unwrap();
-    let mut exp = bert_experiment(tmp.path());
+    tiny_bert_dir_with(&tmp.path().join("model"), 0.1);
+    synthetic_csv(&tmp.path().join("data.csv"), 440, 1);
+    let mut exp = bert_experiment_on(tmp.path());
+    exp.distill.enabled = true;
     let full = !short_schedule();
     if !full {
         (exp.dense.epochs, exp.gated.epochs, exp.finetune.epochs) = (3.0, 3.0, 1.0);
     }
+    // On the CPU the baseline trains as long as the pruned path (the software-Vulkan pass
+    // keeps the short schedule).
+    exp.baseline.match_path = full;
     let out = tmp.path().join("out");
     let opts = RunOptions {
         backend: "test".into(),
@@ -744,7 +766,8 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     };
     // Interrupt inside the gated phase, then resume.
     let stop = RunOptions {
-        stop_after: Some(if full { 191 } else { 65 }),
+        // Full: 20 dense epochs of 15 steps (as long as the pruned path), then 41 gated.
+        stop_after: Some(if full { 341 } else { 65 }),
         ..opts.clone()
     };
     match run::<Autodiff<B>>(&exp, &out, &stop, device).unwrap() {
@@ -803,6 +826,43 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
         );
     }
     assert!(report.rescued.is_empty());
+    // The dense run: validated at every epoch's end; the baseline its best epoch, the
+    // teacher the best within `dense.epochs`.
+    let epochs = if full { 20 } else { 3 };
+    assert_eq!(
+        report.dense_epochs.len(),
+        epochs,
+        "{:?}",
+        report.dense_epochs
+    );
+    let best = report
+        .dense_epochs
+        .iter()
+        .map(|e| e.valid_accuracy.unwrap())
+        .fold(0.0, f64::max);
+    let chosen = report
+        .dense_epochs
+        .iter()
+        .find(|e| e.step == report.baseline_step)
+        .unwrap();
+    assert_eq!(chosen.valid_accuracy, Some(best));
+    assert_eq!(report.eval_dense.valid_accuracy, Some(best));
+    let dense_steps = if full { 150 } else { 45 };
+    assert!(report.teacher_step <= dense_steps && report.teacher_step > 0);
+    assert_eq!(
+        report.epochs_baseline_pruned[1],
+        exp.dense.epochs + exp.gated.epochs + exp.finetune.epochs
+    );
+    assert!(report.eval_teacher.is_some());
+    // The paired comparison on the test split.
+    let d = report.paired_delta.unwrap();
+    let (a, b) = (
+        report.accuracy_dense.unwrap(),
+        report.accuracy_pruned.unwrap(),
+    );
+    assert!((d.delta - (b - a)).abs() < 1e-12, "{d:?}");
+    assert!(d.low <= d.delta && d.delta <= d.high, "{d:?}");
+    assert_eq!(d.examples, report.split_sizes[2]);
     assert_eq!(
         report.kept_heads_per_layer.iter().sum::<usize>(),
         report.heads_kept
@@ -1146,6 +1206,10 @@ warmup_fraction = 0.3
 epochs = 1
 lr = 1e-3
 batch_size = 16
+[distill]
+enabled = true
+[baseline]
+match_path = false
 [eval]
 latency_batch = 4
 latency_repeats = 2
