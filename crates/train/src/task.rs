@@ -262,14 +262,20 @@ pub fn evaluate_rows<B: Backend, M: Net<B>>(
             .convert::<f32>()
             .to_vec()
             .expect("f32 losses");
+        // Through ints: wgpu stores booleans as u32, which `to_vec::<bool>` refuses.
         let hit: Vec<bool> = s
             .logits
             .argmax(1)
             .reshape([n])
             .equal(targets)
+            .int()
             .into_data()
-            .to_vec()
-            .expect("bool hits");
+            .convert::<i32>()
+            .to_vec::<i32>()
+            .expect("hits")
+            .into_iter()
+            .map(|h| h != 0)
+            .collect();
         let per_example = n / idx.len();
         for (k, &i) in idx.iter().enumerate() {
             for r in k * per_example..(k + 1) * per_example {
