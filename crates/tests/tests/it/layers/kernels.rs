@@ -398,12 +398,10 @@ mod bodies {
         }
         bias[3 * s - 1] = MASKED;
         let drops = [None, Some(kernels::ProbDropout { p: 0.3, key: 7 })];
-        for (causal, drop) in [
-            (false, drops[0]),
-            (true, drops[0]),
-            (false, drops[1]),
-            (true, drops[1]),
-        ] {
+        let cases = [false, true]
+            .into_iter()
+            .flat_map(|c| drops.map(|d| (c, d)));
+        for (causal, drop) in cases {
             for bias in [None, Some(&bias)] {
                 let run = |q: Tensor<C, 4>, k, v, m: Option<Tensor<C, 2>>| {
                     vec_of(kernels::attention(q, k, v, m, causal, drop))
@@ -558,12 +556,10 @@ mod bodies {
             bias[s + j] = MASKED;
         }
         let drops = [None, Some(kernels::ProbDropout { p: 0.25, key: 11 })];
-        for (causal, drop) in [
-            (false, drops[0]),
-            (true, drops[0]),
-            (false, drops[1]),
-            (true, drops[1]),
-        ] {
+        let cases = [false, true]
+            .into_iter()
+            .flat_map(|c| drops.map(|d| (c, d)));
+        for (causal, drop) in cases {
             for bias in [None, Some(&bias[..])] {
                 let args = ([&q[..], &k, &v], bias, [b, h, s, dh], causal, drop);
                 let got = attention_grads::<C>(args.0, args.1, args.2, args.3, args.4);
