@@ -79,12 +79,14 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
     fn new(config: &ModelConfig, layer: usize, device: &B::Device) -> Self {
         let l = &config.layers[layer];
         let (d, a) = (config.d_model, l.d_attn());
-        let proj = |name: &str, i, o| Projection::new(i, o, l.rank(name), device);
+        let proj = |name: &str, i, o, residual| {
+            Projection::new(i, o, l.rank(name), config.init_std(residual), device)
+        };
         Self {
-            query: proj("attention.query", d, a),
-            key: proj("attention.key", d, a),
-            value: proj("attention.value", d, a),
-            output: proj("attention.output", a, d),
+            query: proj("attention.query", d, a, false),
+            key: proj("attention.key", d, a, false),
+            value: proj("attention.value", d, a, false),
+            output: proj("attention.output", a, d, true),
             n_heads: l.n_heads,
             d_head: l.d_head,
         }

@@ -156,6 +156,10 @@ pub struct ModelConfig {
     /// Dropout probabilities in training (0 in configs saved before shears had dropout).
     #[serde(default)]
     pub dropout: crate::DropoutConfig,
+    /// Standard deviation of the normal distribution fresh weights are drawn from
+    /// (`initializer_range` in `config.json`; 0.02 for both families).
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
     /// The original Hugging Face `config.json`, kept to write it back on export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hf_config: Option<serde_json::Value>,
@@ -181,6 +185,7 @@ impl ModelConfig {
             activation: Activation::Gelu,
             layer_norm_eps: 1e-12,
             dropout: crate::DropoutConfig::default(),
+            initializer_range: default_initializer_range(),
             hf_config: None,
         }
     }
@@ -204,7 +209,24 @@ impl ModelConfig {
             activation: Activation::GeluTanh,
             layer_norm_eps: 1e-5,
             dropout: crate::DropoutConfig::default(),
+            initializer_range: default_initializer_range(),
             hf_config: None,
+        }
+    }
+
+    /// The standard deviation of a fresh GPT-2 weight: `initializer_range`, divided by
+    /// `sqrt(2 n_layers)` for the `residual` projections (attention and FFN outputs), as
+    /// GPT-2 does so that the residual stream's variance does not grow with depth. `None`
+    /// for BERT: a fresh BERT keeps Burn's default initialisation (shears builds fresh BERTs
+    /// only as skeletons that loaded weights replace, and as the tests' tiny models, whose
+    /// calibrated margins were measured with that initialisation).
+    pub fn init_std(&self, residual: bool) -> Option<f64> {
+        match (self.family, residual) {
+            (Family::Gpt2, true) => {
+                Some(self.initializer_range / (2.0 * self.n_layers().max(1) as f64).sqrt())
+            }
+            (Family::Gpt2, false) => Some(self.initializer_range),
+            (Family::Bert, _) => None,
         }
     }
 
@@ -239,6 +261,14 @@ impl ModelConfig {
                 path: path.to_path_buf(),
                 message,
             },
+            LoadError::UnsupportedOption {
+                key, value, reason, ..
+            } => LoadError::UnsupportedOption {
+                path: path.to_path_buf(),
+                key,
+                value,
+                reason,
+            },
             other => other,
         })
     }
@@ -264,6 +294,7 @@ impl ModelConfig {
                 ));
             }
         };
+        check_options(&value, family)?;
         let n_heads = wire.n_heads;
         if n_heads == 0 || !wire.d_model.is_multiple_of(n_heads) {
             return Err(bad(format!(
@@ -337,6 +368,15 @@ impl ModelConfig {
                 }
                 dropout
             },
+            initializer_range: match wire.initializer_range {
+                None => default_initializer_range(),
+                Some(r) if r.is_finite() && r > 0.0 => r,
+                Some(r) => {
+                    return Err(bad(format!(
+                        "initializer_range {r} is not a positive number"
+                    )));
+                }
+            },
             hf_config: Some(value),
         })
     }
@@ -371,4 +411,80 @@ struct HfWire {
     attention_dropout: Option<f64>,
     #[serde(default)]
     embd_pdrop: Option<f64>,
+    #[serde(default)]
+    initializer_range: Option<f64>,
+}
+
+/// The `config.json` options that change what the model computes and that shears does not
+/// implement, with the value shears computes as (`None`: the option must be absent or null).
+/// A file that sets one to anything else is refused.
+const UNSUPPORTED: [(Option<Family>, &str, &str, &str); 7] = [
+    (
+        None,
+        "position_embedding_type",
+        "\"absolute\"",
+        "shears implements absolute position embeddings only",
+    ),
+    (
+        None,
+        "is_decoder",
+        "false",
+        "shears' BERT attends to every position, not causally",
+    ),
+    (
+        None,
+        "add_cross_attention",
+        "false",
+        "shears has no cross-attention layers",
+    ),
+    (
+        Some(Family::Gpt2),
+        "scale_attn_by_inverse_layer_idx",
+        "false",
+        "shears scales attention scores by 1/sqrt(d_head) only",
+    ),
+    (
+        Some(Family::Gpt2),
+        "reorder_and_upcast_attn",
+        "false",
+        "shears computes attention scores in the model's dtype, scaled after the product",
+    ),
+    (
+        Some(Family::Gpt2),
+        "scale_attn_weights",
+        "true",
+        "shears always scales attention scores by 1/sqrt(d_head)",
+    ),
+    (
+        Some(Family::Gpt2),
+        "tie_word_embeddings",
+        "true",
+        "shears' GPT-2 language-model head is its token embedding",
+    ),
+];
+
+/// Refuses the [`UNSUPPORTED`] options `value` sets to anything but shears' computation.
+fn check_options(value: &serde_json::Value, family: Family) -> Result<(), LoadError> {
+    for (only, key, ours, reason) in UNSUPPORTED {
+        if only.is_some_and(|f| f != family) {
+            continue;
+        }
+        let Some(v) = value.get(key).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let ours: serde_json::Value = serde_json::from_str(ours).expect("a JSON literal");
+        if *v != ours {
+            return Err(LoadError::UnsupportedOption {
+                path: Default::default(),
+                key: key.into(),
+                value: v.to_string(),
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn default_initializer_range() -> f64 {
+    0.02
 }

@@ -62,4 +62,15 @@ impl ModelConfig {
             })
             .sum()
     }
+
+    /// Floating-point operations per token of GPT-2's tied LM head (`2 · d_model · vocab`;
+    /// 0 for BERT). Not in [`ModelConfig::flops_per_token`]: only a pruned hidden width
+    /// changes it, and with GPT-2's 50,257 words it dominates a small model's cost per
+    /// token, so reports give it apart.
+    pub fn lm_head_flops_per_token(&self) -> usize {
+        match self.family {
+            Family::Gpt2 => 2 * self.d_model * self.vocab_size,
+            Family::Bert => 0,
+        }
+    }
 }

@@ -21,6 +21,19 @@ pub enum LoadError {
         /// What is wrong.
         message: String,
     },
+    /// `config.json` asks for a computation shears does not implement: loading it anyway
+    /// would give wrong numbers silently.
+    #[error("`{path}`: option `{key}` = {value} is not supported ({reason})")]
+    UnsupportedOption {
+        /// The file (empty when the config did not come from a file).
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// Its value, as JSON.
+        value: String,
+        /// What shears computes instead.
+        reason: &'static str,
+    },
     /// A safetensors file is malformed or truncated.
     #[error("bad safetensors file `{path}`: {message}")]
     Safetensors {

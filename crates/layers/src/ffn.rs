@@ -67,8 +67,20 @@ impl<B: Backend> FeedForwardBlock<B> for FeedForward<B> {
     fn new(config: &ModelConfig, layer: usize, device: &B::Device) -> Self {
         let l = &config.layers[layer];
         Self {
-            up: Projection::new(config.d_model, l.d_ff, l.rank("ffn.up"), device),
-            down: Projection::new(l.d_ff, config.d_model, l.rank("ffn.down"), device),
+            up: Projection::new(
+                config.d_model,
+                l.d_ff,
+                l.rank("ffn.up"),
+                config.init_std(false),
+                device,
+            ),
+            down: Projection::new(
+                l.d_ff,
+                config.d_model,
+                l.rank("ffn.down"),
+                config.init_std(true),
+                device,
+            ),
             activation: config.activation,
         }
     }

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use shears_spaces::{Registry, Space};
 
@@ -336,17 +336,31 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Layer<B, A, F> {
 }
 
 impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A, F> {
-    /// A randomly initialised model of the config's shape.
+    /// A randomly initialised model of the config's shape. GPT-2 as GPT-2 initialises one:
+    /// embeddings and weights from Normal(0, `initializer_range`), the residual projections
+    /// scaled by `1/sqrt(2 n_layers)` ([`ModelConfig::init_std`]), biases 0, LayerNorms 1
+    /// and 0. BERT with Burn's default initialisers (see `init_std`). Draws come from the
+    /// backend's generator (`B::seed`).
     pub fn new(config: &ModelConfig, device: &B::Device) -> Self {
         let d = config.d_model;
         let bert = config.family == Family::Bert;
         let eps = config.layer_norm_eps;
+        let normal = config
+            .init_std(false)
+            .map(|std| Initializer::Normal { mean: 0.0, std });
+        let embedding = |n: usize| {
+            let c = EmbeddingConfig::new(n, d);
+            match &normal {
+                Some(init) => c.with_initializer(init.clone()),
+                None => c,
+            }
+            .init(device)
+        };
         Self {
             embeddings: Embeddings {
-                word: EmbeddingConfig::new(config.vocab_size, d).init(device),
-                position: EmbeddingConfig::new(config.max_positions, d).init(device),
-                token_type: bert
-                    .then(|| EmbeddingConfig::new(config.type_vocab_size, d).init(device)),
+                word: embedding(config.vocab_size),
+                position: embedding(config.max_positions),
+                token_type: bert.then(|| embedding(config.type_vocab_size)),
                 norm: bert.then(|| LayerNorm::new(d, eps, device)),
             },
             layers: (0..config.n_layers())

@@ -25,40 +25,51 @@ pub struct Projection<B: Backend> {
 }
 
 impl<B: Backend> Projection<B> {
-    /// A freshly initialised projection (Burn's `Linear` initialisation), dense or of rank
-    /// `rank`.
-    pub fn new(d_in: usize, d_out: usize, rank: Option<usize>, device: &B::Device) -> Self {
-        let linear = |i: usize, o: usize, bias: bool| {
-            let c = LinearConfig::new(i, o).with_bias(bias);
-            // A zero-width projection (a block without heads or neurons): the default
-            // initialiser's bounds divide by the fan-in, so start at 0 instead of inf.
-            if i == 0 || o == 0 {
-                c.with_initializer(Initializer::Zeros)
-            } else {
-                c
+    /// A freshly initialised projection, dense or of rank `rank`: with `std`, weights drawn
+    /// from Normal(0, `std`) and biases 0 (GPT-2's initialisation,
+    /// [`crate::ModelConfig::init_std`]); without, Burn's `Linear` initialisation (weights and
+    /// biases uniform in `±1/sqrt(fan_in)`).
+    pub fn new(
+        d_in: usize,
+        d_out: usize,
+        rank: Option<usize>,
+        std: Option<f64>,
+        device: &B::Device,
+    ) -> Self {
+        // A zero-width projection (a block without heads or neurons) has nothing to draw,
+        // and the default initialiser's bounds divide by the fan-in: zeros.
+        let empty = |i: usize, o: usize| i == 0 || o == 0;
+        let weight = |i: usize, o: usize| {
+            match std {
+                _ if empty(i, o) => Initializer::Zeros,
+                Some(std) => Initializer::Normal { mean: 0.0, std },
+                None => LinearConfig::new(i, o).initializer,
             }
-            .init::<B>(device)
+            .init_with::<B, 2, _>([i, o], Some(i), Some(o), device)
+        };
+        let bias = |i: usize, o: usize| {
+            Some(
+                match std {
+                    _ if empty(i, o) => Initializer::Zeros,
+                    Some(_) => Initializer::Zeros,
+                    None => LinearConfig::new(i, o).initializer,
+                }
+                .init_with::<B, 1, _>([o], Some(i), Some(o), device),
+            )
         };
         match rank {
-            None => {
-                let l = linear(d_in, d_out, true);
-                Self {
-                    weight: Some(l.weight),
-                    first: None,
-                    second: None,
-                    bias: l.bias,
-                }
-            }
-            Some(r) => {
-                let a = linear(d_in, r, false);
-                let b = linear(r, d_out, true);
-                Self {
-                    weight: None,
-                    first: Some(a.weight),
-                    second: Some(b.weight),
-                    bias: b.bias,
-                }
-            }
+            None => Self {
+                weight: Some(weight(d_in, d_out)),
+                first: None,
+                second: None,
+                bias: bias(d_in, d_out),
+            },
+            Some(r) => Self {
+                weight: None,
+                first: Some(weight(d_in, r)),
+                second: Some(weight(r, d_out)),
+                bias: bias(r, d_out),
+            },
         }
     }
 

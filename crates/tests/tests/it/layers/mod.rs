@@ -4,6 +4,7 @@
 mod common;
 mod dropout;
 mod errors;
+mod init;
 mod kernels;
 mod masked_pruned;
 mod names;
