@@ -43,6 +43,31 @@ pub enum Backend {
     Wgpu,
 }
 
+/// `summarize`: prints the table of `runs` ([`shears_train::summary::summarize`]) and writes
+/// it to `out` when given, refusing to replace an existing file (the write goes through a
+/// temporary file in the same directory, so a failure leaves nothing half-written).
+pub fn summarize(runs: &[PathBuf], out: Option<&std::path::Path>) -> Result<()> {
+    let reports = shears_train::summary::read_reports(runs)?;
+    let table = shears_train::summary::summarize(&reports)?;
+    print!("{table}");
+    if let Some(out) = out {
+        if out.exists() {
+            bail!("`{}` exists: not replacing it", out.display());
+        }
+        let dir = out
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("creating a file in `{}`", dir.display()))?;
+        std::io::Write::write_all(&mut tmp, table.as_bytes())?;
+        tmp.persist_noclobber(out)
+            .with_context(|| format!("writing `{}`", out.display()))?;
+        eprintln!("written: {}", out.display());
+    }
+    Ok(())
+}
+
 /// Parses `0:1,2;3:0`.
 pub fn parse_heads(spec: &str) -> Result<BTreeMap<usize, Vec<usize>>> {
     let mut out: BTreeMap<usize, Vec<usize>> = BTreeMap::new();

@@ -45,6 +45,16 @@ enum Cmd {
     Fetch,
     /// Run the test suite on the flex, ndarray and wgpu backends.
     Test(xtask::test::Args),
+    /// One table, with mean and spread, of `train-gated` runs whose configs differ only in
+    /// the seed (`--set seed=43 --set name=...`).
+    Summarize {
+        /// Run directories, each with the `report.json` that `train-gated` wrote.
+        #[arg(required = true)]
+        runs: Vec<std::path::PathBuf>,
+        /// Also write the table to this file (an existing file is not replaced).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     #[command(external_subcommand)]
     Model(Vec<OsString>),
 }
@@ -59,6 +69,7 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Fetch => xtask::fetch::main(),
         Cmd::Test(a) => xtask::test::main(a),
+        Cmd::Summarize { runs, out } => xtask::summarize(&runs, out.as_deref()),
         Cmd::Model(args) => model_command(cli.backend, args),
     }
 }

@@ -67,6 +67,9 @@ pub(crate) struct State {
     pub expected_sparsity: Option<f64>,
     /// Validation loss before the fine-tune: (learned kept set, random kept sets).
     pub gate_check: Option<(f64, f64)>,
+    /// Validation accuracy before the fine-tune: (learned kept set, random kept sets).
+    #[serde(default)]
+    pub gate_check_accuracy: Option<(f64, f64)>,
     pub rescued: Vec<String>,
     /// Wall seconds spent in each phase, over every invocation.
     pub phase_seconds: BTreeMap<String, f64>,
@@ -116,6 +119,7 @@ impl State {
             gate_values: Vec::new(),
             expected_sparsity: None,
             gate_check: None,
+            gate_check_accuracy: None,
             rescued: Vec::new(),
             phase_seconds: BTreeMap::new(),
             seconds: 0.0,

@@ -21,6 +21,7 @@ mod progress;
 pub mod report;
 mod run;
 pub mod sparsify;
+pub mod summary;
 pub mod task;
 mod taskfile;
 mod trainer;

@@ -169,15 +169,18 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// The mean validation loss of `model` (cross entropy per example or per token): the gate
-/// check's measure, continuous where accuracy saturates.
-pub(crate) fn valid_loss<B: Backend, M: Net<B>>(
+/// The mean validation loss of `model` (cross entropy per example or per token) and its
+/// accuracy (per example or per token): the gate check's measures. The loss is continuous
+/// where accuracy saturates; the accuracy still reads right when the loss does not, as
+/// after distillation without cross entropy, which leaves the logits' scale free.
+pub(crate) fn valid_scores<B: Backend, M: Net<B>>(
     model: &M,
     data: &Dataset,
     exp: &Experiment,
     device: &B::Device,
-) -> f64 {
-    evaluate(model, &data.valid, data.pad_id, exp.eval.batch_size, device).loss()
+) -> (f64, f64) {
+    let t = evaluate(model, &data.valid, data.pad_id, exp.eval.batch_size, device);
+    (t.loss(), t.accuracy())
 }
 
 /// `model` with every gate's `log α` replaced by a seeded random value: hardening it by

@@ -125,6 +125,10 @@ pub struct Report {
     pub flops_per_token_dense: usize,
     /// The same, pruned.
     pub flops_per_token_pruned: usize,
+    /// FLOPs per token of the tied LM head, dense and pruned (GPT-2; not in the encoder
+    /// FLOPs above: a pruned hidden width shrinks it, nothing else does).
+    #[serde(default)]
+    pub lm_head_flops_per_token: Option<[usize; 2]>,
     /// Test accuracy of the dense fine-tuned model (classification).
     pub accuracy_dense: Option<f64>,
     /// Test accuracy of the pruned, fine-tuned model (classification).
@@ -166,6 +170,13 @@ pub struct Report {
     /// The same, averaged over 3 seeded random kept sets of the same size on the same weights: the
     /// control that shows the gates learned which units matter.
     pub valid_loss_random_kept: Option<f64>,
+    /// Validation accuracy (per example; LM: per token) of the hardened model before the
+    /// fine-tune, and the mean over the random kept sets.
+    #[serde(default)]
+    pub valid_accuracy_hardened: Option<f64>,
+    /// See `valid_accuracy_hardened`.
+    #[serde(default)]
+    pub valid_accuracy_random_kept: Option<f64>,
     /// Median forward latency of the dense model (ms, `eval.latency_batch` test examples).
     pub latency_ms_dense: f64,
     /// The same, pruned.
@@ -233,6 +244,8 @@ pub struct Parts<'a> {
     pub expected_sparsity: Option<f64>,
     /// Validation metric before the fine-tune: (learned kept set, random kept set).
     pub gate_check: Option<(f64, f64)>,
+    /// Validation accuracy before the fine-tune: (learned kept set, random kept sets).
+    pub gate_check_accuracy: Option<(f64, f64)>,
     /// Latencies at `eval.latency_batch`.
     pub latency: crate::measure::Latency,
     /// Latencies at batch 1, `data.max_len` tokens.
@@ -298,6 +311,14 @@ pub fn build(p: Parts<'_>) -> Report {
         params_pruned: p.pruned_config.param_count() + head_params,
         flops_per_token_dense: p.dense_config.flops_per_token(p.exp.data.max_len),
         flops_per_token_pruned: p.pruned_config.flops_per_token(p.exp.data.max_len),
+        lm_head_flops_per_token: (p.dense_config.family == shears_layers::Family::Gpt2).then(
+            || {
+                [
+                    p.dense_config.lm_head_flops_per_token(),
+                    p.pruned_config.lm_head_flops_per_token(),
+                ]
+            },
+        ),
         accuracy_dense: p.dense_eval.test_accuracy,
         accuracy_pruned: p.pruned_eval.test_accuracy,
         perplexity_dense: p.dense_eval.test_perplexity,
@@ -324,6 +345,8 @@ pub fn build(p: Parts<'_>) -> Report {
         expected_sparsity_gated: p.expected_sparsity,
         valid_loss_hardened: p.gate_check.map(|c| c.0),
         valid_loss_random_kept: p.gate_check.map(|c| c.1),
+        valid_accuracy_hardened: p.gate_check_accuracy.map(|c| c.0),
+        valid_accuracy_random_kept: p.gate_check_accuracy.map(|c| c.1),
         latency_ms_dense: p.latency.dense_ms,
         latency_ms_pruned: p.latency.pruned_ms,
         latency_batch: p.latency.batch,
@@ -435,6 +458,13 @@ pub fn markdown(r: &Report) -> String {
             r.flops_per_token_dense as f64
         )
     );
+    if let Some([dense, pruned]) = r.lm_head_flops_per_token {
+        let _ = writeln!(
+            s,
+            "| tied LM head FLOPs / token (not above) | {dense} | {pruned} | {} |",
+            pct(pruned as f64, dense as f64)
+        );
+    }
     let _ = writeln!(
         s,
         "| latency, batch {} x seq {} (ms, median of {}) | {:.1} | {:.1} | {:.1}% (median of the paired ratios) |",
@@ -536,6 +566,14 @@ pub fn markdown(r: &Report) -> String {
             "\nGate check (mean validation loss before the fine-tune, same weights): the learned kept set {h:.4}, random kept sets of the same size {c:.4} (mean of 3). Expected sparsity at the end of the gated phase: {:.4}.",
             r.expected_sparsity_gated.unwrap_or(f64::NAN)
         );
+        if let (Some(h), Some(c)) = (r.valid_accuracy_hardened, r.valid_accuracy_random_kept) {
+            let _ = writeln!(
+                s,
+                "Validation accuracy of the same models: learned {:.2}%, random {:.2}% (after distillation without cross entropy the logits' scale is free, so the loss alone can mislead).",
+                100.0 * h,
+                100.0 * c
+            );
+        }
     }
     let _ = writeln!(s, "\nSeconds per phase: {:?}.\n", r.phase_seconds);
     let _ = writeln!(

@@ -23,7 +23,7 @@ use crate::checkpoint::{Phase, Stage, State, ckpt_err};
 use crate::data::{Dataset, load_dataset};
 use crate::distill::{Distilled, LayerMap, with_map};
 use crate::measure::paired_delta;
-use crate::measure::{eval_all, gate_values, latency, randomize_gates, valid_loss};
+use crate::measure::{eval_all, gate_values, latency, randomize_gates, valid_scores};
 use crate::report::{self, Report};
 use crate::task::{GatedTaskModel, TaskModel, evaluate_rows, trainable};
 use crate::taskfile::{DataSource, HF_DIR, TaskInfo, save_task_model};
@@ -363,11 +363,13 @@ pub fn run<B: AutodiffBackend>(
         // The control of what the gates learned: the same weights with a random kept set
         // of the same size (the mean of a few), both before the fine-tune, on the validation
         // split.
-        let mut random = 0.0;
+        let mut random = (0.0, 0.0);
         for k in 0..CONTROL_SETS {
             let g = randomize_gates(gated.clone(), key(exp.seed, k, Purpose::Control));
             let (control, _) = prune(g)?;
-            random += valid_loss(&control, data, exp, device) / CONTROL_SETS as f64;
+            let (loss, acc) = valid_scores(&control, data, exp, device);
+            random.0 += loss / CONTROL_SETS as f64;
+            random.1 += acc / CONTROL_SETS as f64;
         }
         let (model, report) = prune(gated)?;
         // The map reads the student's hidden dimensions: only the kept ones are left.
@@ -375,7 +377,9 @@ pub fn run<B: AutodiffBackend>(
             Some(kept) => map.keep_inputs(kept),
             None => map,
         };
-        state.gate_check = Some((valid_loss(&model, data, exp, device), random));
+        let learned = valid_scores(&model, data, exp, device);
+        state.gate_check = Some((learned.0, random.0));
+        state.gate_check_accuracy = Some((learned.1, random.1));
         state.rescued = report.rescued;
         state.pruned_config = Some(model.backbone.config().clone());
         state.account(&mut ctx.clock);
@@ -461,6 +465,7 @@ pub fn run<B: AutodiffBackend>(
         pruned_eval: state.pruned.clone().expect("finetune phase ran"),
         expected_sparsity: state.expected_sparsity,
         gate_check: state.gate_check,
+        gate_check_accuracy: state.gate_check_accuracy,
         latency: lat,
         latency_batch1: lat1,
         wall_seconds: state.seconds,

@@ -8,6 +8,7 @@ use crate::assets;
 use std::path::Path;
 
 mod distill;
+mod summary;
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
@@ -92,7 +93,8 @@ fn config_overrides_apply_in_order() {
 }
 
 /// Every config the repository ships loads and validates, with and without `--quick`; the
-/// joint one targets FLOPs with every kind of gate.
+/// default one targets FLOPs with every kind of gate and distils, against the matched
+/// baseline (the teacher only with `--quick`).
 #[test]
 fn shipped_configs_load() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
@@ -107,10 +109,14 @@ fn shipped_configs_load() {
                     ..Default::default()
                 })
                 .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-                if exp.name == "minilm-rotten-tomatoes-joint" {
+                if exp.name.starts_with("minilm-rotten-tomatoes")
+                    && exp.name != "minilm-rotten-tomatoes-heads"
+                {
                     let g = &exp.gated;
                     assert_eq!(g.target_measure, shears_train::TargetMeasure::Flops);
                     assert!(g.heads && g.neurons && g.hidden && g.attention_blocks && g.ffn_blocks);
+                    assert!(exp.distill.enabled);
+                    assert_eq!(exp.baseline.match_path, !quick);
                 }
             }
             names.push(file.file_name().unwrap().to_string_lossy().into_owned());
@@ -121,7 +127,8 @@ fn shipped_configs_load() {
         names,
         [
             "gpt2-small-lm.toml",
-            "minilm-rotten-tomatoes-joint.toml",
+            "minilm-rotten-tomatoes-3x.toml",
+            "minilm-rotten-tomatoes-heads.toml",
             "minilm-rotten-tomatoes.toml"
         ]
     );
@@ -1243,6 +1250,11 @@ latency_repeats = 2
         assert!(pd < 20.0, "dense perplexity {pd} after the short schedule");
     }
     assert!(r.accuracy_dense.is_none());
+    // The tied head's FLOPs per token (vocabulary 257), apart from the stack's.
+    assert_eq!(
+        r.lm_head_flops_per_token,
+        Some([2 * 16 * 257, 2 * r.hidden_pruned * 257])
+    );
     // The gates met the target and chose heads that matter (perplexity: lower is better).
     let sp = r.expected_sparsity_gated.unwrap();
     if full {
@@ -1262,6 +1274,11 @@ latency_repeats = 2
     // closing uniformly (deterministic values 0.22-0.34 for all eight heads), so any kept set
     // is as good as another. The BERT run asserts it, with its negative control.
     assert!(learned.is_finite() && random.is_finite());
+    let (a_learned, a_random) = (
+        r.valid_accuracy_hardened.unwrap(),
+        r.valid_accuracy_random_kept.unwrap(),
+    );
+    assert!((0.0..=1.0).contains(&a_learned) && (0.0..=1.0).contains(&a_random));
     let summary = eval_dir::<B>(
         &out.join("model"),
         &tmp.path().join("text.jsonl"),
