@@ -87,6 +87,9 @@ pub(crate) struct State {
     /// The baseline's metrics.
     #[serde(default)]
     pub baseline: Option<EvalResult>,
+    /// The finished run whose dense phase this one reused (`RunOptions::dense_from`).
+    #[serde(default)]
+    pub dense_from: Option<PathBuf>,
 }
 
 /// Validation of the dense model at an epoch's end.
@@ -127,6 +130,7 @@ impl State {
             teacher_epoch: None,
             baseline_epoch: None,
             baseline: None,
+            dense_from: None,
         }
     }
 

@@ -77,6 +77,14 @@ pub enum TrainError {
         /// What is wrong.
         reason: String,
     },
+    /// `--dense-from`: the run cannot stand in for this experiment's dense phase.
+    #[error("cannot reuse the dense phase of `{run}`: {reason}")]
+    DenseFrom {
+        /// The finished run given.
+        run: PathBuf,
+        /// Why not.
+        reason: String,
+    },
     /// An earlier run with this output was interrupted.
     #[error(
         "an interrupted run left `{staging}`; pass --resume to continue it, or delete it to start over"

@@ -19,6 +19,7 @@ mod measure;
 pub mod optim;
 mod progress;
 pub mod report;
+mod reuse;
 mod run;
 pub mod sparsify;
 pub mod summary;

@@ -212,6 +212,10 @@ pub struct Report {
     pub history: Vec<Point>,
     /// The full config.
     pub config: Experiment,
+    /// The finished run whose dense phase (teacher, baseline, their epochs and evaluations)
+    /// this run reused instead of training it; its seconds are not in `wall_seconds`.
+    #[serde(default)]
+    pub dense_from: Option<std::path::PathBuf>,
 }
 
 /// Inputs of [`build`].
@@ -262,6 +266,8 @@ pub struct Parts<'a> {
     pub rescued: Vec<String>,
     /// The Hugging Face export's directory, or why there is none.
     pub hf_export: Result<String, String>,
+    /// See [`Report::dense_from`].
+    pub dense_from: Option<std::path::PathBuf>,
 }
 
 /// Assembles the report.
@@ -307,6 +313,7 @@ pub fn build(p: Parts<'_>) -> Report {
         rescued: p.rescued,
         hf_model: p.hf_export.clone().ok(),
         hf_model_missing: p.hf_export.err(),
+        dense_from: p.dense_from,
         params_dense: p.dense_config.param_count() + head_params,
         params_pruned: p.pruned_config.param_count() + head_params,
         flops_per_token_dense: p.dense_config.flops_per_token(p.exp.data.max_len),
@@ -575,7 +582,15 @@ pub fn markdown(r: &Report) -> String {
             );
         }
     }
-    let _ = writeln!(s, "\nSeconds per phase: {:?}.\n", r.phase_seconds);
+    let _ = writeln!(s, "\nSeconds per phase: {:?}.", r.phase_seconds);
+    if let Some(from) = &r.dense_from {
+        let _ = writeln!(
+            s,
+            "The dense phase (teacher, baseline and their evaluations) was reused from `{}`, not trained in this run; its seconds are in that run's report.",
+            from.display()
+        );
+    }
+    let _ = writeln!(s);
     let _ = writeln!(
         s,
         "## What was kept per layer\n\n![kept structure](kept.svg)\n"

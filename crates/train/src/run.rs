@@ -25,8 +25,9 @@ use crate::distill::{Distilled, LayerMap, with_map};
 use crate::measure::paired_delta;
 use crate::measure::{eval_all, gate_values, latency, randomize_gates, valid_scores};
 use crate::report::{self, Report};
+use crate::reuse::load_dense_phase;
 use crate::task::{GatedTaskModel, TaskModel, evaluate_rows, trainable};
-use crate::taskfile::{DataSource, HF_DIR, TaskInfo, save_task_model};
+use crate::taskfile::{DENSE_DIR, DataSource, HF_DIR, TEACHER_DIR, TaskInfo, save_task_model};
 use crate::trainer::{
     Budget, Ctx, PhaseParams, Purpose, Rec, Select, key, model_writer, steps, train_phase,
 };
@@ -51,6 +52,11 @@ pub struct RunOptions {
     /// `n`-th file written to a checkpoint (as a crash there would), leaving the staging
     /// directory as it is.
     pub fail_after_writes: Option<usize>,
+    /// Reuse the dense phase of this finished run (its `teacher-model` and `dense-model`,
+    /// its dense epochs and evaluations) instead of training it, after checking that it was
+    /// trained with the same keys (see `reuse.rs`). The rest of the run is then the same as
+    /// with a dense phase of its own, bit for bit on a CPU backend.
+    pub dense_from: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -192,6 +198,14 @@ pub fn run<B: AutodiffBackend>(
     if stage_dir.exists() && !opts.resume {
         return Err(TrainError::Interrupted { staging: stage_dir });
     }
+    // Checked (and loaded) before anything is written.
+    let reused = match &opts.dense_from {
+        Some(from) => Some((
+            from,
+            load_dense_phase::<B::InnerBackend>(from, exp, &data.label_names, device)?,
+        )),
+        None => None,
+    };
     let mut stage = Stage::create(&stage_dir, opts.fail_after_writes)?;
     let mut state = match stage.load_latest()? {
         Some(s) => {
@@ -260,15 +274,40 @@ pub fn run<B: AutodiffBackend>(
     // (`baseline.match_path`), validated at every epoch's end: the best epoch within
     // `dense.epochs` is the teacher and the gated phase's start (record `dense`), the best
     // of all is the baseline the pruned model is compared with (record `baseline`).
+    if let (Phase::Dense, Some((from, reused))) = (state.phase, &reused) {
+        let r = &reused.report;
+        let epoch_at = |step: usize| r.dense_epochs.iter().position(|e| e.step == step);
+        state.epochs = r.dense_epochs.clone();
+        state.teacher_epoch = epoch_at(r.teacher_step);
+        state.baseline_epoch = epoch_at(r.baseline_step);
+        state.dense = r.eval_teacher.clone();
+        state.baseline = Some(r.eval_dense.clone());
+        state.history = (r.history.iter())
+            .filter(|p| p.phase == "dense")
+            .cloned()
+            .collect();
+        // Dropout and gate noise are keyed by the global step: where the dense phase would
+        // have left it, so that the gated phase draws what it would have drawn.
+        state.global_step = steps(dense_section(exp).epochs, n_train, exp.dense.batch_size);
+        state.dense_from = Some(from.to_path_buf());
+        state.account(&mut ctx.clock);
+        state.phase = Phase::Gated;
+        state.step = 0;
+        tracing::info!(run = %from.display(), "dense phase reused");
+        ctx.stage.save(
+            &state,
+            vec![
+                ("dense", model_writer(&reused.teacher)),
+                ("baseline", model_writer(&reused.baseline)),
+            ],
+        )?;
+    }
     if state.phase == Phase::Dense {
         let start: TaskModel<B> = TaskModel {
             backbone: trainable(inputs.model.clone()),
             head: fresh_head(device),
         };
-        let mut section = exp.dense.clone();
-        if exp.baseline.match_path {
-            section.epochs += exp.gated.epochs + exp.finetune.epochs;
-        }
+        let section = dense_section(exp);
         let mut phase = PhaseParams::plain("dense", 0, &section, n_train, exp.checkpoint.every);
         let teacher_steps = steps(exp.dense.epochs, n_train, exp.dense.batch_size);
         phase.select = Some(Select {
@@ -429,6 +468,7 @@ pub fn run<B: AutodiffBackend>(
 
     // Measure and write the output: the pruned model against the baseline.
     let dense = load(dense_skeleton(), ctx.stage, "baseline")?;
+    let teacher = load(dense_skeleton(), ctx.stage, "dense")?;
     let pruned = load(pruned_skeleton(), ctx.stage, "final")?;
     let (lat, lat1) = latency(&dense, &pruned, data, exp, device);
     let rows = |m: &TaskModel<B::InnerBackend>| {
@@ -474,6 +514,7 @@ pub fn run<B: AutodiffBackend>(
         gate_values: state.gate_values.clone(),
         rescued: state.rescued.clone(),
         hf_export: hf_export.clone(),
+        dense_from: state.dense_from.clone(),
     });
     let task_info = TaskInfo {
         task: exp.task,
@@ -499,7 +540,13 @@ pub fn run<B: AutodiffBackend>(
             &dense,
             &task_info,
             &inputs.tokenizer_dir,
-            &tmp.join("dense-model"),
+            &tmp.join(DENSE_DIR),
+        )?;
+        save_task_model(
+            &teacher,
+            &task_info,
+            &inputs.tokenizer_dir,
+            &tmp.join(TEACHER_DIR),
         )?;
         if hf_export.is_ok() {
             pruned.export_hf(
@@ -512,6 +559,16 @@ pub fn run<B: AutodiffBackend>(
     })?;
     let _ = std::fs::remove_dir_all(&stage_dir);
     Ok(Outcome::Done(Box::new(report)))
+}
+
+/// The dense phase's section: `dense`, as long as the pruned model's whole path with
+/// `baseline.match_path`.
+fn dense_section(exp: &Experiment) -> crate::PhaseSection {
+    let mut section = exp.dense.clone();
+    if exp.baseline.match_path {
+        section.epochs += exp.gated.epochs + exp.finetune.epochs;
+    }
+    section
 }
 
 /// Random kept sets whose mean validation metric is the gate check's control.

@@ -49,6 +49,11 @@ pub struct DataSource {
 
 /// Directory of the Hugging Face export of the pruned BERT in a run's output.
 pub const HF_DIR: &str = "hf-model";
+/// The dense baseline in a `train-gated` output (the best validation epoch of the dense run).
+pub const DENSE_DIR: &str = "dense-model";
+/// The teacher in a `train-gated` output (the best validation epoch within `dense.epochs`,
+/// where the gated phase started; `--dense-from` reuses it).
+pub const TEACHER_DIR: &str = "teacher-model";
 /// File of the classification head in a model directory.
 pub const HEAD_FILE: &str = "head.safetensors";
 /// File of the task description in a model directory.

@@ -31,6 +31,11 @@ pub struct Args {
     /// Stop after this many training steps, keeping the checkpoint (`--resume` continues).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Reuse the dense phase (teacher and baseline) of this finished run instead of training
+    /// it: for runs that differ from it only after the dense phase (another target, gates or
+    /// distillation). Refused, naming the key, when the run trained its dense phase otherwise.
+    #[arg(long, value_name = "RUN")]
+    dense_from: Option<PathBuf>,
 }
 
 /// `path` as given if it exists, else relative to the workspace root.
@@ -89,6 +94,7 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         backend: format!("{backend:?}").to_lowercase(),
         interrupt: Some(interrupt),
         fail_after_writes: None,
+        dense_from: args.dense_from.as_ref().map(|p| locate(p)),
     };
     eprintln!(
         "train-gated: `{}`{} on {:?} -> {}",

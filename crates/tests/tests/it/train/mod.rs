@@ -743,6 +743,92 @@ fn a_crash_after_any_checkpoint_write_resumes() {
     assert!(k > 10, "only {k} writes were tried");
 }
 
+/// A run that reuses a finished run's dense phase (`dense_from`) is that run bit for bit: the
+/// same history (the dense part copied, the rest trained again), evaluations and weights. A
+/// run that differs only after the dense phase (an ablation) reuses it too. A source trained
+/// otherwise is refused naming the key and both values, and so is a directory that is not a
+/// finished run or lacks the teacher; a refusal writes nothing.
+#[test]
+fn reusing_a_dense_phase_is_exact() {
+    type A = Autodiff<burn::backend::NdArray<f32>>;
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = small_bert_experiment(tmp.path());
+    let whole = tmp.path().join("whole");
+    let r = done(run::<A>(&exp, &whole, &RunOptions::default(), &device));
+    assert!(r.dense_from.is_none());
+    let from = |dir: &Path| RunOptions {
+        dense_from: Some(dir.to_path_buf()),
+        ..Default::default()
+    };
+    let again = tmp.path().join("again");
+    let p = done(run::<A>(&exp, &again, &from(&whole), &device));
+    assert_eq!(p.history, r.history, "the same losses at every logged step");
+    assert_eq!(p.dense_epochs, r.dense_epochs);
+    assert_eq!(
+        (p.teacher_step, p.baseline_step),
+        (r.teacher_step, r.baseline_step)
+    );
+    assert_eq!(p.eval_teacher, r.eval_teacher);
+    assert_eq!(p.eval_dense, r.eval_dense);
+    assert_eq!(p.eval_pruned, r.eval_pruned);
+    assert_eq!(p.dense_from.as_deref(), Some(whole.as_path()));
+    assert!(
+        weights(&whole) == weights(&again),
+        "reused run's weights differ"
+    );
+    let md = std::fs::read_to_string(again.join("report.md")).unwrap();
+    assert!(md.contains("was reused from"), "{md}");
+
+    // An ablation: no distillation, another target. Same teacher and baseline, its own gates.
+    let mut ablation = exp.clone();
+    ablation.distill.enabled = false;
+    ablation.gated.target_sparsity = 0.3;
+    let a = done(run::<A>(
+        &ablation,
+        &tmp.path().join("ablation"),
+        &from(&whole),
+        &device,
+    ));
+    assert_eq!(a.eval_dense, r.eval_dense);
+    assert_ne!(a.eval_pruned, r.eval_pruned);
+
+    let refused = |exp: &Experiment, source: &Path| {
+        let out = tmp.path().join("refused");
+        let e = run::<A>(exp, &out, &from(source), &device).unwrap_err();
+        assert!(!out.exists() && !staging_dir(&out).exists(), "{e}: wrote");
+        match e {
+            TrainError::DenseFrom { run, reason } => {
+                assert_eq!(run, source);
+                reason
+            }
+            other => panic!("{other}"),
+        }
+    };
+    let mut lr = exp.clone();
+    lr.dense.lr *= 2.0;
+    let why = refused(&lr, &whole);
+    assert!(
+        why.contains("`dense.lr` is") && why.contains("there and"),
+        "{why}"
+    );
+    // With `baseline.match_path` the dense run's length follows the gated phase's.
+    let mut longer = exp.clone();
+    longer.gated.epochs += 1.0;
+    let why = refused(&longer, &whole);
+    assert!(why.contains("`gated.epochs`"), "{why}");
+    let why = refused(&exp, &tmp.path().join("nothing"));
+    assert!(why.contains("not a directory"), "{why}");
+    // A run written before the teacher was kept.
+    let old = tmp.path().join("old");
+    std::fs::create_dir(&old).unwrap();
+    std::fs::copy(whole.join("report.json"), old.join("report.json")).unwrap();
+    let why = refused(&exp, &old);
+    assert!(why.contains("teacher-model"), "{why}");
+    let why = refused(&exp, &whole.join("model"));
+    assert!(why.contains("report.json"), "{why}");
+}
+
 /// Whether this is the software-Vulkan pass. Software Vulkan runs these tiny models about
 /// 30 times slower than the CPU (kernel compilation per shape dominates), so on wgpu the
 /// pipeline tests run a short schedule that proves the GPU path (training moves the loss and
