@@ -12,7 +12,7 @@ use burn::prelude::*;
 use serde_json::{Value, json};
 
 use crate::report::Report;
-use crate::summary::first_difference;
+use crate::summary::{first_difference, read_reports};
 use crate::task::TaskModel;
 use crate::taskfile::{DENSE_DIR, TEACHER_DIR, load_task_model};
 use crate::{Experiment, TrainError};
@@ -61,14 +61,14 @@ pub(crate) fn load_dense_phase<B: Backend>(
     if !run.is_dir() {
         return Err(err("not a directory".into()));
     }
-    let path = run.join("report.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        err(format!(
-            "no readable report.json ({e}); give the output directory of a finished `train-gated` run"
-        ))
-    })?;
-    let report: Report = serde_json::from_str(&text)
-        .map_err(|e| err(format!("report.json is not a train-gated report: {e}")))?;
+    let report = read_reports(&[run.to_path_buf()])
+        .map_err(|e| {
+            err(format!(
+                "{e}; give the output directory of a finished `train-gated` run"
+            ))
+        })?
+        .remove(0)
+        .1;
     let (there, here) = (dense_identity(&report.config), dense_identity(exp));
     if let Some(key) = first_difference(&there, &here, "") {
         let at = |v: &Value| {

@@ -668,18 +668,33 @@ fn weights(out: &Path) -> (Vec<u8>, Vec<u8>) {
     (read("model.safetensors"), read("head.safetensors"))
 }
 
+/// The CPU backend of the exactness tests.
+type A = Autodiff<burn::backend::NdArray<f32>>;
+
+/// The small BERT experiment in a fresh temporary directory, run uninterrupted into `whole`.
+fn small_whole_run(
+    device: &burn::backend::ndarray::NdArrayDevice,
+) -> (
+    tempfile::TempDir,
+    Experiment,
+    std::path::PathBuf,
+    Box<shears_train::report::Report>,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = small_bert_experiment(tmp.path());
+    let whole = tmp.path().join("whole");
+    let r = done(run::<A>(&exp, &whole, &RunOptions::default(), device));
+    (tmp, exp, whole, r)
+}
+
 /// Stopping in the middle of the gated phase and resuming gives the final weights of the
 /// uninterrupted run bit for bit (CPU backend): data order, gate noise and the head's
 /// initialisation come from keyed host generators, and the checkpoint holds the model,
 /// both optimizers and the multipliers exactly.
 #[test]
 fn resume_is_exact_on_cpu() {
-    type A = Autodiff<burn::backend::NdArray<f32>>;
     let device = Default::default();
-    let tmp = tempfile::tempdir().unwrap();
-    let exp = small_bert_experiment(tmp.path());
-    let whole = tmp.path().join("whole");
-    let r = done(run::<A>(&exp, &whole, &RunOptions::default(), &device));
+    let (tmp, exp, whole, r) = small_whole_run(&device);
     let dense_steps = r.history.iter().filter(|p| p.phase == "dense").count();
     assert!(dense_steps > 0);
     let parts = tmp.path().join("parts");
@@ -708,7 +723,6 @@ fn resume_is_exact_on_cpu() {
 /// `resume` completes, with the uninterrupted run's weights.
 #[test]
 fn a_crash_after_any_checkpoint_write_resumes() {
-    type A = Autodiff<burn::backend::NdArray<f32>>;
     let device = Default::default();
     let tmp = tempfile::tempdir().unwrap();
     let mut exp = small_bert_experiment(tmp.path());
@@ -750,12 +764,8 @@ fn a_crash_after_any_checkpoint_write_resumes() {
 /// finished run or lacks the teacher; a refusal writes nothing.
 #[test]
 fn reusing_a_dense_phase_is_exact() {
-    type A = Autodiff<burn::backend::NdArray<f32>>;
     let device = Default::default();
-    let tmp = tempfile::tempdir().unwrap();
-    let exp = small_bert_experiment(tmp.path());
-    let whole = tmp.path().join("whole");
-    let r = done(run::<A>(&exp, &whole, &RunOptions::default(), &device));
+    let (tmp, exp, whole, r) = small_whole_run(&device);
     assert!(r.dense_from.is_none());
     let from = |dir: &Path| RunOptions {
         dense_from: Some(dir.to_path_buf()),
