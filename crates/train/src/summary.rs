@@ -15,6 +15,33 @@ struct Column {
     value: fn(&Report) -> Option<f64>,
     /// Decimal places.
     places: usize,
+    /// What the mean and sd rows show.
+    summary: Summary,
+}
+
+/// What the mean and sd rows of a column show.
+#[derive(Clone, Copy, PartialEq)]
+enum Summary {
+    /// The mean and the sample standard deviation of the column.
+    MeanSd,
+    /// A bound of one run's interval: the mean of bounds is no interval, so the mean row
+    /// shows that bound of the 95% interval of the mean drop over the runs (Student's t)
+    /// and the sd row nothing.
+    Bound { high: bool },
+    /// Wall time: a run that reused another's dense phase did not pay for it, so the mean
+    /// and sd cover only tables where no run did.
+    Wall,
+}
+
+/// Student's t quantile 0.975 for `df` degrees of freedom (df above 30: the value at 30,
+/// which is conservative).
+fn t975(df: usize) -> Option<f64> {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    (df > 0).then(|| T[df.min(30) - 1])
 }
 
 fn pct(x: Option<f64>) -> Option<f64> {
@@ -32,26 +59,31 @@ fn columns(task: Task) -> Vec<Column> {
                 header: "baseline test acc %",
                 value: |r| pct(r.accuracy_dense),
                 places: 2,
+                summary: Summary::MeanSd,
             },
             Column {
                 header: "pruned test acc %",
                 value: |r| pct(r.accuracy_pruned),
                 places: 2,
+                summary: Summary::MeanSd,
             },
             Column {
                 header: "drop (points)",
                 value: |r| pct(r.paired_delta.as_ref().map(|d| d.delta)),
                 places: 2,
+                summary: Summary::MeanSd,
             },
             Column {
                 header: "95% low",
                 value: |r| pct(r.paired_delta.as_ref().map(|d| d.low)),
                 places: 2,
+                summary: Summary::Bound { high: false },
             },
             Column {
                 header: "95% high",
                 value: |r| pct(r.paired_delta.as_ref().map(|d| d.high)),
                 places: 2,
+                summary: Summary::Bound { high: true },
             },
         ],
         Task::Lm => vec![
@@ -59,16 +91,19 @@ fn columns(task: Task) -> Vec<Column> {
                 header: "baseline test ppl",
                 value: |r| r.perplexity_dense,
                 places: 2,
+                summary: Summary::MeanSd,
             },
             Column {
                 header: "pruned test ppl",
                 value: |r| r.perplexity_pruned,
                 places: 2,
+                summary: Summary::MeanSd,
             },
             Column {
                 header: "ppl increase %",
                 value: |r| pct(r.paired_delta.as_ref().map(|d| d.delta)),
                 places: 2,
+                summary: Summary::MeanSd,
             },
         ],
     };
@@ -77,26 +112,31 @@ fn columns(task: Task) -> Vec<Column> {
             header: "params %",
             value: |r| ratio(r.params_pruned, r.params_dense),
             places: 1,
+            summary: Summary::MeanSd,
         },
         Column {
             header: "FLOPs %",
             value: |r| ratio(r.flops_per_token_pruned, r.flops_per_token_dense),
             places: 1,
+            summary: Summary::MeanSd,
         },
         Column {
             header: "latency % (batch N)",
             value: |r| Some(100.0 * r.latency_ratio),
             places: 1,
+            summary: Summary::MeanSd,
         },
         Column {
             header: "latency % (batch 1)",
             value: |r| Some(100.0 * r.latency_ratio_batch1),
             places: 1,
+            summary: Summary::MeanSd,
         },
         Column {
             header: "wall s",
             value: |r| Some(r.wall_seconds),
             places: 0,
+            summary: Summary::Wall,
         },
     ]);
     c
@@ -217,34 +257,58 @@ pub fn summarize(runs: &[(PathBuf, Report)]) -> Result<String, TrainError> {
     for (_, r) in runs {
         s += &format!("| {} |", r.config.seed);
         for c in &cols {
-            s += &cell((c.value)(r), c.places);
+            let mut v = cell((c.value)(r), c.places);
+            if c.summary == Summary::Wall && r.dense_from.is_some() {
+                v.insert(v.len() - 2, '*');
+            }
+            s += &v;
         }
         s += "\n";
     }
-    let stats: Vec<Option<(f64, f64)>> = cols
+    let reused = runs.iter().any(|(_, r)| r.dense_from.is_some());
+    let values =
+        |c: &Column| -> Option<Vec<f64>> { runs.iter().map(|(_, r)| (c.value)(r)).collect() };
+    // The mean drop and its 95% interval over the runs (t with n - 1 degrees of freedom).
+    let drop_interval = cols
         .iter()
-        .map(|c| {
-            let v: Option<Vec<f64>> = runs.iter().map(|(_, r)| (c.value)(r)).collect();
-            v.map(|v| mean_sd(&v))
-        })
-        .collect();
+        .find(|c| c.header == "drop (points)")
+        .and_then(values)
+        .and_then(|v| {
+            let (mean, sd) = mean_sd(&v);
+            let half = t975(v.len() - 1)? * sd / (v.len() as f64).sqrt();
+            Some((mean - half, mean + half))
+        });
+    let stat = |c: &Column, sd: bool| -> Option<f64> {
+        match c.summary {
+            Summary::Bound { .. } if sd => None,
+            Summary::Bound { high } => drop_interval.map(|(lo, hi)| if high { hi } else { lo }),
+            Summary::Wall if reused => None,
+            Summary::MeanSd | Summary::Wall => values(c).map(|v| {
+                let (mean, spread) = mean_sd(&v);
+                if sd { spread } else { mean }
+            }),
+        }
+    };
     s += "| mean |";
-    for (c, st) in cols.iter().zip(&stats) {
-        s += &cell(st.map(|x| x.0), c.places);
+    for c in &cols {
+        s += &cell(stat(c, false), c.places);
     }
     s += "\n| sd |";
-    for (c, st) in cols.iter().zip(&stats) {
-        s += &cell(st.map(|x| x.1), c.places);
+    for c in &cols {
+        s += &cell(stat(c, true), c.places);
     }
     s += "\n\nsd: sample standard deviation over the runs (n - 1). The seed also draws the train / validation / test split, the head and the data order, so the spread covers all three. ";
     s += match first.config.task {
         Task::Classification => {
-            "The drop (pruned - baseline) and its 95% interval are each run's paired bootstrap over the same test rows; the mean drop is the difference of the mean accuracies.\n"
+            "The drop (pruned - baseline) and its 95% interval are each run's paired bootstrap over the same test rows; the mean drop is the difference of the mean accuracies, and the interval in its row is the 95% interval of the mean drop over the runs (Student's t, n - 1 degrees of freedom), which covers the training noise between seeds.\n"
         }
         Task::Lm => {
             "The perplexity increase (pruned / baseline - 1) and its interval are each run's paired bootstrap over the same test blocks.\n"
         }
     };
+    if reused {
+        s += "\n*: the run reused another run's dense phase (`--dense-from`); its wall time leaves that phase out, so the wall column has no mean.\n";
+    }
     Ok(s)
 }
 

@@ -33,12 +33,19 @@ fn seeds_table_has_mean_and_spread() {
         run(&base, 3, 0.86, 0.86),
     ];
     let table = summarize(&runs).unwrap();
-    // Baseline 84, 85, 86; pruned 83, 83, 86; drops -1, -2, 0 (points).
+    // Baseline 84, 85, 86; pruned 83, 83, 86; drops -1, -2, 0 (points): mean -1, sd 1, and
+    // the mean drop's 95% interval over the runs -1 -+ 4.303 / sqrt(3) = [-3.48, 1.48] (the
+    // runs' own bounds are not averaged).
     assert!(
-        table.contains("| mean | 85.00 | 84.00 | -1.00 |"),
+        table.contains("| mean | 85.00 | 84.00 | -1.00 | -3.48 | 1.48 | 70.5 |"),
         "{table}"
     );
-    assert!(table.contains("| sd | 1.00 | 1.73 | 1.00 |"), "{table}");
+    assert!(
+        table.contains("| sd | 1.00 | 1.73 | 1.00 | - | - | 0.0 |"),
+        "{table}"
+    );
+    assert!(table.contains("| 3311 |\n| sd |"), "{table}");
+    assert!(!table.contains('*'), "{table}");
     // The fixture's own interval, sizes, latency ratios and wall time.
     assert!(
         table.contains(
@@ -46,6 +53,14 @@ fn seeds_table_has_mean_and_spread() {
         ),
         "{table}"
     );
+
+    // A run that reused another's dense phase: its wall time is marked and not averaged.
+    let mut reused = runs.clone();
+    reused[1].1.dense_from = Some(PathBuf::from("runs/s1"));
+    let table = summarize(&reused).unwrap();
+    assert!(table.contains("| 3311* |"), "{table}");
+    assert!(table.contains("| 45.4 | - |\n| sd |"), "{table}");
+    assert!(table.contains("--dense-from"), "{table}");
 
     let mut other = runs.clone();
     other[2].1.config.gated.target_sparsity = 0.5;
