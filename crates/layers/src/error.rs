@@ -13,6 +13,15 @@ pub enum LoadError {
         /// The OS error.
         reason: String,
     },
+    /// An output would replace a file or a non-empty directory the caller did not ask to
+    /// replace ([`crate::save::Existing::Refuse`]).
+    #[error(
+        "output `{path}` already exists and is not empty: refusing to replace it (pass `--force` to replace it; the replacement is atomic)"
+    )]
+    OutputExists {
+        /// The output.
+        path: PathBuf,
+    },
     /// A config file is malformed.
     #[error("bad config `{path}`: {message}")]
     Config {

@@ -38,12 +38,55 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     })
 }
 
+/// What writing an output does when something is already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Existing {
+    /// Refuse a file or a non-empty directory ([`LoadError::OutputExists`]); an empty
+    /// directory is replaced. What every command does without `--force`.
+    #[default]
+    Refuse,
+    /// Replace it, once the new output is complete (`--force`).
+    Replace,
+}
+
+impl Existing {
+    /// `Replace` when `force`, else `Refuse`.
+    pub fn from_force(force: bool) -> Self {
+        if force { Self::Replace } else { Self::Refuse }
+    }
+}
+
+/// Whether `existing` allows writing `dir`: with [`Existing::Refuse`], `dir` must be
+/// absent or an empty directory. Commands call it before their work, so a refusal costs
+/// nothing; [`write_dir_atomic`] checks again before it puts the output in place.
+pub fn check_output(dir: &Path, existing: Existing) -> Result<(), LoadError> {
+    if existing == Existing::Replace {
+        return Ok(());
+    }
+    let taken = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        // A file, or a directory we cannot list: not ours to replace.
+        Err(_) => true,
+    };
+    if taken {
+        return Err(LoadError::OutputExists {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
 /// Fills a fresh temporary directory beside `dir` with `fill`, then puts it in place of
-/// `dir` (replacing an old one only once the new one is complete).
+/// `dir`. What is already at `dir` is refused or replaced as `existing` says (checked before
+/// `fill` and again before the rename); a replaced one goes only once the new one is
+/// complete.
 pub fn write_dir_atomic(
     dir: &Path,
+    existing: Existing,
     fill: impl FnOnce(&Path) -> Result<(), LoadError>,
 ) -> Result<(), LoadError> {
+    check_output(dir, existing)?;
     let io = |p: &Path, e: std::io::Error| LoadError::Io {
         path: p.to_path_buf(),
         reason: e.to_string(),
@@ -61,6 +104,10 @@ pub fn write_dir_atomic(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(|e| io(&tmp, e))?;
     if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if let Err(e) = check_output(dir, existing) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
@@ -127,7 +174,8 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
     }
 
     /// Saves in our format: `shears.json` (config with per-layer sizes) and
-    /// `model.safetensors` (our parameter paths, Burn layout).
+    /// `model.safetensors` (our parameter paths, Burn layout). An existing `dir` is replaced
+    /// once the new one is complete: commands check [`check_output`] first.
     pub fn save(&self, dir: &Path) -> Result<(), LoadError> {
         let file = ShearsFile {
             format_version: FORMAT_VERSION,
@@ -135,7 +183,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         };
         let json = serde_json::to_string_pretty(&file).expect("config serialises");
         let tensors = tensorio::export(self);
-        write_dir_atomic(dir, |tmp| {
+        write_dir_atomic(dir, Existing::Replace, |tmp| {
             write_atomic(&tmp.join(SHEARS_CONFIG), json.as_bytes())?;
             hf::write_safetensors(&tmp.join(WEIGHTS), &tensors)
         })
@@ -143,7 +191,8 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
 
     /// Writes a Hugging Face BERT directory (`config.json` with `pruned_heads`, weights
     /// under Hugging Face keys) that `BertModel.from_pretrained` loads. Tokenizer files
-    /// from `copy_from` (if given) are copied alongside.
+    /// from `copy_from` (if given) are copied alongside. An existing `dir` is replaced once
+    /// the new one is complete: commands check [`check_output`] first.
     ///
     /// A layer without heads gets one all-zero placeholder head, which `transformers` can
     /// run and which computes the same function (see [`hf::with_placeholder_heads`]).
@@ -177,7 +226,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
             obj.extend(head.config.clone());
         }
         let json = serde_json::to_string_pretty(&value).expect("config serialises");
-        write_dir_atomic(dir, |tmp| {
+        write_dir_atomic(dir, Existing::Replace, |tmp| {
             write_atomic(&tmp.join("config.json"), json.as_bytes())?;
             hf::write_safetensors(&tmp.join(WEIGHTS), &tensors)?;
             if let Some(src) = copy_from {

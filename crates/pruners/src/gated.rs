@@ -52,6 +52,17 @@ pub enum PrunerError {
     /// The removal failed.
     #[error(transparent)]
     Prune(#[from] PruneError),
+    /// A size target that closing every gated unit does not reach: the gated structures
+    /// hold less of the size than the target removes.
+    #[error(
+        "a size target of {target} is out of reach: closing every gated unit removes at most {reachable:.4} of the size; gate more structures or lower the target"
+    )]
+    TargetOutOfReach {
+        /// The fraction of the size asked to go.
+        target: f64,
+        /// The largest fraction the gated structures can remove.
+        reachable: f64,
+    },
     /// A width multiple of 0 was asked for.
     #[error("round_to = {0}: widths are kept at multiples of at least 1 unit")]
     RoundTo(usize),

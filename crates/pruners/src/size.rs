@@ -20,7 +20,7 @@ use burn::prelude::*;
 use shears_gates::Kept;
 use shears_layers::{ModelConfig, SpaceName};
 
-use crate::{GatedModel, PrunerError};
+use crate::{GateSpec, GatedModel, PrunerError};
 
 /// What a size target counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,17 @@ impl SizeMeasure {
         match *self {
             SizeMeasure::Params => config.layer_params(),
             SizeMeasure::Flops { seq } => config.flops_per_token(seq),
+        }
+    }
+}
+
+impl std::fmt::Display for SizeMeasure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SizeMeasure::Params => write!(f, "layer stack's parameters"),
+            SizeMeasure::Flops { seq } => {
+                write!(f, "layer stack's FLOPs per token at {seq} tokens")
+            }
         }
     }
 }
@@ -138,6 +149,26 @@ fn widths<T: Amount>(
     }
 }
 
+impl GateSpec {
+    /// The largest fraction of the size of a model of `config`'s shape (under `measure`)
+    /// that closing every unit this spec gates removes: a size target above it cannot be
+    /// met (see [`PrunerError::TargetOutOfReach`]). Heads alone, for example, hold only the
+    /// attention projections and scores.
+    pub fn reachable_sparsity(&self, config: &ModelConfig, measure: SizeMeasure) -> f64 {
+        let gated = |name: &SpaceName| match name {
+            SpaceName::Heads(_) => self.heads,
+            SpaceName::Ffn(_) => self.neurons,
+            SpaceName::Hidden => self.hidden,
+            SpaceName::AttentionBlock(_) => self.attention_blocks,
+            SpaceName::FfnBlock(_) => self.ffn_blocks,
+            _ => false,
+        };
+        let w = widths(config, |n| gated(n).then_some(0.0), |n| n as f64);
+        let dense = measure.of(config).max(1) as f64;
+        1.0 - size(config, measure, w, 0.0) / dense
+    }
+}
+
 impl<B: Backend> GatedModel<B> {
     /// The expected size under the gates' open probabilities (see the module docs), `[1]`,
     /// differentiable in every `log α`.
@@ -182,7 +213,8 @@ impl<B: Backend> GatedModel<B> {
     /// `log α`, until at least `target` of the size is removed, and the most open closed
     /// units reopen, in order, wherever one fits without going back over the budget; so the
     /// result removes at least `target` and no single closed unit could be reopened within
-    /// it. One [`Kept`] per gate group, in group order.
+    /// it. One [`Kept`] per gate group, in group order. A target that closing every gated
+    /// unit does not reach is [`PrunerError::TargetOutOfReach`].
     ///
     /// With `round_to` above 1, every FFN width and the hidden width is kept at a multiple
     /// of `round_to` units (or at its full width): units of those spaces close and reopen
@@ -324,7 +356,14 @@ impl<B: Backend> GatedModel<B> {
                 }
             }
         }
-        debug_assert!(current <= budget);
+        if current > budget {
+            // Every gated unit closed and the size is still above the budget.
+            let dense = measure.of(config).max(1) as f64;
+            return Err(PrunerError::TargetOutOfReach {
+                target,
+                reachable: 1.0 - current / dense,
+            });
+        }
         Ok(groups
             .iter()
             .zip(&open)

@@ -307,6 +307,18 @@ pub struct ConfigSources {
 }
 
 impl Experiment {
+    /// The structures the gated phase gates.
+    pub fn gate_spec(&self) -> shears_pruners::GateSpec {
+        shears_pruners::GateSpec {
+            heads: self.gated.heads,
+            neurons: self.gated.neurons,
+            hidden: self.gated.hidden,
+            attention_blocks: self.gated.attention_blocks,
+            ffn_blocks: self.gated.ffn_blocks,
+            ..Default::default()
+        }
+    }
+
     /// The size measure of the gated phase's target; `None` when it counts units.
     pub fn size_measure(&self) -> Option<shears_pruners::SizeMeasure> {
         match self.gated.target_measure {

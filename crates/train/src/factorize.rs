@@ -46,6 +46,9 @@ pub struct FactorizeOptions {
     pub batch_size: usize,
     /// Timed forward passes.
     pub latency_repeats: usize,
+    /// What to do when the output directory exists and is not empty: refuse (the default,
+    /// before any work) or replace it once the new one is complete (`--force`).
+    pub existing: save::Existing,
 }
 
 impl FactorizeOptions {
@@ -76,6 +79,7 @@ impl Default for FactorizeOptions {
             other_data: false,
             batch_size: 32,
             latency_repeats: 10,
+            existing: save::Existing::Refuse,
         }
     }
 }
@@ -125,6 +129,7 @@ pub fn run_factorize<B: Backend>(
     device: &B::Device,
 ) -> Result<FactorizeSummary, TrainError> {
     let started = Instant::now();
+    save::check_output(out, opts.existing)?;
     let (model, info) = load_task_model::<B>(model_dir, device)?;
     let tokenizer = Tokenizer::from_dir(model_dir)?;
     let config = model.backbone.config().clone();
@@ -194,7 +199,7 @@ pub fn run_factorize<B: Backend>(
     });
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
     let md = markdown(&summary);
-    save::write_dir_atomic(out, |tmp| {
+    save::write_dir_atomic(out, opts.existing, |tmp| {
         save_task_model(&factorized, &info, model_dir, &tmp.join("model"))?;
         save::write_atomic(&tmp.join("report.json"), json.as_bytes())?;
         save::write_atomic(&tmp.join("report.md"), md.as_bytes())

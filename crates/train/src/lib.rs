@@ -15,6 +15,7 @@ mod error;
 mod eval;
 mod factorize;
 pub mod figures;
+mod heads;
 mod measure;
 pub mod optim;
 mod progress;
@@ -33,6 +34,7 @@ pub use derived::{DataChoice, Metrics};
 pub use error::*;
 pub use eval::*;
 pub use factorize::*;
+pub use heads::{PrunedHeads, run_prune_heads};
 pub use measure::{BOOTSTRAP_RESAMPLES, Latency, PairedDelta, paired_delta};
 pub use run::*;
 pub use sparsify::{

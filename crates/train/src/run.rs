@@ -17,7 +17,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use shears_gates::{Harden, Lagrangian, SparsityTarget};
 use shears_layers::{Family, ModelConfig, SpaceName, Tokenizer, Transformer, save};
-use shears_pruners::{ClassifierHead, GateSpec};
+use shears_pruners::ClassifierHead;
 
 use crate::checkpoint::{Phase, Stage, State, ckpt_err};
 use crate::data::{Dataset, load_dataset};
@@ -57,6 +57,9 @@ pub struct RunOptions {
     /// trained with the same keys (see `reuse.rs`). The rest of the run is then the same as
     /// with a dense phase of its own, bit for bit on a CPU backend.
     pub dense_from: Option<PathBuf>,
+    /// What to do when the output directory exists and is not empty: refuse (the default,
+    /// before anything runs) or replace it once the new one is complete (`--force`).
+    pub existing: save::Existing,
 }
 
 /// How a run ended.
@@ -160,6 +163,20 @@ fn prepare<B: Backend>(exp: &Experiment, device: &B::Device) -> Result<Inputs<B>
             expected: format!("<= the model's max_positions ({})", config.max_positions),
         });
     }
+    // A size target the gated structures cannot reach would fail only at hardening, after
+    // the dense and gated phases: refuse it now.
+    if let Some(measure) = exp.size_measure() {
+        let reachable = exp.gate_spec().reachable_sparsity(config, measure);
+        if exp.gated.target_sparsity > reachable {
+            return Err(TrainError::OutOfRange {
+                key: "gated.target_sparsity".into(),
+                value: exp.gated.target_sparsity.to_string(),
+                expected: format!(
+                    "at most {reachable:.4}: closing every gated unit removes only that much of the {measure}; gate more structures (gated.neurons, gated.hidden, gated.attention_blocks, gated.ffn_blocks) or lower the target"
+                ),
+            });
+        }
+    }
     let data = load_dataset(&exp.data, exp.task, &tokenizer, exp.seed)?;
     let max_id = [&data.train, &data.valid, &data.test]
         .iter()
@@ -191,6 +208,8 @@ pub fn run<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Outcome, TrainError> {
     let clock = Instant::now();
+    // A user's files at `out` are not replaced unless asked: refused before any work.
+    save::check_output(out, opts.existing)?;
     let inputs = prepare::<B::InnerBackend>(exp, device)?;
     let data = &inputs.data;
     let stage_dir = staging_dir(out);
@@ -339,14 +358,7 @@ pub fn run<B: AutodiffBackend>(
 
     // Phase 2: gates toward the target sparsity, then hardening and removal.
     if state.phase == Phase::Gated {
-        let spec = GateSpec {
-            heads: exp.gated.heads,
-            neurons: exp.gated.neurons,
-            hidden: exp.gated.hidden,
-            attention_blocks: exp.gated.attention_blocks,
-            ffn_blocks: exp.gated.ffn_blocks,
-            ..GateSpec::default()
-        };
+        let spec = exp.gate_spec();
         let dense = load(dense_skeleton(), ctx.stage, "dense")?;
         let teacher = exp.distill.enabled.then(|| dense.clone());
         let gated: GatedTaskModel<B> =
@@ -529,7 +541,7 @@ pub fn run<B: AutodiffBackend>(
             limit: exp.data.limit,
         }),
     };
-    save::write_dir_atomic(out, |tmp| {
+    save::write_dir_atomic(out, opts.existing, |tmp| {
         save_task_model(
             &pruned,
             &task_info,

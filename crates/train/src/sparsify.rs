@@ -130,6 +130,9 @@ pub struct SparsifyOptions {
     pub batch_size: usize,
     /// Timed forward passes.
     pub latency_repeats: usize,
+    /// What to do when the output directory exists and is not empty: refuse (the default,
+    /// before any work) or replace it once the new one is complete (`--force`).
+    pub existing: save::Existing,
 }
 
 impl Default for SparsifyOptions {
@@ -147,6 +150,7 @@ impl Default for SparsifyOptions {
             other_data: false,
             batch_size: 32,
             latency_repeats: 10,
+            existing: save::Existing::Refuse,
         }
     }
 }
@@ -215,6 +219,7 @@ pub fn run_sparsify<B: Backend>(
     device: &B::Device,
 ) -> Result<SparsifySummary, TrainError> {
     let started = Instant::now();
+    save::check_output(out, opts.existing)?;
     if !(0.0..=1.0).contains(&opts.sparsity) {
         return Err(TrainError::OutOfRange {
             key: "sparsity".into(),
@@ -343,7 +348,7 @@ pub fn run_sparsify<B: Backend>(
     });
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
     let md = markdown(&summary);
-    save::write_dir_atomic(out, |tmp| {
+    save::write_dir_atomic(out, opts.existing, |tmp| {
         save_task_model(&sparse, &info, model_dir, &tmp.join("model"))?;
         save::write_atomic(&tmp.join("report.json"), json.as_bytes())?;
         save::write_atomic(&tmp.join("report.md"), md.as_bytes())

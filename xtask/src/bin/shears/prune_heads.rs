@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use shears_layers::{BertModel, Family};
+use shears_layers::save;
+use shears_train::run_prune_heads;
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -15,9 +16,13 @@ pub struct Args {
     /// (unpruned) model, as in transformers' `prune_heads`.
     #[arg(long)]
     heads: String,
-    /// Output directory (replaced only once the new one is complete).
+    /// Output directory.
     #[arg(long)]
     out: PathBuf,
+    /// Replace an existing, non-empty output directory (only once the new one is complete);
+    /// without it such an output is refused before any work.
+    #[arg(long)]
+    force: bool,
 }
 
 /// `prune-heads`.
@@ -27,24 +32,17 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         Some(d) => d,
         None => crate::fetch::minilm()?,
     };
-    crate::with_backend!(backend, |B, device| {
-        let model = BertModel::<B>::load(&dir, &device)
-            .with_context(|| format!("loading {}", dir.display()))?;
-        let before = model.config().param_count();
-        let pruned = model.prune_heads(&heads)?;
-        let config = pruned.config().clone();
-        if config.family == Family::Bert {
-            // One directory both shears and transformers load: HF keys + `pruned_heads`.
-            pruned.export_hf(&args.out, Some(&dir))?;
-        } else {
-            pruned.save(&args.out)?;
-        }
-        println!("{}", crate::inspect::describe(&config, 128));
-        println!(
-            "parameters {before} -> {}  written to {}",
-            config.param_count(),
-            args.out.display()
-        );
+    let existing = save::Existing::from_force(args.force);
+    let done = crate::with_backend!(backend, |B, device| {
+        run_prune_heads::<B>(&dir, &heads, &args.out, existing, &device)
+            .with_context(|| format!("pruning heads of `{}`", dir.display()))?
     });
+    println!("{}", crate::inspect::describe(&done.config, 128));
+    println!(
+        "parameters {} -> {}  written to {}",
+        done.params_before,
+        done.config.param_count(),
+        args.out.display()
+    );
     Ok(())
 }

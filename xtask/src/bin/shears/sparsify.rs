@@ -49,6 +49,10 @@ pub struct Args {
     /// split is then not held out from training).
     #[arg(long)]
     other_data: bool,
+    /// Replace an existing, non-empty output directory (only once the new one is complete);
+    /// without it such an output is refused before any work.
+    #[arg(long)]
+    force: bool,
 }
 
 /// `sparsify`.
@@ -69,6 +73,7 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         calibration_tokens: args.calibration_tokens,
         seed: args.seed,
         other_data: args.other_data,
+        existing: shears_layers::save::Existing::from_force(args.force),
         ..SparsifyOptions::default()
     };
     if !args.patterns.is_empty() {

@@ -1,4 +1,4 @@
-//! `cargo xtask train-gated [--config FILE] [--quick] [--resume] [--set k=v]... [--out DIR]`:
+//! `cargo xtask train-gated [--config FILE] [--quick] [--resume] [--set k=v]... [--out DIR] [--force]`:
 //! the whole gated-pruning experiment (see `shears_train::run`).
 
 use std::path::{Path, PathBuf};
@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use burn::backend::Autodiff;
+use shears_layers::save;
 use shears_train::{ConfigSources, Experiment, Outcome, RunOptions};
 
 /// Arguments.
@@ -36,6 +37,10 @@ pub struct Args {
     /// distillation). Refused, naming the key, when the run trained its dense phase otherwise.
     #[arg(long, value_name = "RUN")]
     dense_from: Option<PathBuf>,
+    /// Replace an existing, non-empty output directory (only once the new one is complete);
+    /// without it such an output is refused before any work.
+    #[arg(long)]
+    force: bool,
 }
 
 /// `path` as given if it exists, else relative to the workspace root.
@@ -95,6 +100,7 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         interrupt: Some(interrupt),
         fail_after_writes: None,
         dense_from: args.dense_from.as_ref().map(|p| locate(p)),
+        existing: save::Existing::from_force(args.force),
     };
     eprintln!(
         "train-gated: `{}`{} on {:?} -> {}",

@@ -281,6 +281,59 @@ fn nothing_gated_is_an_error() {
     );
 }
 
+/// A size target above what the gated structures hold is a typed error naming the reachable
+/// fraction, which is exactly what closing every gated unit removes; a target just below it
+/// closes them all.
+#[test]
+fn targets_out_of_reach_are_refused() {
+    type B = burn::backend::NdArray<f32>;
+    let device = Default::default();
+    let heads_only = GateSpec::default();
+    for config in [
+        tiny(ModelConfig::bert(30, 16, 2, 4, 12)),
+        tiny(ModelConfig::gpt2(30, 16, 2, 4, 12)),
+    ] {
+        for measure in [SizeMeasure::Params, SizeMeasure::Flops { seq: 7 }] {
+            let reachable = heads_only.reachable_sparsity(&config, measure);
+            let mut headless = config.clone();
+            for l in &mut headless.layers {
+                l.n_heads = 0;
+            }
+            let exact = 1.0 - measure.of(&headless) as f64 / measure.of(&config) as f64;
+            assert!(
+                (reachable - exact).abs() < 1e-12,
+                "{measure:?}: {reachable} vs {exact}"
+            );
+            assert!(
+                reachable > 0.05 && reachable < 0.9,
+                "{measure:?}: {reachable}"
+            );
+            assert_eq!(every_gate().reachable_sparsity(&config, measure), 1.0);
+            let model = Transformer::<B>::new(&config, &device);
+            let gated = GatedModel::new(model, &heads_only, &device).unwrap();
+            let target = reachable + 0.01;
+            match gated.harden_to_size(measure, target, 1) {
+                Err(PrunerError::TargetOutOfReach {
+                    target: t,
+                    reachable: r,
+                }) => {
+                    assert_eq!(t, target);
+                    assert!((r - reachable).abs() < 1e-9, "{r} vs {reachable}");
+                    let message = PrunerError::TargetOutOfReach {
+                        target: t,
+                        reachable: r,
+                    }
+                    .to_string();
+                    assert!(message.contains(&format!("{r:.4}")), "{message}");
+                }
+                other => panic!("{measure:?}: expected TargetOutOfReach, got {other:?}"),
+            }
+            let kept = gated.harden_to_size(measure, reachable - 1e-6, 1).unwrap();
+            assert!(kept.iter().all(|k| k.keep.is_empty()), "{kept:?}");
+        }
+    }
+}
+
 /// Synthetic task: the label is whether token 1 occurs in the sequence.
 fn batch<B: Backend>(rng: &mut StdRng, device: &B::Device) -> (ModelInput<B>, Tensor<B, 1, Int>) {
     let (n, s) = (16, 6);

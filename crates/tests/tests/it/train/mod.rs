@@ -17,7 +17,8 @@ use shears_layers::{ModelConfig, Transformer};
 use shears_pruners::RankPlan;
 use shears_train::{
     ConfigSources, EvalOptions, Experiment, FactorizeOptions, Outcome, RunOptions, SparsifyMethod,
-    SparsifyOptions, Task, TrainError, eval_dir, run, run_factorize, run_sparsify, staging_dir,
+    SparsifyOptions, Task, TrainError, eval_dir, run, run_factorize, run_prune_heads, run_sparsify,
+    staging_dir,
 };
 
 fn write(path: &Path, text: &str) {
@@ -685,6 +686,117 @@ fn small_whole_run(
     let whole = tmp.path().join("whole");
     let r = done(run::<A>(&exp, &whole, &RunOptions::default(), device));
     (tmp, exp, whole, r)
+}
+
+/// Every command that writes a directory (train-gated, prune-heads, factorize, sparsify)
+/// refuses one holding a user's file, naming it and `--force`, before doing any work, and
+/// leaves the file alone; with `--force` (`Existing::Replace`) the complete new output
+/// takes its place and no temporary directory is left beside it.
+#[test]
+fn existing_outputs_are_kept_unless_forced() {
+    use shears_layers::{LoadError, save::Existing};
+    type B = burn::backend::NdArray<f32>;
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = small_bert_experiment(tmp.path());
+    let users = |dir: &Path| {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("mine.txt"), "a user's notes").unwrap();
+    };
+    let kept = |dir: &Path, e: TrainError| {
+        assert!(
+            matches!(&e, TrainError::Load(LoadError::OutputExists { path }) if path == dir),
+            "{e}"
+        );
+        let message = e.to_string();
+        assert!(
+            message.contains(&dir.display().to_string()) && message.contains("--force"),
+            "{message}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("mine.txt")).unwrap(),
+            "a user's notes"
+        );
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 1);
+    };
+    let replaced = |dir: &Path, file: &str| {
+        assert!(!dir.join("mine.txt").exists());
+        assert!(dir.join(file).exists(), "{} has no {file}", dir.display());
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let leftovers: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with(&format!(".{name}.")))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    };
+
+    // train-gated: refused before the dense phase (no staging directory either).
+    let out = tmp.path().join("run");
+    users(&out);
+    let e = run::<A>(&exp, &out, &RunOptions::default(), &device).unwrap_err();
+    kept(&out, e);
+    assert!(!staging_dir(&out).exists());
+    let forced = RunOptions {
+        existing: Existing::Replace,
+        ..Default::default()
+    };
+    done(run::<A>(&exp, &out, &forced, &device));
+    replaced(&out, "report.json");
+    let model = out.join("dense-model");
+
+    // prune-heads.
+    let heads = std::collections::BTreeMap::from([(0, vec![1])]);
+    let pruned = tmp.path().join("pruned");
+    users(&pruned);
+    let e = run_prune_heads::<B>(&model, &heads, &pruned, Existing::Refuse, &device).unwrap_err();
+    kept(&pruned, e);
+    let p = run_prune_heads::<B>(&model, &heads, &pruned, Existing::Replace, &device).unwrap();
+    assert_eq!(p.config.layers[0].n_heads, 3);
+    replaced(&pruned, "config.json");
+    // An empty directory holds nothing to lose: it is used without `--force`.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    run_prune_heads::<B>(&model, &heads, &empty, Existing::Refuse, &device).unwrap();
+    assert!(empty.join("config.json").exists());
+
+    // factorize.
+    let fopts = FactorizeOptions {
+        data: tmp.path().join("data.csv"),
+        plan: RankPlan::Budget(0.6),
+        calibration_tokens: 200,
+        seed: 7,
+        latency_repeats: 1,
+        ..Default::default()
+    };
+    let factorized = tmp.path().join("factorized");
+    users(&factorized);
+    let e = run_factorize::<B>(&model, &fopts, &factorized, "test", &device).unwrap_err();
+    kept(&factorized, e);
+    let forced = FactorizeOptions {
+        existing: Existing::Replace,
+        ..fopts
+    };
+    run_factorize::<B>(&model, &forced, &factorized, "test", &device).unwrap();
+    replaced(&factorized, "report.json");
+
+    // sparsify.
+    let sopts = SparsifyOptions {
+        data: tmp.path().join("data.csv"),
+        seed: 7,
+        latency_repeats: 1,
+        ..Default::default()
+    };
+    let sparse = tmp.path().join("sparse");
+    users(&sparse);
+    let e = run_sparsify::<B>(&model, &sopts, &sparse, "test", &device).unwrap_err();
+    kept(&sparse, e);
+    let forced = SparsifyOptions {
+        existing: Existing::Replace,
+        ..sopts
+    };
+    run_sparsify::<B>(&model, &forced, &sparse, "test", &device).unwrap();
+    replaced(&sparse, "report.json");
 }
 
 /// Stopping in the middle of the gated phase and resuming gives the final weights of the
@@ -1442,10 +1554,33 @@ fn bad_inputs_leave_no_output_behind() {
     no_leftovers();
 
     // Sequences longer than the model's positions.
-    let mut exp = good;
+    let mut exp = good.clone();
     exp.data.max_len = 64;
     let e = run::<B>(&exp, &out, &opts, &device).unwrap_err();
     assert!(e.to_string().contains("data.max_len"), "{e}");
+    no_leftovers();
+
+    // A FLOPs target that heads alone cannot reach: refused before the dense phase, with
+    // the reachable fraction (what removing every head removes) in the message.
+    let mut exp = good;
+    exp.gated.target_measure = shears_train::TargetMeasure::Flops;
+    exp.gated.target_sparsity = 0.65;
+    let measure = exp.size_measure().unwrap();
+    let config =
+        Transformer::<burn::backend::NdArray<f32>>::load(&tmp.path().join("model"), &device)
+            .unwrap()
+            .config()
+            .clone();
+    let reachable = exp.gate_spec().reachable_sparsity(&config, measure);
+    assert!(reachable < 0.65, "{reachable}");
+    let e = run::<B>(&exp, &out, &opts, &device).unwrap_err();
+    let message = e.to_string();
+    assert!(
+        message.contains("gated.target_sparsity")
+            && message.contains("0.65")
+            && message.contains(&format!("{reachable:.4}")),
+        "{message}"
+    );
     no_leftovers();
 }
 

@@ -1,0 +1,50 @@
+//! `prune-heads`: removes chosen attention heads of a saved model and writes the smaller
+//! model (a BERT as one directory that both shears and `transformers` load).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::prelude::*;
+use shears_layers::{Family, ModelConfig, Transformer, save};
+use shears_pruners::PrunerError;
+
+use crate::TrainError;
+
+/// What `prune-heads` wrote.
+#[derive(Debug, Clone)]
+pub struct PrunedHeads {
+    /// Parameters before.
+    pub params_before: usize,
+    /// The pruned model's config.
+    pub config: ModelConfig,
+}
+
+/// Loads `model_dir`, removes `heads` (layer -> head numbers of the original model, as in
+/// transformers' `prune_heads`) and writes `out`: for BERT the Hugging Face directory with
+/// `pruned_heads` (tokenizer files copied), else our format. What is already at `out` is
+/// refused or replaced as `existing` says, checked before the model is even loaded.
+pub fn run_prune_heads<B: Backend>(
+    model_dir: &Path,
+    heads: &BTreeMap<usize, Vec<usize>>,
+    out: &Path,
+    existing: save::Existing,
+    device: &B::Device,
+) -> Result<PrunedHeads, TrainError> {
+    save::check_output(out, existing)?;
+    let model = Transformer::<B>::load(model_dir, device)?;
+    let params_before = model.config().param_count();
+    let pruned = model.prune_heads(heads).map_err(PrunerError::from)?;
+    let config = pruned.config().clone();
+    // The library writers replace; the check above (and this one, should `out` have
+    // appeared meanwhile) is what keeps a user's directory.
+    save::check_output(out, existing)?;
+    if config.family == Family::Bert {
+        pruned.export_hf(out, Some(model_dir))?;
+    } else {
+        pruned.save(out)?;
+    }
+    Ok(PrunedHeads {
+        params_before,
+        config,
+    })
+}
