@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::LoadError;
 
+/// The most layers, and heads per layer, a Hugging Face config may ask for (released models
+/// have at most about a hundred): the layer and head lists are allocated from these counts
+/// before the weights can confirm them.
+pub const MAX_LAYERS_OR_HEADS: usize = 4096;
+
 /// Which architecture a config describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -245,7 +250,8 @@ impl ModelConfig {
         self.family == Family::Gpt2
     }
 
-    /// Reads a Hugging Face `config.json` (BERT or GPT-2, chosen by `model_type`).
+    /// Reads a Hugging Face `config.json` (BERT or GPT-2, chosen by `model_type`). Sizes are
+    /// checked against the weights by [`crate::Transformer::load`] before a model is built.
     pub fn from_hf_file(path: &Path) -> Result<Self, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|e| LoadError::Io {
             path: path.to_path_buf(),
@@ -295,6 +301,18 @@ impl ModelConfig {
             }
         };
         check_options(&value, family)?;
+        // The layer and head lists are allocated from these counts before any weight is
+        // read: an absurd value must be an error, not an allocation that aborts.
+        for (key, v) in [
+            ("num_hidden_layers", wire.n_layers),
+            ("num_attention_heads", wire.n_heads),
+        ] {
+            if v > MAX_LAYERS_OR_HEADS {
+                return Err(bad(format!(
+                    "`{key}` = {v} is above the {MAX_LAYERS_OR_HEADS} shears supports"
+                )));
+            }
+        }
         let n_heads = wire.n_heads;
         if n_heads == 0 || !wire.d_model.is_multiple_of(n_heads) {
             return Err(bad(format!(

@@ -157,6 +157,73 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, LoadError> {
     ModelConfig::from_hf_file(&hf_config)
 }
 
+/// The sizes of `config`, checked against the weights read from `dir` before a model of
+/// that size is allocated: a config whose sizes the weights cannot back (a `vocab_size` of
+/// 10^15, say) is an error naming the key and both files, not an allocation that aborts.
+/// Every size is an axis of a weight matrix whose other axis is `d_model` (the embeddings,
+/// the projections), so none of these products can exceed the values the file holds, and
+/// the parameter count cannot exceed twice them (buffers are not counted; extra tensors
+/// such as a task head only add to what the file holds).
+fn check_sizes(
+    config: &ModelConfig,
+    tensors: &shears_spaces::TensorMap,
+    dir: &Path,
+) -> Result<(), LoadError> {
+    let held: usize = tensors.values().map(|t| t.data.len()).sum();
+    let config_file = if dir.join(SHEARS_CONFIG).exists() {
+        dir.join(SHEARS_CONFIG)
+    } else {
+        dir.join("config.json")
+    };
+    let bad = |what: String| LoadError::Config {
+        path: config_file.clone(),
+        message: format!(
+            "{what}, but `{}` holds {held} values in {} tensors: the config does not describe these weights",
+            dir.join(WEIGHTS).display(),
+            tensors.len()
+        ),
+    };
+    let d = config.d_model;
+    let mut sizes = vec![
+        ("vocab_size", config.vocab_size),
+        ("max_positions", config.max_positions),
+        ("type_vocab_size", config.type_vocab_size),
+    ];
+    if let Some(p) = config.d_pooler {
+        sizes.push(("d_pooler", p));
+    }
+    for lc in &config.layers {
+        sizes.push(("d_ff", lc.d_ff));
+        sizes.push(("n_heads x d_head", lc.n_heads.saturating_mul(lc.d_head)));
+        sizes.extend(lc.ranks.values().map(|&r| ("rank", r)));
+    }
+    if d > held {
+        return Err(bad(format!("`d_model` is {d}")));
+    }
+    if let Some((key, v)) = sizes
+        .into_iter()
+        .find(|&(_, v)| v.saturating_mul(d.max(1)) > held)
+    {
+        return Err(bad(format!(
+            "`{key}` is {v} (a weight of {v} x d_model {d})"
+        )));
+    }
+    if config.n_layers() > tensors.len() {
+        return Err(bad(format!("the config has {} layers", config.n_layers())));
+    }
+    // Each weight is at most `held` and the layers at most the tensors: the count below
+    // cannot overflow for any file that fits in memory. Twice the file: a model a tensor
+    // or two short is left to the loader's error naming the missing key.
+    let need = config.param_count();
+    if need > held.saturating_mul(2) {
+        return Err(bad(format!(
+            "the config describes {need} parameters in {} layers",
+            config.n_layers()
+        )));
+    }
+    Ok(())
+}
+
 impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A, F> {
     /// Loads a model directory: ours (`shears.json` + `model.safetensors`) or a Hugging
     /// Face BERT / GPT-2 (`config.json` + `model.safetensors`, `pruned_heads` honoured).
@@ -164,6 +231,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         let config = read_config(dir)?;
         let weights = dir.join(WEIGHTS);
         let tensors = hf::read_safetensors(&weights)?;
+        check_sizes(&config, &tensors, dir)?;
         let model = Self::new(&config, device);
         let tensors = if dir.join(SHEARS_CONFIG).exists() {
             tensors

@@ -183,6 +183,46 @@ fn unsupported_config_options_are_refused() {
     );
 }
 
+/// Sizes in `config.json` that its weights cannot back are typed errors naming the value,
+/// raised before a model of that size is allocated (before this check, a `vocab_size` of
+/// 10^15 aborted the process on the allocation).
+#[test]
+fn config_sizes_the_weights_cannot_back_are_refused_before_allocating() {
+    let src = fixtures().join("tiny-gpt2");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let huge: u64 = 1_000_000_000_000_000;
+    for (key, value, names) in [
+        ("vocab_size", huge, "vocab_size"),
+        ("n_positions", huge, "max_positions"),
+        ("n_inner", huge, "d_ff"),
+        ("n_embd", 4 * huge, "d_model"),
+        ("n_layer", huge, "num_hidden_layers"),
+        ("n_head", huge, "num_attention_heads"),
+        // Under the cap, but more layers than the file has tensors.
+        ("n_layer", 1000, "1000 layers"),
+        // Each size fits, together they are far more than the file holds.
+        ("n_layer", 20, "parameters"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = config.clone();
+        c[key] = value.into();
+        std::fs::write(tmp.path().join("config.json"), c.to_string()).unwrap();
+        std::fs::copy(
+            src.join("model.safetensors"),
+            tmp.path().join("model.safetensors"),
+        )
+        .unwrap();
+        let e = load(tmp.path()).unwrap_err();
+        let message = e.to_string();
+        assert!(matches!(e, LoadError::Config { .. }), "{key}: {e:?}");
+        assert!(
+            message.contains(names) && message.contains(&value.to_string()),
+            "{key} = {value}: {message}"
+        );
+    }
+}
+
 #[test]
 fn unknown_activation_and_malformed_config() {
     let mut v: serde_json::Value = serde_json::from_str(
