@@ -113,10 +113,18 @@ pub fn write_dir_atomic(
     }
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     let had_old = dir.exists();
-    if had_old {
-        std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
+    if had_old && let Err(e) = std::fs::rename(dir, &old) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(io(dir, e));
     }
-    std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        // Put the old output back rather than leave it under a hidden name.
+        if had_old {
+            let _ = std::fs::rename(&old, dir);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(io(dir, e));
+    }
     if had_old {
         let _ = std::fs::remove_dir_all(&old);
     }
@@ -184,35 +192,37 @@ fn check_sizes(
         ),
     };
     let d = config.d_model;
-    let mut sizes = vec![
-        ("vocab_size", config.vocab_size),
-        ("max_positions", config.max_positions),
-        ("type_vocab_size", config.type_vocab_size),
-    ];
-    if let Some(p) = config.d_pooler {
-        sizes.push(("d_pooler", p));
-    }
-    for lc in &config.layers {
-        sizes.push(("d_ff", lc.d_ff));
-        sizes.push(("n_heads x d_head", lc.n_heads.saturating_mul(lc.d_head)));
-        sizes.extend(lc.ranks.values().map(|&r| ("rank", r)));
-    }
     if d > held {
         return Err(bad(format!("`d_model` is {d}")));
     }
-    if let Some((key, v)) = sizes
-        .into_iter()
-        .find(|&(_, v)| v.saturating_mul(d.max(1)) > held)
-    {
-        return Err(bad(format!(
-            "`{key}` is {v} (a weight of {v} x d_model {d})"
-        )));
-    }
-    if config.n_layers() > tensors.len() {
+    if config.n_layers() > tensors.len().min(crate::MAX_LAYERS_OR_HEADS) {
         return Err(bad(format!("the config has {} layers", config.n_layers())));
     }
-    // Each weight is at most `held` and the layers at most the tensors: the count below
-    // cannot overflow for any file that fits in memory. Twice the file: a model a tensor
+    // (key, size, the other axis of a weight it is an axis of): every product is a tensor.
+    let mut sizes = vec![
+        ("vocab_size", config.vocab_size, d),
+        ("max_positions", config.max_positions, d),
+        ("type_vocab_size", config.type_vocab_size, d),
+    ];
+    if let Some(p) = config.d_pooler {
+        sizes.push(("d_pooler", p, d));
+    }
+    for lc in &config.layers {
+        let attn = lc.n_heads.saturating_mul(lc.d_head);
+        sizes.push(("d_ff", lc.d_ff, d));
+        sizes.push(("n_heads x d_head", attn, d));
+        // A factorized projection stores [in, rank] and [rank, out].
+        let widest = d.max(lc.d_ff).max(attn);
+        sizes.extend(lc.ranks.values().map(|&r| ("rank", r, widest)));
+    }
+    if let Some((key, v, other)) = sizes
+        .into_iter()
+        .find(|&(_, v, other)| v.saturating_mul(other.max(1)) > held)
+    {
+        return Err(bad(format!("`{key}` is {v} (a weight of {v} x {other})")));
+    }
+    // Every weight is at most `held` values and there are at most 4,096 layers, so the count
+    // below stays under 2^16 `held` and cannot overflow. Twice the file: a model a tensor
     // or two short is left to the loader's error naming the missing key.
     let need = config.param_count();
     if need > held.saturating_mul(2) {
