@@ -745,58 +745,51 @@ fn existing_outputs_are_kept_unless_forced() {
     replaced(&out, "report.json");
     let model = out.join("dense-model");
 
-    // prune-heads.
+    // prune-heads, factorize and sparsify: refused, then forced.
+    let command = |dir: &Path, file: &str, write: &dyn Fn(Existing) -> Result<(), TrainError>| {
+        users(dir);
+        kept(dir, write(Existing::Refuse).unwrap_err());
+        write(Existing::Replace).unwrap();
+        replaced(dir, file);
+    };
     let heads = std::collections::BTreeMap::from([(0, vec![1])]);
     let pruned = tmp.path().join("pruned");
-    users(&pruned);
-    let e = run_prune_heads::<B>(&model, &heads, &pruned, Existing::Refuse, &device).unwrap_err();
-    kept(&pruned, e);
-    let p = run_prune_heads::<B>(&model, &heads, &pruned, Existing::Replace, &device).unwrap();
-    assert_eq!(p.config.layers[0].n_heads, 3);
-    replaced(&pruned, "config.json");
+    command(&pruned, "config.json", &|existing| {
+        let p = run_prune_heads::<B>(&model, &heads, &pruned, existing, &device)?;
+        assert_eq!(p.config.layers[0].n_heads, 3);
+        Ok(())
+    });
     // An empty directory holds nothing to lose: it is used without `--force`.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     run_prune_heads::<B>(&model, &heads, &empty, Existing::Refuse, &device).unwrap();
     assert!(empty.join("config.json").exists());
 
-    // factorize.
-    let fopts = FactorizeOptions {
-        data: tmp.path().join("data.csv"),
-        plan: RankPlan::Budget(0.6),
-        calibration_tokens: 200,
-        seed: 7,
-        latency_repeats: 1,
-        ..Default::default()
-    };
+    let data = tmp.path().join("data.csv");
     let factorized = tmp.path().join("factorized");
-    users(&factorized);
-    let e = run_factorize::<B>(&model, &fopts, &factorized, "test", &device).unwrap_err();
-    kept(&factorized, e);
-    let forced = FactorizeOptions {
-        existing: Existing::Replace,
-        ..fopts
-    };
-    run_factorize::<B>(&model, &forced, &factorized, "test", &device).unwrap();
-    replaced(&factorized, "report.json");
-
-    // sparsify.
-    let sopts = SparsifyOptions {
-        data: tmp.path().join("data.csv"),
-        seed: 7,
-        latency_repeats: 1,
-        ..Default::default()
-    };
+    command(&factorized, "report.json", &|existing| {
+        let opts = FactorizeOptions {
+            data: data.clone(),
+            plan: RankPlan::Budget(0.6),
+            calibration_tokens: 200,
+            seed: 7,
+            latency_repeats: 1,
+            existing,
+            ..Default::default()
+        };
+        run_factorize::<B>(&model, &opts, &factorized, "test", &device).map(|_| ())
+    });
     let sparse = tmp.path().join("sparse");
-    users(&sparse);
-    let e = run_sparsify::<B>(&model, &sopts, &sparse, "test", &device).unwrap_err();
-    kept(&sparse, e);
-    let forced = SparsifyOptions {
-        existing: Existing::Replace,
-        ..sopts
-    };
-    run_sparsify::<B>(&model, &forced, &sparse, "test", &device).unwrap();
-    replaced(&sparse, "report.json");
+    command(&sparse, "report.json", &|existing| {
+        let opts = SparsifyOptions {
+            data: data.clone(),
+            seed: 7,
+            latency_repeats: 1,
+            existing,
+            ..Default::default()
+        };
+        run_sparsify::<B>(&model, &opts, &sparse, "test", &device).map(|_| ())
+    });
 }
 
 /// Stopping in the middle of the gated phase and resuming gives the final weights of the
