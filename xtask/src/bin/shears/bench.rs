@@ -2,7 +2,9 @@
 //! side (the optimised `shears` binary), and the Python reference in the same run when a peer
 //! venv is given, and prints the ratio. Each time is the median, with the minimum and maximum,
 //! of `--iters` runs after two warm-up runs, next to the peak resident memory of the process
-//! during them.
+//! during them. Against the reference, each of our runs alternates with one run of each of
+//! its processes (the machine's drift then affects both sides alike), and the ratio is the
+//! median of the per-round ratios.
 //!
 //! - `forward`: the dense MiniLM forward pass against transformers' `BertModel` with eager and
 //!   with sdpa attention (`inference_mode`, fp32), at batch 1 x 32, 8 x 128 and 32 x 64.
@@ -17,8 +19,9 @@
 //! - `sparsify`: one block-norm `step` on a 1,000,000 x 128 embedding (block 1 x 4, 50%)
 //!   against torch's `DataNormSparsifier`.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -79,20 +82,6 @@ struct Timing {
 }
 
 impl Timing {
-    /// `f` run twice to warm up, then `iters` times.
-    fn of(iters: usize, mut f: impl FnMut()) -> Timing {
-        reset_peak();
-        f();
-        f();
-        let mut times = Vec::new();
-        for _ in 0..iters.max(1) {
-            let t = Instant::now();
-            f();
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
-        }
-        Timing::from_times(&times, peak_mib())
-    }
-
     fn from_times(times: &[f64], peak_mib: f64) -> Timing {
         Timing {
             min_ms: times.iter().copied().fold(f64::INFINITY, f64::min),
@@ -165,7 +154,8 @@ struct Row {
     ours: Timing,
     eager: Option<Timing>,
     sdpa: Option<Timing>,
-    /// Ours over the faster of eager and sdpa.
+    /// Ours over the faster (by median) of eager and sdpa: the median over the rounds of
+    /// ours / theirs, each round one run of each side.
     ratio: Option<f64>,
 }
 
@@ -199,17 +189,6 @@ fn ids<B: Backend>(vocab: usize, b: usize, s: usize, device: &B::Device) -> Tens
         .map(|i| ((i * 7919 + 13) % (vocab - 1000) + 1000) as i64)
         .collect();
     Tensor::from_data(TensorData::new(ids, [b, s]), device)
-}
-
-/// Times `model`'s forward pass at batch `b` x seq `s`.
-fn time_forward<B: Backend>(
-    model: &Transformer<B>,
-    b: usize,
-    s: usize,
-    iters: usize,
-    device: &B::Device,
-) -> Timing {
-    Timing::of(iters, forward_once(model, b, s, device))
 }
 
 /// One forward pass of `model` at batch `b` x seq `s` on fixed ids, read back.
@@ -286,36 +265,136 @@ fn train_step<'a, B: Backend>(
     })
 }
 
-/// Runs the reference for `what` with attention `attn` at `sizes`.
-fn peer(
-    venv: &Path,
-    dir: &Path,
-    what: &str,
-    attn: &str,
-    iters: usize,
-    threads: usize,
-    sizes: &[(usize, usize)],
-) -> Result<Vec<Timing>> {
-    let py = venv.join("bin/python");
-    let out = Command::new(&py)
-        .arg(crate::root().join("tools/bench/bert_peer.py"))
-        .arg(dir)
-        .args([what, attn])
-        .args([iters, threads].map(|v| v.to_string()))
-        .args(sizes.iter().map(|(b, s)| format!("{b}x{s}")))
-        .output()
-        .with_context(|| format!("running {}", py.display()))?;
-    if !out.status.success() {
-        bail!(
-            "reference benchmark ({what}, {attn}) failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+/// A reference process (`tools/bench/bert_peer.py`, one attention implementation) that
+/// runs one timed step per request.
+struct Peer {
+    attn: &'static str,
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl Peer {
+    fn start(
+        venv: &Path,
+        dir: &Path,
+        what: &str,
+        attn: &'static str,
+        threads: usize,
+    ) -> Result<Peer> {
+        let py = venv.join("bin/python");
+        let mut child = Command::new(&py)
+            .arg(crate::root().join("tools/bench/bert_peer.py"))
+            .arg(dir)
+            .args([what, attn, &threads.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {}", py.display()))?;
+        let input = child
+            .stdin
+            .take()
+            .context("the reference's standard input")?;
+        let output = BufReader::new(child.stdout.take().context("the reference's output")?);
+        Ok(Peer {
+            attn,
+            child,
+            input,
+            output,
+        })
     }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).with_context(|| format!("reading the reference's `{l}`")))
-        .collect()
+
+    /// Sends `cmd` and returns the reply's value under `key` (`true` reads as 1).
+    fn ask(&mut self, cmd: &str, key: &str) -> Result<f64> {
+        let attn = self.attn;
+        let stopped = || {
+            format!("the reference ({attn}) stopped before answering `{cmd}` (its error is above)")
+        };
+        writeln!(self.input, "{cmd}")
+            .and_then(|()| self.input.flush())
+            .with_context(stopped)?;
+        let mut line = String::new();
+        if self.output.read_line(&mut line).with_context(stopped)? == 0 {
+            bail!(stopped());
+        }
+        let reply: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("reading the reference's ({attn}) reply `{}`", line.trim()))?;
+        match &reply[key] {
+            serde_json::Value::Bool(true) => Some(1.0),
+            v => v.as_f64(),
+        }
+        .with_context(|| {
+            format!(
+                "the reference ({attn}) answered `{cmd}` with `{}`",
+                line.trim()
+            )
+        })
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Times `ours` at batch `b` x seq `s`; with `peers`, each of our runs is followed by one
+/// run of each peer, every run starting after a short pause so that the other side's threads
+/// are idle, and the row gets the median of the per-round ratios against the faster peer.
+fn measure(
+    ours: &mut dyn FnMut(),
+    peers: &mut [Peer],
+    (b, s): (usize, usize),
+    iters: usize,
+) -> Result<Row> {
+    for p in peers.iter_mut() {
+        p.ask(&format!("size {b} {s}"), "ready")?;
+    }
+    let pause = !peers.is_empty();
+    let settle = || {
+        if pause {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    reset_peak();
+    ours();
+    ours();
+    let mut times = vec![Vec::new(); 1 + peers.len()];
+    for _ in 0..iters.max(1) {
+        settle();
+        let t = Instant::now();
+        ours();
+        times[0].push(t.elapsed().as_secs_f64() * 1000.0);
+        for (i, p) in peers.iter_mut().enumerate() {
+            settle();
+            times[i + 1].push(p.ask("run", "ms")?);
+        }
+    }
+    let ours_t = Timing::from_times(&times[0], peak_mib());
+    let mut theirs = Vec::new();
+    for (p, t) in peers.iter_mut().zip(&times[1..]) {
+        theirs.push(Timing::from_times(t, p.ask("peak", "peak_mib")?));
+    }
+    let ratio = (0..theirs.len())
+        .min_by(|&i, &j| theirs[i].median_ms.total_cmp(&theirs[j].median_ms))
+        .map(|best| {
+            median(
+                times[0]
+                    .iter()
+                    .zip(&times[1 + best])
+                    .map(|(o, t)| o / t)
+                    .collect(),
+            )
+        });
+    Ok(Row {
+        batch: b,
+        seq: s,
+        ours: ours_t,
+        eager: theirs.first().copied(),
+        sdpa: theirs.get(1).copied(),
+        ratio,
+    })
 }
 
 /// The thread count of this run; re-runs this process with `RAYON_NUM_THREADS` and
@@ -398,67 +477,48 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
     if what == "pruned" {
         report.pruned = pruned(backend, &dir, &sizes, args.iters, args.shape.as_deref())?;
     } else {
-        let ours: Vec<Timing> = crate::with_backend!(backend, |B, device| {
-            let mut out = Vec::new();
-            if what == "forward" {
-                let model = BertModel::<B>::load(&dir, &device)?;
-                for &(b, s) in &sizes {
-                    let t = time_forward(&model, b, s, args.iters, &device);
-                    println!(
-                        "shears  MiniLM-L6 forward, batch {b} x seq {s}, {backend:?}: {:.1} ms (median of {})",
-                        t.median_ms, args.iters
-                    );
-                    out.push(t);
-                    if args.fused_ab {
-                        let mut f = forward_once(&model, b, s, &device);
-                        fused_ab(b, s, args.iters, &mut f);
-                    }
-                }
+        let mut peers = Vec::new();
+        if let Some(venv) = &args.peer {
+            for attn in ["eager", "sdpa"] {
+                peers.push(Peer::start(venv, &dir, what, attn, threads)?);
+            }
+        }
+        report.rows = crate::with_backend!(backend, |B, device| {
+            let model = if what == "forward" {
+                Some(BertModel::<B>::load(&dir, &device)?)
             } else {
-                for &(b, s) in &sizes {
-                    let mut step = train_step::<B>(&dir, b, s, &device)?;
-                    let t = Timing::of(args.iters, &mut step);
-                    println!(
-                        "shears  MiniLM-L6 train step, batch {b} x seq {s}, {backend:?}: {:.1} ms (median of {})",
-                        t.median_ms, args.iters
-                    );
-                    out.push(t);
-                    if args.fused_ab {
-                        fused_ab(b, s, args.iters, &mut step);
-                    }
+                None
+            };
+            let mut rows = Vec::new();
+            for &(b, s) in &sizes {
+                let mut run: Box<dyn FnMut()> = match &model {
+                    Some(model) => Box::new(forward_once(model, b, s, &device)),
+                    None => Box::new(train_step::<B>(&dir, b, s, &device)?),
+                };
+                let row = measure(&mut run, &mut peers, (b, s), args.iters)?;
+                let work = if what == "forward" {
+                    "forward"
+                } else {
+                    "train step"
+                };
+                println!(
+                    "shears  MiniLM-L6 {work}, batch {b} x seq {s}, {backend:?}: {:.1} ms (median of {})",
+                    row.ours.median_ms, args.iters
+                );
+                rows.push(row);
+                if args.fused_ab {
+                    fused_ab(b, s, args.iters, &mut run);
                 }
             }
-            out
+            rows
         });
-        let (mut eager, mut sdpa) = (None, None);
-        if let Some(venv) = &args.peer {
-            eager = Some(peer(
-                venv, &dir, what, "eager", args.iters, threads, &sizes,
-            )?);
-            sdpa = Some(peer(venv, &dir, what, "sdpa", args.iters, threads, &sizes)?);
-        }
-        for (i, (&(b, s), t)) in sizes.iter().zip(ours).enumerate() {
-            let e = eager.as_ref().map(|v| v[i]);
-            let d = sdpa.as_ref().map(|v| v[i]);
-            let best = match (e, d) {
-                (Some(e), Some(d)) => Some(e.median_ms.min(d.median_ms)),
-                _ => None,
-            };
-            report.rows.push(Row {
-                batch: b,
-                seq: s,
-                ours: t,
-                eager: e,
-                sdpa: d,
-                ratio: best.map(|best| t.median_ms / best),
-            });
-        }
+        drop(peers);
         println!(
             "\n{what} on {name}, {threads} threads; ms as median (min-max) of {} runs, peak resident memory",
             args.iters
         );
         println!(
-            "| batch x seq | shears ({name}) | torch eager | torch sdpa | ratio to the best |"
+            "| batch x seq | shears ({name}) | torch eager | torch sdpa | ratio to the best (median of the paired rounds) |"
         );
         println!("|---|---:|---:|---:|---:|");
         let dash = || "-".to_string();
