@@ -129,6 +129,7 @@ fn shipped_configs_load() {
         [
             "gpt2-small-lm.toml",
             "minilm-rotten-tomatoes-3x.toml",
+            "minilm-rotten-tomatoes-f50.toml",
             "minilm-rotten-tomatoes-heads.toml",
             "minilm-rotten-tomatoes.toml"
         ]
