@@ -66,6 +66,18 @@ pub struct Args {
     shape: Option<String>,
 }
 
+/// The milliseconds one call of `f` takes.
+fn elapsed_ms(f: &mut dyn FnMut()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The median over the rounds of `b[i] / a[i]` (times of two sides measured in alternation).
+fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
+    median(a.iter().zip(b).map(|(a, b)| b / a).collect())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -102,21 +114,15 @@ impl Timing {
             peak_mib()
         };
         let (peak_a, peak_b) = (warm(&mut a), warm(&mut b));
-        let time = |f: &mut dyn FnMut()| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1000.0
-        };
         let (mut ta, mut tb) = (Vec::new(), Vec::new());
         for _ in 0..iters.max(1) {
-            ta.push(time(&mut a));
-            tb.push(time(&mut b));
+            ta.push(elapsed_ms(&mut a));
+            tb.push(elapsed_ms(&mut b));
         }
-        let ratios = ta.iter().zip(&tb).map(|(a, b)| b / a).collect();
         (
             Timing::from_times(&ta, peak_a),
             Timing::from_times(&tb, peak_b),
-            median(ratios),
+            median_ratio(&ta, &tb),
         )
     }
 
@@ -363,9 +369,7 @@ fn measure(
     let mut times = vec![Vec::new(); 1 + peers.len()];
     for _ in 0..iters.max(1) {
         settle();
-        let t = Instant::now();
-        ours();
-        times[0].push(t.elapsed().as_secs_f64() * 1000.0);
+        times[0].push(elapsed_ms(ours));
         for (i, p) in peers.iter_mut().enumerate() {
             settle();
             times[i + 1].push(p.ask("run", "ms")?);
@@ -378,15 +382,7 @@ fn measure(
     }
     let ratio = (0..theirs.len())
         .min_by(|&i, &j| theirs[i].median_ms.total_cmp(&theirs[j].median_ms))
-        .map(|best| {
-            median(
-                times[0]
-                    .iter()
-                    .zip(&times[1 + best])
-                    .map(|(o, t)| o / t)
-                    .collect(),
-            )
-        });
+        .map(|best| median_ratio(&times[1 + best], &times[0]));
     Ok(Row {
         batch: b,
         seq: s,
