@@ -285,13 +285,16 @@ impl ModelConfig {
             path: Default::default(),
             message,
         };
+        if value.get("model_type").and_then(|t| t.as_str()) == Some(crate::hf::SHEARS_BERT) {
+            return Self::from_shears_bert(value);
+        }
         let wire: HfWire = serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))?;
         let family = match wire.model_type.as_deref() {
             Some("bert") => Family::Bert,
             Some("gpt2") => Family::Gpt2,
             Some(other) => {
                 return Err(bad(format!(
-                    "unsupported model_type `{other}` (supported: bert, gpt2)"
+                    "unsupported model_type `{other}` (supported: bert, gpt2, shears_bert)"
                 )));
             }
             None => {
@@ -398,6 +401,112 @@ impl ModelConfig {
             hf_config: Some(value),
         })
     }
+}
+
+impl ModelConfig {
+    /// Resolves the `config.json` of a `shears_bert` export (see
+    /// [`crate::hf::shears_bert_hf_config`]).
+    fn from_shears_bert(value: serde_json::Value) -> Result<Self, LoadError> {
+        let bad = |message: String| LoadError::Config {
+            path: Default::default(),
+            message,
+        };
+        let w: ShearsBertWire =
+            serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))?;
+        check_options(&value, Family::Bert)?;
+        let n_layers = w.layer_num_heads.len();
+        if n_layers > MAX_LAYERS_OR_HEADS || w.layer_intermediate_sizes.len() != n_layers {
+            return Err(bad(format!(
+                "`layer_num_heads` has {n_layers} layers and `layer_intermediate_sizes` {}: \
+                 they must agree, at most {MAX_LAYERS_OR_HEADS}",
+                w.layer_intermediate_sizes.len()
+            )));
+        }
+        let mut layers = Vec::with_capacity(n_layers);
+        for (l, (&n_heads, &d_ff)) in w
+            .layer_num_heads
+            .iter()
+            .zip(&w.layer_intermediate_sizes)
+            .enumerate()
+        {
+            if n_heads > MAX_LAYERS_OR_HEADS {
+                return Err(bad(format!(
+                    "layer {l} has {n_heads} heads, above the {MAX_LAYERS_OR_HEADS} shears supports"
+                )));
+            }
+            let head_ids = match w.layer_head_ids.as_ref().map(|ids| ids.get(l)) {
+                None => (0..n_heads).collect(),
+                Some(Some(ids)) if ids.len() == n_heads && ids.is_sorted_by(|a, b| a < b) => {
+                    ids.clone()
+                }
+                Some(ids) => {
+                    return Err(bad(format!(
+                        "`layer_head_ids` of layer {l} is {ids:?}: expected {n_heads} ascending ids"
+                    )));
+                }
+            };
+            layers.push(LayerConfig {
+                n_heads,
+                d_head: w.attention_head_size,
+                d_ff,
+                head_ids,
+                ranks: BTreeMap::new(),
+            });
+        }
+        let dropout = crate::DropoutConfig {
+            hidden: w.hidden_dropout_prob,
+            attention: w.attention_probs_dropout_prob,
+            embedding: w.hidden_dropout_prob,
+        };
+        for (key, p) in [
+            ("hidden_dropout_prob", dropout.hidden),
+            ("attention_probs_dropout_prob", dropout.attention),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(bad(format!("`{key}` {p} is not in [0, 1)")));
+            }
+        }
+        if !(w.initializer_range.is_finite() && w.initializer_range > 0.0) {
+            return Err(bad(format!(
+                "initializer_range {} is not a positive number",
+                w.initializer_range
+            )));
+        }
+        Ok(Self {
+            family: Family::Bert,
+            vocab_size: w.vocab_size,
+            max_positions: w.max_position_embeddings,
+            type_vocab_size: w.type_vocab_size,
+            d_model: w.hidden_size,
+            d_pooler: w.pooler_size,
+            layers,
+            activation: Activation::from_hf(&w.hidden_act)?,
+            layer_norm_eps: w.layer_norm_eps,
+            dropout,
+            initializer_range: w.initializer_range,
+            hf_config: Some(value),
+        })
+    }
+}
+
+/// `config.json` of a `shears_bert` export.
+#[derive(Deserialize)]
+struct ShearsBertWire {
+    vocab_size: usize,
+    hidden_size: usize,
+    layer_num_heads: Vec<usize>,
+    #[serde(default)]
+    layer_head_ids: Option<Vec<Vec<usize>>>,
+    attention_head_size: usize,
+    layer_intermediate_sizes: Vec<usize>,
+    hidden_act: String,
+    hidden_dropout_prob: f64,
+    attention_probs_dropout_prob: f64,
+    max_position_embeddings: usize,
+    type_vocab_size: usize,
+    initializer_range: f64,
+    layer_norm_eps: f64,
+    pooler_size: Option<usize>,
 }
 
 /// `config.json` as Hugging Face writes it for BERT and GPT-2 (GPT-2 names as aliases).

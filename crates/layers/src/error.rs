@@ -75,6 +75,18 @@ pub enum LoadError {
         /// Its shape.
         found: Vec<usize>,
     },
+    /// A GPT-2 checkpoint's `lm_head.weight` differs from its `wte.weight`: shears' GPT-2
+    /// ties the LM head to the token embedding and cannot hold a separate one.
+    #[error(
+        "`lm_head.weight` (shape {shape:?}) differs from `wte.weight`{}: untied language-model heads are not supported",
+        max_diff.map(|d| format!(" (largest difference {d})")).unwrap_or_else(|| " (other shape)".into())
+    )]
+    UntiedLmHead {
+        /// Shape of `lm_head.weight`.
+        shape: Vec<usize>,
+        /// Largest absolute difference to `wte.weight`, when the shapes agree.
+        max_diff: Option<f32>,
+    },
     /// A tensor has the wrong shape.
     #[error("tensor `{key}` has shape {found:?}, expected {expected:?}")]
     Shape {

@@ -358,27 +358,48 @@ fn pattern_of(path: &str) -> (String, Option<&str>) {
     (parts.join("."), layer)
 }
 
+/// A Hugging Face checkpoint split into what the backbone uses and what it leaves.
+#[derive(Debug, Clone, Default)]
+pub struct HfParts {
+    /// The backbone's tensors under our parameter paths, in our layouts.
+    pub backbone: TensorMap,
+    /// A BERT sequence classifier's head (`classifier.weight` `[classes, hidden]`,
+    /// `classifier.bias`), under its Hugging Face keys and layout; empty when absent.
+    pub head: TensorMap,
+    /// Keys of heads shears does not use and skips (BERT's pre-training and masked-LM
+    /// `cls.*`, GPT-2's `lm_head.weight` once checked equal to `wte.weight`).
+    pub skipped: Vec<String>,
+}
+
+/// Whether a BERT checkpoint has a pooler (`pooler.dense.weight`, under any task prefix):
+/// `BertForMaskedLM` and some task checkpoints have none.
+pub fn has_pooler(checkpoint: &TensorMap) -> bool {
+    checkpoint
+        .keys()
+        .any(|k| strip_prefix(k) == "pooler.dense.weight")
+}
+
+fn strip_prefix(k: &str) -> &str {
+    PREFIXES.iter().find_map(|p| k.strip_prefix(p)).unwrap_or(k)
+}
+
 /// Maps a Hugging Face checkpoint onto our parameter paths, for a model whose parameters
-/// have shapes `expected`. Every checkpoint tensor must be used (except buffers and a tied
-/// `lm_head.weight`), every parameter found, every shape right.
+/// have shapes `expected`. Every parameter must be found with the right shape and every
+/// checkpoint tensor used, except buffers, a BERT `classifier.*` head (returned in
+/// [`HfParts::head`]), BERT's `cls.*` heads and a GPT-2 `lm_head.weight` equal to
+/// `wte.weight` (both listed in [`HfParts::skipped`]). An `lm_head.weight` that differs
+/// from `wte.weight` is [`LoadError::UntiedLmHead`]: shears' GPT-2 ties them.
 pub fn from_hf(
     family: Family,
     checkpoint: &TensorMap,
     expected: &std::collections::BTreeMap<String, Vec<usize>>,
-) -> Result<TensorMap, LoadError> {
-    let strip = |k: &str| -> String {
-        PREFIXES
-            .iter()
-            .find_map(|p| k.strip_prefix(p))
-            .unwrap_or(k)
-            .to_string()
-    };
+) -> Result<HfParts, LoadError> {
     let ckpt: TensorMap = checkpoint
         .iter()
-        .map(|(k, v)| (strip(k), v.clone()))
+        .map(|(k, v)| (strip_prefix(k).to_string(), v.clone()))
         .collect();
     let mut used = std::collections::BTreeSet::new();
-    let mut out = TensorMap::new();
+    let mut parts = HfParts::default();
     for (ours, shape) in expected {
         let (key, transform) = lookup(family, ours).ok_or_else(|| LoadError::MissingKey {
             key: ours.clone(),
@@ -406,18 +427,42 @@ pub fn from_hf(
                 found: t.shape.clone(),
             });
         }
-        out.insert(ours.clone(), converted);
+        parts.backbone.insert(ours.clone(), converted);
     }
     for (key, t) in &ckpt {
-        let tied_head = family == Family::Gpt2 && key == "lm_head.weight";
-        if !used.contains(key) && !tied_head {
-            return Err(LoadError::UnexpectedKey {
-                key: key.clone(),
-                found: t.shape.clone(),
-            });
+        if used.contains(key) {
+            continue;
+        }
+        match family {
+            Family::Bert if key.starts_with("classifier.") => {
+                parts.head.insert(key.clone(), t.clone());
+            }
+            Family::Bert if key.starts_with("cls.") => parts.skipped.push(key.clone()),
+            Family::Gpt2 if key == "lm_head.weight" => {
+                let wte = parts.backbone.get("embeddings.word.weight");
+                if wte.map(|w| (&w.shape, &w.data)) != Some((&t.shape, &t.data)) {
+                    return Err(LoadError::UntiedLmHead {
+                        shape: t.shape.clone(),
+                        max_diff: wte.filter(|w| w.shape == t.shape).map(|w| {
+                            w.data
+                                .iter()
+                                .zip(&t.data)
+                                .map(|(a, b)| (a - b).abs())
+                                .fold(0.0, f32::max)
+                        }),
+                    });
+                }
+                parts.skipped.push(key.clone());
+            }
+            _ => {
+                return Err(LoadError::UnexpectedKey {
+                    key: key.clone(),
+                    found: t.shape.clone(),
+                });
+            }
         }
     }
-    Ok(out)
+    Ok(parts)
 }
 
 fn expected_hf_shape(ours: &[usize], t: Transform) -> Vec<usize> {
@@ -582,4 +627,95 @@ pub fn bert_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadErr
     obj.insert("type_vocab_size".into(), config.type_vocab_size.into());
     obj.insert("pruned_heads".into(), serde_json::Value::Object(pruned));
     Ok(value)
+}
+
+/// `model_type` of the BERT that shears exports when `transformers`' own BERT cannot hold
+/// the shape (per-layer FFN widths, a pruned hidden size, layers without heads or neurons).
+pub const SHEARS_BERT: &str = "shears_bert";
+/// File name of the modeling code written beside such an export.
+pub const SHEARS_BERT_MODULE: &str = "modeling_shears_bert.py";
+/// The modeling code itself: a BERT with per-layer head counts and FFN widths, loaded by
+/// `transformers` with `trust_remote_code=True` through the config's `auto_map`.
+pub const SHEARS_BERT_MODELING: &str = include_str!("../python/modeling_shears_bert.py");
+
+/// Whether `transformers`' own `BertModel` (with `pruned_heads` and placeholder heads) can
+/// hold `config`: every layer of the same FFN width and head size, the hidden size the
+/// original's (heads x head size, every kept head one of them), no factorized projection.
+pub fn plain_bert(config: &ModelConfig) -> bool {
+    config.family == Family::Bert
+        && config
+            .hf_config
+            .as_ref()
+            .is_none_or(|v| v.get("model_type").and_then(|t| t.as_str()) == Some("bert"))
+        && config.layers.iter().all(|l| l.ranks.is_empty())
+        && bert_hf_config(&with_placeholder_heads(config, &TensorMap::new()).0).is_ok()
+}
+
+/// The `config.json` of a BERT of any pruned shape, for [`SHEARS_BERT_MODELING`]:
+/// per-layer head counts (`layer_num_heads`, with the original head of each kept one in
+/// `layer_head_ids`) and FFN widths (`layer_intermediate_sizes`), the hidden size, and an
+/// `auto_map` naming the modeling file's classes.
+pub fn shears_bert_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadError> {
+    if config.family != Family::Bert {
+        return Err(LoadError::NotRepresentable(
+            "only BERT models export as `shears_bert`".into(),
+        ));
+    }
+    let d_head = config.layers.first().map_or(64, |l| l.d_head);
+    if let Some((l, lc)) = config
+        .layers
+        .iter()
+        .enumerate()
+        .find(|(_, lc)| lc.d_head != d_head)
+    {
+        return Err(LoadError::NotRepresentable(format!(
+            "layer {l} has heads of {} but layer 0 of {d_head}: the exported BERT has one head size",
+            lc.d_head
+        )));
+    }
+    let module = SHEARS_BERT_MODULE.trim_end_matches(".py");
+    Ok(serde_json::json!({
+        "model_type": SHEARS_BERT,
+        "architectures": ["ShearsBertModel"],
+        "auto_map": {
+            "AutoConfig": format!("{module}.ShearsBertConfig"),
+            "AutoModel": format!("{module}.ShearsBertModel"),
+            "AutoModelForSequenceClassification":
+                format!("{module}.ShearsBertForSequenceClassification"),
+        },
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "layer_num_heads": config.layers.iter().map(|l| l.n_heads).collect::<Vec<_>>(),
+        "layer_head_ids": config.layers.iter().map(|l| l.head_ids.clone()).collect::<Vec<_>>(),
+        "attention_head_size": d_head,
+        "layer_intermediate_sizes": config.layers.iter().map(|l| l.d_ff).collect::<Vec<_>>(),
+        "hidden_act": config.activation.hf_name(),
+        "hidden_dropout_prob": config.dropout.hidden,
+        "attention_probs_dropout_prob": config.dropout.attention,
+        "max_position_embeddings": config.max_positions,
+        "type_vocab_size": config.type_vocab_size,
+        "initializer_range": config.initializer_range,
+        "layer_norm_eps": config.layer_norm_eps,
+        "pooler_size": config.d_pooler,
+        "pad_token_id": 0,
+    }))
+}
+
+/// Whether [`crate::Transformer::export_hf`] can write `config`: a BERT without factorized
+/// projections, of any pruned shape.
+pub fn check_exportable(config: &ModelConfig) -> Result<(), LoadError> {
+    if let Some((l, name)) = config
+        .layers
+        .iter()
+        .enumerate()
+        .find_map(|(l, lc)| lc.ranks.keys().next().map(|n| (l, n)))
+    {
+        return Err(LoadError::NotRepresentable(format!(
+            "`layers.{l}.{name}` is factorized (low-rank), which Hugging Face BERT cannot represent"
+        )));
+    }
+    if plain_bert(config) {
+        return Ok(());
+    }
+    shears_bert_hf_config(config).map(|_| ())
 }

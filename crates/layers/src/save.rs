@@ -195,6 +195,21 @@ fn check_sizes(
     if d > held {
         return Err(bad(format!("`d_model` is {d}")));
     }
+    // Zero widths have no weights to initialise (Burn's initialisers divide by them).
+    if d == 0 {
+        return Err(bad("`d_model` is 0".into()));
+    }
+    if let Some((l, lc)) = config
+        .layers
+        .iter()
+        .enumerate()
+        .find(|(_, lc)| lc.n_heads > 0 && lc.d_head == 0)
+    {
+        return Err(bad(format!(
+            "layer {l} has {} heads of width 0",
+            lc.n_heads
+        )));
+    }
     if config.n_layers() > tensors.len().min(crate::MAX_LAYERS_OR_HEADS) {
         return Err(bad(format!("the config has {} layers", config.n_layers())));
     }
@@ -236,19 +251,58 @@ fn check_sizes(
 
 impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A, F> {
     /// Loads a model directory: ours (`shears.json` + `model.safetensors`) or a Hugging
-    /// Face BERT / GPT-2 (`config.json` + `model.safetensors`, `pruned_heads` honoured).
+    /// Face BERT / GPT-2 (`config.json` + `model.safetensors`, `pruned_heads` honoured, task
+    /// prefixes `bert.` / `transformer.` stripped). A task head in a Hugging Face checkpoint
+    /// is skipped with a logged note; [`Transformer::load_with_head`] returns it.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
-        let config = read_config(dir)?;
+        let (model, head) = Self::load_with_head(dir, device)?;
+        if !head.is_empty() {
+            tracing::info!(
+                "{}: task head {:?} not loaded (a backbone alone was asked for)",
+                dir.display(),
+                head.keys().collect::<Vec<_>>()
+            );
+        }
+        Ok(model)
+    }
+
+    /// [`Transformer::load`], returning also a Hugging Face checkpoint's sequence-classifier
+    /// head (`classifier.*`, Hugging Face keys and layout; empty when there is none, and
+    /// always for our own format, whose head lives beside the backbone). A BERT checkpoint
+    /// without `pooler.dense.*` loads as a model without a pooler; BERT's `cls.*` heads
+    /// and GPT-2's tied `lm_head.weight` are skipped with a logged note.
+    pub fn load_with_head(
+        dir: &Path,
+        device: &B::Device,
+    ) -> Result<(Self, shears_spaces::TensorMap), LoadError> {
+        let mut config = read_config(dir)?;
         let weights = dir.join(WEIGHTS);
         let tensors = hf::read_safetensors(&weights)?;
         check_sizes(&config, &tensors, dir)?;
+        if dir.join(SHEARS_CONFIG).exists() {
+            let model = Self::new(&config, device);
+            return Ok((
+                tensorio::import(model, &tensors, device)?,
+                Default::default(),
+            ));
+        }
+        if config.family == crate::Family::Bert && !hf::has_pooler(&tensors) {
+            config.d_pooler = None;
+        }
         let model = Self::new(&config, device);
-        let tensors = if dir.join(SHEARS_CONFIG).exists() {
-            tensors
-        } else {
-            hf::from_hf(config.family, &tensors, &tensorio::param_shapes(&model))?
-        };
-        tensorio::import(model, &tensors, device)
+        let parts = hf::from_hf(config.family, &tensors, &tensorio::param_shapes(&model))?;
+        if !parts.skipped.is_empty() {
+            tracing::info!(
+                "{}: skipped {} head tensor(s) shears does not use: {}",
+                dir.display(),
+                parts.skipped.len(),
+                parts.skipped.join(", ")
+            );
+        }
+        Ok((
+            tensorio::import(model, &parts.backbone, device)?,
+            parts.head,
+        ))
     }
 
     /// Saves in our format: `shears.json` (config with per-layer sizes) and
@@ -267,13 +321,18 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         })
     }
 
-    /// Writes a Hugging Face BERT directory (`config.json` with `pruned_heads`, weights
-    /// under Hugging Face keys) that `BertModel.from_pretrained` loads. Tokenizer files
-    /// from `copy_from` (if given) are copied alongside. An existing `dir` is replaced once
-    /// the new one is complete: commands check [`check_output`] first.
+    /// Writes a Hugging Face BERT directory. Tokenizer files from `copy_from` (if given) are
+    /// copied alongside. An existing `dir` is replaced once the new one is complete:
+    /// commands check [`check_output`] first.
     ///
-    /// A layer without heads gets one all-zero placeholder head, which `transformers` can
-    /// run and which computes the same function (see [`hf::with_placeholder_heads`]).
+    /// When only heads were removed ([`hf::plain_bert`]): `config.json` with
+    /// `pruned_heads` and weights under Hugging Face keys, which `BertModel.from_pretrained`
+    /// loads; a layer without heads gets one all-zero placeholder head, which
+    /// `transformers` can run and which computes the same function (see
+    /// [`hf::with_placeholder_heads`]). Any other pruned shape (per-layer FFN widths, a
+    /// smaller hidden size, layers without neurons): a `shears_bert` config
+    /// ([`hf::shears_bert_hf_config`]) and its modeling file, which `transformers` loads
+    /// with `trust_remote_code=True`, and shears loads back.
     pub fn export_hf(&self, dir: &Path, copy_from: Option<&Path>) -> Result<(), LoadError> {
         self.export_hf_with_head(dir, copy_from, None)
     }
@@ -287,9 +346,18 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         copy_from: Option<&Path>,
         head: Option<&hf::HfHead>,
     ) -> Result<(), LoadError> {
-        let (config, tensors) = hf::with_placeholder_heads(self.config(), &tensorio::export(self));
-        let mut value = hf::bert_hf_config(&config)?;
-        let mut tensors = hf::to_hf_bert(&tensors)?;
+        hf::check_exportable(self.config())?;
+        let plain = hf::plain_bert(self.config());
+        let (mut value, mut tensors) = if plain {
+            let (config, tensors) =
+                hf::with_placeholder_heads(self.config(), &tensorio::export(self));
+            (hf::bert_hf_config(&config)?, hf::to_hf_bert(&tensors)?)
+        } else {
+            (
+                hf::shears_bert_hf_config(self.config())?,
+                hf::to_hf_bert(&tensorio::export(self))?,
+            )
+        };
         if let Some(head) = head {
             tensors = tensors
                 .into_iter()
@@ -297,16 +365,26 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
                 .chain(head.tensors.clone())
                 .collect();
             let obj = value.as_object_mut().expect("config.json is an object");
-            obj.insert(
-                "architectures".into(),
-                serde_json::json!([head.architecture]),
-            );
+            // `BertForSequenceClassification` is `ShearsBertForSequenceClassification` in
+            // the modeling file.
+            let architecture = if plain {
+                head.architecture.clone()
+            } else {
+                format!("Shears{}", head.architecture)
+            };
+            obj.insert("architectures".into(), serde_json::json!([architecture]));
             obj.extend(head.config.clone());
         }
         let json = serde_json::to_string_pretty(&value).expect("config serialises");
         write_dir_atomic(dir, Existing::Replace, |tmp| {
             write_atomic(&tmp.join("config.json"), json.as_bytes())?;
             hf::write_safetensors(&tmp.join(WEIGHTS), &tensors)?;
+            if !plain {
+                write_atomic(
+                    &tmp.join(hf::SHEARS_BERT_MODULE),
+                    hf::SHEARS_BERT_MODELING.as_bytes(),
+                )?;
+            }
             if let Some(src) = copy_from {
                 for f in [
                     "tokenizer.json",

@@ -27,6 +27,17 @@ pub struct Batch<B: Backend> {
 }
 
 impl Tokenizer {
+    /// The `model_max_length` of `dir/tokenizer_config.json`, when the file gives a usable
+    /// one. `transformers` writes a huge sentinel (about 1e30) for "no limit": that, a
+    /// missing file or key, or a value that is not a positive integer is `None`.
+    pub fn model_max_length(dir: &Path) -> Option<usize> {
+        let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let n = value.get("model_max_length")?.as_u64()?;
+        // The sentinel is a float and not a u64; anything past a million tokens is one too.
+        (n > 0 && n <= 1 << 20).then_some(n as usize)
+    }
+
     /// Loads `dir/tokenizer.json`, or else `dir/vocab.json` + `dir/merges.txt` as GPT-2
     /// byte-level BPE.
     pub fn from_dir(dir: &Path) -> Result<Self, LoadError> {

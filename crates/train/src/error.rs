@@ -101,6 +101,16 @@ pub enum TrainError {
         /// The file just written.
         path: PathBuf,
     },
+    /// A dataset row's label is not one of the model's classes.
+    #[error("dataset `{path}`: label `{label}` is not one of the model's classes {known:?}")]
+    UnknownLabel {
+        /// The file.
+        path: PathBuf,
+        /// The label in the file.
+        label: String,
+        /// The model's classes, in class order.
+        known: Vec<String>,
+    },
     /// A model's metrics were asked on another file than the one it was trained on.
     #[error(
         "the model was trained on `{recorded}` (its task.json says so), but `{given}` was given: its \"test\" split would not be the held-out one; pass the recorded file, or allow another file explicitly (--other-data)"

@@ -32,6 +32,8 @@ pub struct EvalSummary {
     pub latency_ms: f64,
     /// Batch size.
     pub batch: usize,
+    /// Tokens per example (classification: longer texts are truncated) or per block (LM).
+    pub max_len: usize,
     /// Parameters.
     pub params: usize,
     /// Which rows were evaluated: `test split` (the held-out split of the model's recorded
@@ -53,6 +55,9 @@ pub struct EvalOptions {
     /// Evaluate every row of a file other than the model's recorded training data (without
     /// it, that is an error; with the recorded file only its test split is evaluated).
     pub other_data: bool,
+    /// Tokens per example (default: the length the model was trained with, else the
+    /// tokenizer's `model_max_length` capped at the position table).
+    pub max_len: Option<usize>,
 }
 
 /// Evaluates the model in `model_dir` on every usable row of `data`.
@@ -70,7 +75,10 @@ pub fn eval_dir<B: Backend>(
         (None, shears_layers::Family::Bert) => {
             return Err(TrainError::Config {
                 source_name: model_dir.display().to_string(),
-                message: "a BERT without a task head (no task.json): evaluate a model written by `train-gated`".into(),
+                message: "a BERT without a task head (no task.json, no `classifier.*` tensors): \
+                          evaluate a sequence classifier (a `train-gated` output or a Hugging Face \
+                          `BertForSequenceClassification`)"
+                    .into(),
             });
         }
     };
@@ -80,10 +88,17 @@ pub fn eval_dir<B: Backend>(
         .clone()
         .or_else(|| info.as_ref().map(|i| i.text_column.clone()))
         .unwrap_or_else(|| "text".into());
-    let max_len = info
-        .as_ref()
-        .map(|i| i.max_len)
-        .unwrap_or(config.max_positions.min(128));
+    let max_len = opts
+        .max_len
+        .or(info.as_ref().map(|i| i.max_len))
+        .unwrap_or_else(|| crate::taskfile::default_max_len(model_dir, &config));
+    if max_len == 0 || max_len > config.max_positions {
+        return Err(TrainError::OutOfRange {
+            key: "max_len".into(),
+            value: max_len.to_string(),
+            expected: format!("1..={} (the model's position table)", config.max_positions),
+        });
+    }
     let recorded = info.as_ref().and_then(|i| i.data.clone());
     let same_file =
         recorded
@@ -124,6 +139,7 @@ pub fn eval_dir<B: Backend>(
             config.param_count(),
             opts,
             tokenizer.pad_id(),
+            max_len,
             device,
         );
     }
@@ -135,16 +151,21 @@ pub fn eval_dir<B: Backend>(
                 .clone()
                 .or_else(|| info.as_ref().map(|i| i.label_column.clone()))
                 .unwrap_or_else(|| "label".into());
-            let table = read_table(data, &text, Some(&label), &labels)?;
+            let all_classes = info.as_ref().is_some_and(|i| i.all_classes);
+            let keep: &[String] = if all_classes { &[] } else { &labels };
+            let table = read_table(data, &text, Some(&label), keep)?;
             dropped = table.dropped_label + table.dropped_empty;
             for r in &table.rows {
+                let l = r.label.as_deref().unwrap_or_default();
+                let class = class_index(&labels, l).ok_or_else(|| TrainError::UnknownLabel {
+                    path: data.to_path_buf(),
+                    label: l.to_string(),
+                    known: labels.clone(),
+                })?;
                 split
                     .ids
                     .push(tokenizer.encode_truncated(&r.text, max_len)?);
-                let l = r.label.as_deref().unwrap_or_default();
-                split
-                    .labels
-                    .push(labels.iter().position(|x| x == l).unwrap_or(0));
+                split.labels.push(class);
             }
         }
         Task::Lm => {
@@ -173,8 +194,25 @@ pub fn eval_dir<B: Backend>(
         config.param_count(),
         opts,
         tokenizer.pad_id(),
+        max_len,
         device,
     )
+}
+
+/// The class of a data label: the class of that name, or, for classes named as
+/// `transformers` names them when a config gives no `id2label` (`LABEL_0`, `LABEL_1`, ...),
+/// the class whose id the label spells (`0`, `1`, ...).
+fn class_index(classes: &[String], label: &str) -> Option<usize> {
+    classes.iter().position(|c| c == label).or_else(|| {
+        let placeholders = classes
+            .iter()
+            .enumerate()
+            .all(|(i, c)| *c == format!("LABEL_{i}"));
+        label
+            .parse::<usize>()
+            .ok()
+            .filter(|&i| placeholders && i < classes.len())
+    })
 }
 
 /// Metrics and latency of `model` on `split`.
@@ -188,6 +226,7 @@ fn finish<B: Backend>(
     params: usize,
     opts: &EvalOptions,
     pad_id: u32,
+    max_len: usize,
     device: &B::Device,
 ) -> Result<EvalSummary, TrainError> {
     let batch = opts.batch_size.max(1);
@@ -214,6 +253,7 @@ fn finish<B: Backend>(
         perplexity: (task == Task::Lm).then(|| tally.perplexity()),
         latency_ms: times[times.len() / 2],
         batch: n,
+        max_len,
         params,
         rows,
     })

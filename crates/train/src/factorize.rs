@@ -196,6 +196,7 @@ pub fn run_factorize<B: Backend>(
             split: opts.split,
             limit: 0,
         }),
+        all_classes: false,
     });
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
     let md = markdown(&summary);

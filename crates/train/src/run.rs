@@ -494,7 +494,7 @@ pub fn run<B: AutodiffBackend>(
     );
     // The pruned BERT also goes out in the layout transformers loads, when it can.
     let hf_export = match pruned.backbone.config().family {
-        Family::Bert => shears_layers::hf::bert_hf_config(pruned.backbone.config())
+        Family::Bert => shears_layers::hf::check_exportable(pruned.backbone.config())
             .map(|_| HF_DIR.to_string())
             .map_err(|e| e.to_string()),
         Family::Gpt2 => Err("GPT-2 models are saved in shears' format only".to_string()),
@@ -540,6 +540,7 @@ pub fn run<B: AutodiffBackend>(
             split: exp.data.split,
             limit: exp.data.limit,
         }),
+        all_classes: false,
     };
     save::write_dir_atomic(out, opts.existing, |tmp| {
         save_task_model(

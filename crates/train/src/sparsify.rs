@@ -345,6 +345,7 @@ pub fn run_sparsify<B: Backend>(
             split: opts.split,
             limit: 0,
         }),
+        all_classes: false,
     });
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
     let md = markdown(&summary);

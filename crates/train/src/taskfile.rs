@@ -30,6 +30,11 @@ pub struct TaskInfo {
     /// written before it was recorded).
     #[serde(default)]
     pub data: Option<DataSource>,
+    /// Whether `labels` are all the model's classes, so that a row with another label is
+    /// an error rather than a row left out: true for a Hugging Face classifier (its
+    /// `id2label`), false for ours (`data.labels` may choose some of a file's labels).
+    #[serde(skip)]
+    pub all_classes: bool,
 }
 
 /// The dataset a task model was trained on: enough to rebuild its exact train /
@@ -83,8 +88,10 @@ pub(crate) fn save_task_model<B: Backend>(
     Ok(())
 }
 
-/// Loads a model directory written by [`run`] (or any BERT / GPT-2 checkpoint; without
-/// `task.json` a GPT-2 is a language model and a BERT has no head).
+/// Loads a model directory written by [`run`], or any Hugging Face BERT / GPT-2
+/// checkpoint. Without `task.json`: a GPT-2 is a language model; a BERT with a
+/// `classifier.*` head (`BertForSequenceClassification`) is a classifier whose classes are
+/// its `config.json` `id2label` (see [`hf_task_info`]); a BERT without one has no head.
 pub fn load_task_model<B: Backend>(
     dir: &Path,
     device: &B::Device,
@@ -92,7 +99,7 @@ pub fn load_task_model<B: Backend>(
     if !dir.is_dir() {
         return Err(io_err(dir, "not a directory"));
     }
-    let backbone = Transformer::<B>::load(dir, device)?;
+    let (backbone, hf_head) = Transformer::<B>::load_with_head(dir, device)?;
     let info_path = dir.join(TASK_FILE);
     let info: Option<TaskInfo> = if info_path.exists() {
         let text = std::fs::read_to_string(&info_path).map_err(|e| io_err(&info_path, e))?;
@@ -100,6 +107,8 @@ pub fn load_task_model<B: Backend>(
             source_name: info_path.display().to_string(),
             message: e.to_string(),
         })?)
+    } else if !hf_head.is_empty() {
+        Some(hf_task_info(dir, backbone.config())?)
     } else {
         None
     };
@@ -109,14 +118,161 @@ pub fn load_task_model<B: Backend>(
                 .config()
                 .d_pooler
                 .ok_or_else(|| TrainError::Config {
-                    source_name: info_path.display().to_string(),
+                    source_name: dir.display().to_string(),
                     message: "a classification model without a pooler".into(),
                 })?;
             let head = ClassifierHead::new(d, i.labels.len(), 0, device);
-            let tensors = shears_layers::hf::read_safetensors(&dir.join(HEAD_FILE))?;
+            let tensors = if hf_head.is_empty() {
+                shears_layers::hf::read_safetensors(&dir.join(HEAD_FILE))?
+            } else {
+                hf_classifier_tensors(&hf_head, d, i.labels.len())?
+            };
             Some(tensorio::import(head, &tensors, device)?)
         }
         _ => None,
     };
     Ok((TaskModel { backbone, head }, info))
+}
+
+/// The task of a Hugging Face sequence classifier, from its `config.json`: single-label
+/// classification (a `problem_type` of `regression` or `multi_label_classification`, or
+/// one label without a `problem_type`, which `transformers` treats as regression, is
+/// [`LoadError::UnsupportedOption`]); the classes are `id2label` in id order (ids `0..n`,
+/// each once; `LABEL_0`, `LABEL_1`, ... when absent, as `transformers` names them). Columns
+/// `text` and `label`; tokens per example: [`default_max_len`].
+pub fn hf_task_info(
+    dir: &Path,
+    config: &shears_layers::ModelConfig,
+) -> Result<TaskInfo, TrainError> {
+    let config_path = dir.join("config.json");
+    let value = config.hf_config.clone().unwrap_or_default();
+    let unsupported = |key: &str, value: &serde_json::Value, reason: &'static str| {
+        TrainError::Load(shears_layers::LoadError::UnsupportedOption {
+            path: config_path.clone(),
+            key: key.into(),
+            value: value.to_string(),
+            reason,
+        })
+    };
+    let bad = |message: String| TrainError::Config {
+        source_name: config_path.display().to_string(),
+        message,
+    };
+    let id2label = value.get("id2label").and_then(|v| v.as_object());
+    let n = match (id2label, value.get("num_labels").and_then(|v| v.as_u64())) {
+        (Some(m), _) => m.len(),
+        (None, Some(n)) => n as usize,
+        (None, None) => 2,
+    };
+    let problem = value.get("problem_type").filter(|v| !v.is_null());
+    match problem.and_then(|v| v.as_str()) {
+        None if problem.is_some() => {
+            return Err(bad(format!(
+                "`problem_type` = {} is not a string",
+                problem.unwrap()
+            )));
+        }
+        None | Some("single_label_classification") => {}
+        Some(_) => {
+            return Err(unsupported(
+                "problem_type",
+                problem.unwrap(),
+                "shears evaluates single-label classification only",
+            ));
+        }
+    }
+    if n == 1 && problem.is_none() {
+        return Err(unsupported(
+            "num_labels",
+            &serde_json::json!(1),
+            "one label without a problem_type is regression in transformers; shears evaluates single-label classification only",
+        ));
+    }
+    let labels = match id2label {
+        None => (0..n).map(|i| format!("LABEL_{i}")).collect(),
+        Some(m) => {
+            let mut labels = vec![None; n];
+            for (id, name) in m {
+                let i = id
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&i| i < n)
+                    .ok_or_else(|| bad(format!("`id2label` has id `{id}`; ids are 0..{n}")))?;
+                let name = name
+                    .as_str()
+                    .ok_or_else(|| bad(format!("`id2label` {id} is {name}, not a string")))?;
+                labels[i] = Some(name.to_string());
+            }
+            labels
+                .into_iter()
+                .map(|l| l.unwrap_or_default())
+                .collect::<Vec<_>>()
+        }
+    };
+    if let Some(dup) = labels
+        .iter()
+        .enumerate()
+        .find(|(i, l)| labels[..*i].contains(l))
+        .map(|(_, l)| l)
+    {
+        return Err(bad(format!("`id2label` names class `{dup}` twice")));
+    }
+    Ok(TaskInfo {
+        task: Task::Classification,
+        labels,
+        text_column: "text".into(),
+        label_column: "label".into(),
+        max_len: default_max_len(dir, config),
+        data: None,
+        all_classes: true,
+    })
+}
+
+/// Tokens per example for a model directory that records none: the tokenizer's
+/// `model_max_length` (`tokenizer_config.json`) capped at the position table, else the
+/// position table.
+pub fn default_max_len(dir: &Path, config: &shears_layers::ModelConfig) -> usize {
+    shears_layers::Tokenizer::model_max_length(dir)
+        .map_or(config.max_positions, |n| n.min(config.max_positions))
+}
+
+/// `classifier.weight` `[classes, hidden]` and `classifier.bias` as our head's tensors.
+fn hf_classifier_tensors(
+    hf: &shears_spaces::TensorMap,
+    d_pooler: usize,
+    n_classes: usize,
+) -> Result<shears_spaces::TensorMap, TrainError> {
+    use shears_layers::LoadError;
+    let get = |key: &str, shape: Vec<usize>| {
+        let t = hf.get(key).ok_or_else(|| LoadError::MissingKey {
+            key: key.into(),
+            expected: shape.clone(),
+        })?;
+        if t.shape != shape {
+            return Err(LoadError::Shape {
+                key: key.into(),
+                expected: shape,
+                found: t.shape.clone(),
+            });
+        }
+        Ok(t.clone())
+    };
+    let weight = get("classifier.weight", vec![n_classes, d_pooler])?;
+    let bias = get("classifier.bias", vec![n_classes])?;
+    if let Some(extra) = hf
+        .keys()
+        .find(|k| *k != "classifier.weight" && *k != "classifier.bias")
+    {
+        return Err(LoadError::UnexpectedKey {
+            key: extra.clone(),
+            found: hf[extra].shape.clone(),
+        }
+        .into());
+    }
+    Ok([
+        ("linear.weight".to_string(), weight.transpose()),
+        ("linear.bias".to_string(), bias),
+    ]
+    .into_iter()
+    .collect())
 }

@@ -9,7 +9,9 @@ use shears_train::{EvalOptions, eval_dir};
 /// Arguments.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory written by `train-gated` (`model/` or `dense-model/`), or any GPT-2.
+    /// Model directory written by `train-gated` (`model/`, `dense-model/`, `hf-model/`), a
+    /// Hugging Face `BertForSequenceClassification` (classes from its `id2label`), or any
+    /// GPT-2.
     #[arg(long)]
     model: PathBuf,
     /// CSV (with a header) or JSON-lines file, optionally `.bz2`.
@@ -31,6 +33,10 @@ pub struct Args {
     /// file, only its held-out test split is evaluated).
     #[arg(long)]
     other_data: bool,
+    /// Tokens per example (default: the length the model was trained with, else the
+    /// tokenizer's `model_max_length` capped at the position table).
+    #[arg(long)]
+    max_len: Option<usize>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -44,6 +50,7 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         batch_size: args.batch,
         repeats: args.repeats,
         other_data: args.other_data,
+        max_len: args.max_len,
     };
     let s = crate::with_backend!(backend, |B, device| {
         eval_dir::<B>(&args.model, &args.data, &opts, &device)
@@ -61,6 +68,7 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         s.examples,
         s.dropped
     );
+    println!("tokens      {} per example at most", s.max_len);
     println!("parameters  {}", s.params);
     if let Some(a) = s.accuracy {
         println!("accuracy    {:.2}%", 100.0 * a);

@@ -304,20 +304,127 @@ fn bad_pruning_requests() {
     );
 }
 
+/// A factorized (low-rank) BERT has no Hugging Face layout: a typed error naming the
+/// projection, and nothing written. (Every pruned shape exports: `train::hf_export`.)
 #[test]
-fn hidden_pruned_bert_refuses_hf_export() {
-    let model = tiny_bert::<B>(&Default::default(), 0)
-        .keep("hidden", &[0, 1, 2, 3])
-        .unwrap();
+fn factorized_bert_refuses_hf_export() {
+    let mut config = tiny_bert::<B>(&Default::default(), 0).config().clone();
+    config.layers[1].ranks.insert("ffn.up".into(), 4);
+    let model = BertModel::<B>::new(&config, &Default::default());
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x");
-    assert!(matches!(
-        model.export_hf(&out, None).unwrap_err(),
-        LoadError::NotRepresentable(_)
-    ));
+    let e = model.export_hf(&out, None).unwrap_err();
+    assert!(
+        matches!(&e, LoadError::NotRepresentable(m) if m.contains("layers.1.ffn.up")),
+        "{e}"
+    );
     assert!(
         !out.exists(),
         "a failed export left {} behind",
         out.display()
     );
+}
+
+/// Task checkpoints load (issue 14): a `BertForSequenceClassification` / pre-training layout
+/// (`bert.` prefix, `classifier.*`, `cls.*`, no pooler) gives the encoder, the classifier
+/// head apart, the `cls.*` heads skipped; a GPT-2 `lm_head.weight` must equal `wte`.
+#[test]
+fn task_checkpoints_load_their_backbone() {
+    let device = Default::default();
+    let model = tiny_bert::<B>(&device, 11);
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("plain");
+    model.export_hf(&plain, None).unwrap();
+    let tensors = hf::read_safetensors(&plain.join("model.safetensors")).unwrap();
+    let d = model.config().d_model;
+    let vocab = model.config().vocab_size;
+    let task = tmp.path().join("task");
+    std::fs::create_dir(&task).unwrap();
+    std::fs::copy(plain.join("config.json"), task.join("config.json")).unwrap();
+    let mut t: shears_spaces::TensorMap = tensors
+        .iter()
+        .filter(|(k, _)| !k.starts_with("pooler."))
+        .map(|(k, v)| (format!("bert.{k}"), v.clone()))
+        .collect();
+    let classifier = HostTensor::new(vec![3, d], (0..3 * d).map(|i| i as f32).collect());
+    t.insert("classifier.weight".into(), classifier.clone());
+    t.insert(
+        "classifier.bias".into(),
+        HostTensor::new(vec![3], vec![1.0, 2.0, 3.0]),
+    );
+    t.insert(
+        "cls.predictions.bias".into(),
+        HostTensor::new(vec![vocab], vec![0.5; vocab]),
+    );
+    t.insert(
+        "cls.seq_relationship.weight".into(),
+        HostTensor::new(vec![2, d], vec![0.0; 2 * d]),
+    );
+    hf::write_safetensors(&task.join("model.safetensors"), &t).unwrap();
+    let (back, head) = BertModel::<B>::load_with_head(&task, &device).unwrap();
+    assert_eq!(
+        back.config().d_pooler,
+        None,
+        "no pooler in the file, none in the model"
+    );
+    assert_eq!(
+        head.keys().collect::<Vec<_>>(),
+        ["classifier.bias", "classifier.weight"]
+    );
+    assert_eq!(head["classifier.weight"], classifier);
+    let (ids, pad) = random_input::<B>(&device, vocab, 2, 5, 4);
+    let input = shears_layers::ModelInput::new(ids).with_attention_mask(pad);
+    let diff = max_diff(
+        &host(model.forward(input.clone()).hidden),
+        &host(back.forward(input).hidden),
+    );
+    assert_eq!(diff, 0.0, "the encoder is the exported one");
+    // `load` keeps the backbone and leaves the head (with a logged note).
+    assert!(load(&task).unwrap().config().d_pooler.is_none());
+    // A key of no known head is still an error.
+    t.insert(
+        "qa_outputs.weight".into(),
+        HostTensor::new(vec![2, d], vec![0.0; 2 * d]),
+    );
+    hf::write_safetensors(&task.join("model.safetensors"), &t).unwrap();
+    assert_eq!(
+        load(&task).unwrap_err(),
+        LoadError::UnexpectedKey {
+            key: "qa_outputs.weight".into(),
+            found: vec![2, d]
+        }
+    );
+
+    // GPT-2: a tied `lm_head.weight` loads, an untied one is refused with the difference.
+    let src = fixtures().join("tiny-gpt2");
+    let wte =
+        hf::read_safetensors(&src.join("model.safetensors")).unwrap()["transformer.wte.weight"]
+            .clone();
+    let dir = edited(|t| {
+        t.insert("lm_head.weight".into(), wte.clone());
+    });
+    assert!(load(dir.path()).is_ok());
+    let mut untied = wte.clone();
+    untied.data[7] += 0.25;
+    let dir = edited(|t| {
+        t.insert("lm_head.weight".into(), untied.clone());
+    });
+    match load(dir.path()).unwrap_err() {
+        LoadError::UntiedLmHead {
+            shape,
+            max_diff: Some(d),
+        } => assert!(
+            shape == wte.shape && (d - 0.25).abs() < 1e-6,
+            "{shape:?} {d}"
+        ),
+        other => panic!("{other}"),
+    }
+    let dir = edited(|t| {
+        t.insert(
+            "lm_head.weight".into(),
+            HostTensor::new(vec![2, 3], vec![0.0; 6]),
+        );
+    });
+    let e = load(dir.path()).unwrap_err();
+    assert!(e.to_string().contains("untied"), "{e}");
 }

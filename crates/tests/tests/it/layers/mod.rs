@@ -4,6 +4,7 @@
 mod common;
 mod dropout;
 mod errors;
+mod fuzz;
 mod init;
 mod kernels;
 mod masked_pruned;

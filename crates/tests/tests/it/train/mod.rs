@@ -8,6 +8,7 @@ use crate::assets;
 use std::path::Path;
 
 mod distill;
+mod hf_export;
 mod summary;
 
 use burn::backend::Autodiff;
@@ -954,6 +955,113 @@ fn short_schedule() -> bool {
     std::env::var("SHEARS_BACKEND").as_deref() == Ok("wgpu")
 }
 
+/// The `hf-model/` export of a run evaluates as a Hugging Face sequence classifier (issue
+/// 14): the same accuracy and loss as the run's `model/` on the same rows; its classes are
+/// `id2label`, so a data label outside them is an error naming it; without `id2label` the
+/// classes are `LABEL_i` and data labels `i` map to them; a regression head is refused;
+/// the default length is the tokenizer's `model_max_length` capped at the position table.
+fn hf_classifier_evaluates<B: Backend>(out: &Path, tmp: &Path, device: &B::Device) {
+    let hf_dir = out.join("hf-model");
+    let opts = EvalOptions {
+        batch_size: 16,
+        repeats: 1,
+        other_data: true,
+        max_len: Some(32),
+        ..Default::default()
+    };
+    // `other.csv` has `plot` rows, which the run's data.labels leave out and id2label lacks.
+    let e = eval_dir::<B>(&hf_dir, &tmp.join("other.csv"), &opts, device).unwrap_err();
+    assert!(
+        matches!(&e, TrainError::UnknownLabel { label, known, .. } if label == "plot" && known == &["neg", "pos"]),
+        "{e}"
+    );
+    let text = std::fs::read_to_string(tmp.join("other.csv")).unwrap();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with("plot,")).collect();
+    let two = tmp.join("two-classes.csv");
+    std::fs::write(&two, kept.join("\n")).unwrap();
+    let ours = eval_dir::<B>(&out.join("model"), &two, &opts, device).unwrap();
+    let theirs = eval_dir::<B>(&hf_dir, &two, &opts, device).unwrap();
+    assert_eq!(theirs.examples, 108);
+    assert_eq!(theirs.accuracy, ours.accuracy, "{theirs:?} {ours:?}");
+    assert!(
+        (theirs.loss - ours.loss).abs() < 1e-5,
+        "{theirs:?} {ours:?}"
+    );
+
+    // transformers' placeholder class names: data labels 0 and 1 are classes 0 and 1.
+    let plain = tmp.join("hf-plain");
+    std::fs::create_dir(&plain).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(hf_dir.join(f), plain.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf_dir.join("config.json")).unwrap())
+            .unwrap();
+    let obj = config.as_object_mut().unwrap();
+    obj.remove("id2label");
+    obj.remove("label2id");
+    obj.remove("problem_type");
+    write(&plain.join("config.json"), &config.to_string());
+    let numbered = tmp.join("numbered.csv");
+    std::fs::write(
+        &numbered,
+        kept.iter()
+            .map(|l| l.replacen("neg,", "0,", 1).replacen("pos,", "1,", 1))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let placeholder = eval_dir::<B>(&plain, &numbered, &opts, device).unwrap();
+    assert_eq!(placeholder.accuracy, ours.accuracy);
+    // Without --max-len: the tokenizer's model_max_length, capped at the position table.
+    write(
+        &plain.join("tokenizer_config.json"),
+        r#"{"model_max_length": 9}"#,
+    );
+    let default_len = EvalOptions {
+        max_len: None,
+        ..opts.clone()
+    };
+    assert_eq!(
+        eval_dir::<B>(&plain, &numbered, &default_len, device)
+            .unwrap()
+            .max_len,
+        9
+    );
+    write(
+        &plain.join("tokenizer_config.json"),
+        r#"{"model_max_length": 1000000000000000019884624838656}"#,
+    );
+    let positions = shears_layers::save::read_config(&plain)
+        .unwrap()
+        .max_positions;
+    assert_eq!(
+        eval_dir::<B>(&plain, &numbered, &default_len, device)
+            .unwrap()
+            .max_len,
+        positions
+    );
+    // The run's own model keeps the length it was trained with.
+    let recorded = eval_dir::<B>(&out.join("model"), &two, &default_len, device).unwrap();
+    assert_eq!(recorded.max_len, 16);
+    // Regression and multi-label heads are refused, naming the key and value.
+    for (key, value) in [
+        ("problem_type", serde_json::json!("regression")),
+        (
+            "problem_type",
+            serde_json::json!("multi_label_classification"),
+        ),
+    ] {
+        config[key] = value.clone();
+        write(&plain.join("config.json"), &config.to_string());
+        let e = eval_dir::<B>(&plain, &numbered, &opts, device).unwrap_err();
+        assert!(
+            e.to_string().contains(key) && e.to_string().contains(value.as_str().unwrap()),
+            "{e}"
+        );
+    }
+}
+
 fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     let tmp = tempfile::tempdir().unwrap();
     tiny_bert_dir_with(&tmp.path().join("model"), 0.1);
@@ -1215,6 +1323,7 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     )
     .unwrap();
     assert_eq!((all.rows.as_str(), all.examples), ("all rows", 108));
+    hf_classifier_evaluates::<B>(&out, tmp.path(), device);
     let config = shears_layers::save::read_config(&out.join("model")).unwrap();
     assert_eq!(
         config.layers.iter().map(|l| l.n_heads).collect::<Vec<_>>(),

@@ -1,0 +1,186 @@
+//! Any pruned BERT shape exports for `transformers` (issue 14): per-layer head counts and
+//! FFN widths, a pruned hidden size and a layer without heads are written as a `shears_bert`
+//! directory with its modeling file. The committed fixture `crates/layers/tests/fixtures/
+//! shears-bert/` is this test's export, and its `logits.json` is what `transformers` computes
+//! on it (`tools/fixtures/make_shears_bert_fixture.py`), so the test proves that shears and
+//! `transformers` give the same logits on what shears writes today.
+
+use std::path::Path;
+
+use burn::backend::NdArray;
+use burn::prelude::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use shears_layers::{BertModel, ModelConfig, ModelInput, SpaceName, hf, tensorio};
+use shears_pruners::{ClassifierHead, TaskModel};
+use shears_train::load_task_model;
+
+type B = NdArray<f32>;
+
+const LABELS: [&str; 3] = ["low", "mid", "high"];
+
+/// A tiny BERT classifier, every parameter drawn from a seeded host generator, pruned to
+/// an irregular shape: layer 0 keeps heads 0, 2, 3 and 10 of 24 neurons, layer 1 no head and
+/// 17 neurons, the hidden size 12 of 16.
+fn mixed_shape_classifier(device: &burn::backend::ndarray::NdArrayDevice) -> TaskModel<B> {
+    let mut config = ModelConfig::bert(50, 16, 2, 4, 24);
+    config.max_positions = 16;
+    let model = BertModel::<B>::new(&config, device);
+    let mut rng = StdRng::seed_from_u64(41);
+    let mut t = tensorio::export(&model);
+    for v in t.values_mut() {
+        for x in &mut v.data {
+            *x = rng.random_range(-0.5..0.5);
+        }
+    }
+    let model = tensorio::import(model, &t, device)
+        .unwrap()
+        .keep(SpaceName::Heads(0), &[0, 2, 3])
+        .unwrap()
+        .keep(SpaceName::Heads(1), &[])
+        .unwrap()
+        .keep(SpaceName::Ffn(0), &[1, 3, 4, 8, 9, 12, 15, 16, 20, 23])
+        .unwrap()
+        .keep(
+            SpaceName::Ffn(1),
+            &(0..17).map(|i| i + i / 3).collect::<Vec<_>>(),
+        )
+        .unwrap()
+        .keep(SpaceName::Hidden, &[0, 1, 2, 4, 5, 7, 8, 9, 11, 12, 13, 15])
+        .unwrap();
+    TaskModel::classifier(model, ClassifierHead::new(16, 3, 9, device))
+}
+
+/// Ids `[3, 7]` and a padding mask with row `i` padded by `2 i` tokens.
+fn input() -> (Vec<i64>, Vec<f32>) {
+    let mut rng = StdRng::seed_from_u64(5);
+    let ids = (0..21).map(|_| rng.random_range(0..50)).collect();
+    let mask = (0..21)
+        .map(|i| if i % 7 < 7 - 2 * (i / 7) { 1.0 } else { 0.0 })
+        .collect();
+    (ids, mask)
+}
+
+fn logits(model: &TaskModel<B>, device: &burn::backend::ndarray::NdArrayDevice) -> Vec<f32> {
+    let (ids, mask) = input();
+    let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [21]), device).reshape([3, 7]);
+    let mask = Tensor::<B, 1>::from_data(TensorData::new(mask, [21]), device).reshape([3, 7]);
+    let input = ModelInput::new(ids).with_attention_mask(mask);
+    model
+        .class_logits(input)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap()
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn any_pruned_shape_exports_for_transformers() {
+    let device = Default::default();
+    let model = mixed_shape_classifier(&device);
+    let c = model.backbone.config();
+    assert_eq!(
+        (
+            c.d_model,
+            c.layers[0].d_ff,
+            c.layers[1].d_ff,
+            c.layers[1].n_heads
+        ),
+        (12, 10, 17, 0)
+    );
+    let labels: Vec<String> = LABELS.iter().map(|l| l.to_string()).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hf");
+    model.export_hf(&dir, &labels, None).unwrap();
+
+    let config: serde_json::Value =
+        serde_json::from_slice(&read(&dir.join("config.json"))).unwrap();
+    assert_eq!(config["model_type"], hf::SHEARS_BERT);
+    assert_eq!(
+        config["architectures"],
+        serde_json::json!(["ShearsBertForSequenceClassification"])
+    );
+    assert_eq!(
+        config["auto_map"]["AutoModelForSequenceClassification"],
+        "modeling_shears_bert.ShearsBertForSequenceClassification"
+    );
+    assert_eq!(config["layer_num_heads"], serde_json::json!([3, 0]));
+    assert_eq!(config["layer_head_ids"], serde_json::json!([[0, 2, 3], []]));
+    assert_eq!(
+        config["layer_intermediate_sizes"],
+        serde_json::json!([10, 17])
+    );
+    assert_eq!(config["id2label"]["2"], "high");
+    assert_eq!(
+        read(&dir.join(hf::SHEARS_BERT_MODULE)),
+        hf::SHEARS_BERT_MODELING.as_bytes()
+    );
+
+    // shears -> HF -> shears: the same tensors and the same logits, exactly.
+    let ours = logits(&model, &device);
+    let (back, info) = load_task_model::<B>(&dir, &device).unwrap();
+    assert_eq!(info.unwrap().labels, labels);
+    assert_eq!(back.backbone.config().layers, c.layers);
+    assert_eq!(
+        tensorio::export(&back.backbone),
+        tensorio::export(&model.backbone)
+    );
+    assert_eq!(logits(&back, &device), ours);
+    // HF -> shears -> HF writes every tensor and the config unchanged.
+    let again = tmp.path().join("again");
+    back.export_hf(&again, &labels, None).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        assert!(read(&dir.join(f)) == read(&again.join(f)), "{f} changed");
+    }
+
+    // The committed fixture is this export, and transformers' logits on it are ours.
+    let fixture = crate::fixtures("layers").join("shears-bert");
+    let files = ["config.json", "model.safetensors", hf::SHEARS_BERT_MODULE];
+    if std::env::var_os("SHEARS_UPDATE_FIXTURES").is_some() {
+        std::fs::create_dir_all(&fixture).unwrap();
+        for f in files {
+            std::fs::copy(dir.join(f), fixture.join(f)).unwrap();
+        }
+        let (ids, mask) = input();
+        let json = serde_json::json!({"input_ids": ids.chunks(7).collect::<Vec<_>>(),
+            "attention_mask": mask.chunks(7).map(|r| r.iter().map(|&m| m as i64).collect::<Vec<_>>()).collect::<Vec<_>>()});
+        std::fs::write(fixture.join("input.json"), json.to_string()).unwrap();
+        panic!(
+            "fixture written to {}: now run tools/fixtures/make_shears_bert_fixture.py with the peer",
+            fixture.display()
+        );
+    }
+    for f in files {
+        assert!(
+            read(&dir.join(f)) == read(&fixture.join(f)),
+            "the export's {f} differs from the committed fixture's: rerun this test with \
+             SHEARS_UPDATE_FIXTURES=1, then tools/fixtures/make_shears_bert_fixture.py"
+        );
+    }
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&read(&fixture.join("logits.json"))).unwrap();
+    let theirs: Vec<f32> = theirs["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter())
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(theirs.len(), ours.len());
+    let diff = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    println!(
+        "max |shears - transformers| = {diff:e} over {} logits",
+        ours.len()
+    );
+    assert!(
+        diff <= 1e-4,
+        "shears {ours:?} vs transformers {theirs:?}: {diff}"
+    );
+}
