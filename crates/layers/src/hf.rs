@@ -248,11 +248,11 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap, LoadError> {
                 .collect(),
             Dtype::F16 => raw
                 .chunks_exact(2)
-                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
             Dtype::BF16 => raw
                 .chunks_exact(2)
-                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
             other => {
                 return Err(LoadError::Dtype {
@@ -267,44 +267,114 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap, LoadError> {
     Ok(out)
 }
 
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match exp {
-        0 if frac == 0 => sign,
-        0 => {
-            // Subnormal: renormalise.
-            let mut e = 127 - 15 + 1;
-            let mut f = frac;
-            while f & 0x400 == 0 {
-                f <<= 1;
-                e -= 1;
-            }
-            sign | ((e as u32) << 23) | ((f & 0x3ff) << 13)
+/// The float type of a written weights file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dtype {
+    /// 32-bit floats: exact.
+    #[default]
+    F32,
+    /// IEEE half precision (largest finite value 65504).
+    F16,
+    /// bfloat16 (f32's range, 8 bits of mantissa).
+    Bf16,
+}
+
+impl Dtype {
+    /// The `torch_dtype` name `transformers` records.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::F16 => "float16",
+            Self::Bf16 => "bfloat16",
         }
-        0x1f => sign | 0x7f80_0000 | (frac << 13),
-        _ => sign | ((exp + 127 - 15) << 23) | (frac << 13),
-    };
-    f32::from_bits(bits)
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Self::F32),
+            "f16" | "float16" | "fp16" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            other => Err(format!("unknown dtype `{other}` (f32, f16 or bf16)")),
+        }
+    }
+}
+
+/// What writing in a narrower [`Dtype`] changed: the largest absolute difference between a
+/// value and its cast (0 for F32), and the tensor that holds it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CastReport {
+    /// The type written.
+    pub dtype: Dtype,
+    /// Largest `|cast(x) - x|` over every value.
+    pub max_abs_error: f32,
+    /// The tensor of that value (`None` when nothing changed).
+    pub worst_tensor: Option<String>,
 }
 
 /// Writes tensors as an F32 safetensors file, through a temporary file and a rename.
 pub fn write_safetensors(path: &Path, tensors: &TensorMap) -> Result<(), LoadError> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
-        .iter()
-        .map(|(k, t)| {
-            (
-                k.clone(),
-                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                t.shape.clone(),
-            )
-        })
-        .collect();
+    write_safetensors_as(path, tensors, Dtype::F32).map(|_| ())
+}
+
+/// Writes tensors as a safetensors file of `dtype`, through a temporary file and a rename,
+/// and reports the cast error. A finite value the type cannot hold (beyond 65504 in F16) is
+/// [`LoadError::NotRepresentable`] naming the tensor and the value, and nothing is written.
+pub fn write_safetensors_as(
+    path: &Path,
+    tensors: &TensorMap,
+    dtype: Dtype,
+) -> Result<CastReport, LoadError> {
+    let mut report = CastReport {
+        dtype,
+        ..Default::default()
+    };
+    let mut bytes: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(tensors.len());
+    for (k, t) in tensors {
+        let encoded: Vec<u8> = match dtype {
+            Dtype::F32 => t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Dtype::F16 | Dtype::Bf16 => {
+                let mut out = Vec::with_capacity(2 * t.data.len());
+                for &v in &t.data {
+                    let (b, back) = match dtype {
+                        Dtype::F16 => {
+                            let h = half::f16::from_f32(v);
+                            (h.to_le_bytes(), h.to_f32())
+                        }
+                        _ => {
+                            let h = half::bf16::from_f32(v);
+                            (h.to_le_bytes(), h.to_f32())
+                        }
+                    };
+                    if v.is_finite() && !back.is_finite() {
+                        return Err(LoadError::NotRepresentable(format!(
+                            "`{k}` holds {v}, beyond the range of {}",
+                            dtype.torch_name()
+                        )));
+                    }
+                    let err = (back - v).abs();
+                    if err > report.max_abs_error {
+                        report.max_abs_error = err;
+                        report.worst_tensor = Some(k.clone());
+                    }
+                    out.extend_from_slice(&b);
+                }
+                out
+            }
+        };
+        bytes.push((k.clone(), encoded, t.shape.clone()));
+    }
+    let st_dtype = match dtype {
+        Dtype::F32 => safetensors::Dtype::F32,
+        Dtype::F16 => safetensors::Dtype::F16,
+        Dtype::Bf16 => safetensors::Dtype::BF16,
+    };
     let views = bytes
         .iter()
         .map(|(k, b, s)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+            safetensors::tensor::TensorView::new(st_dtype, s.clone(), b)
                 .map(|v| (k.clone(), v))
                 .map_err(|e| LoadError::Safetensors {
                     path: path.to_path_buf(),
@@ -316,7 +386,8 @@ pub fn write_safetensors(path: &Path, tensors: &TensorMap) -> Result<(), LoadErr
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    crate::save::write_atomic(path, &out)
+    crate::save::write_atomic(path, &out)?;
+    Ok(report)
 }
 
 fn table(family: Family) -> &'static [(&'static str, &'static str, Transform)] {
@@ -698,6 +769,8 @@ pub fn shears_bert_hf_config(config: &ModelConfig) -> Result<serde_json::Value, 
         "layer_norm_eps": config.layer_norm_eps,
         "pooler_size": config.d_pooler,
         "pad_token_id": 0,
+        // AutoTokenizer finds no tokenizer for an unknown model_type without it.
+        "tokenizer_class": "BertTokenizer",
     }))
 }
 

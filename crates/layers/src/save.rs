@@ -346,6 +346,19 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         copy_from: Option<&Path>,
         head: Option<&hf::HfHead>,
     ) -> Result<(), LoadError> {
+        self.export_hf_as(dir, copy_from, head, hf::Dtype::F32)
+            .map(|_| ())
+    }
+
+    /// [`Transformer::export_hf_with_head`] with the weights written as `dtype` (recorded
+    /// as `torch_dtype` in `config.json` when not F32); returns the cast error.
+    pub fn export_hf_as(
+        &self,
+        dir: &Path,
+        copy_from: Option<&Path>,
+        head: Option<&hf::HfHead>,
+        dtype: hf::Dtype,
+    ) -> Result<hf::CastReport, LoadError> {
         hf::check_exportable(self.config())?;
         let plain = hf::plain_bert(self.config());
         let (mut value, mut tensors) = if plain {
@@ -375,10 +388,23 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
             obj.insert("architectures".into(), serde_json::json!([architecture]));
             obj.extend(head.config.clone());
         }
+        if dtype != hf::Dtype::F32 {
+            let obj = value.as_object_mut().expect("config.json is an object");
+            obj.insert("torch_dtype".into(), dtype.torch_name().into());
+            // transformers 4.56+ writes `dtype`.
+            if obj.contains_key("dtype") {
+                obj.insert("dtype".into(), dtype.torch_name().into());
+            }
+        }
         let json = serde_json::to_string_pretty(&value).expect("config serialises");
+        let mut report = None;
         write_dir_atomic(dir, Existing::Replace, |tmp| {
             write_atomic(&tmp.join("config.json"), json.as_bytes())?;
-            hf::write_safetensors(&tmp.join(WEIGHTS), &tensors)?;
+            report = Some(hf::write_safetensors_as(
+                &tmp.join(WEIGHTS),
+                &tensors,
+                dtype,
+            )?);
             if !plain {
                 write_atomic(
                     &tmp.join(hf::SHEARS_BERT_MODULE),
@@ -404,6 +430,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
                 }
             }
             Ok(())
-        })
+        })?;
+        Ok(report.expect("the weights were written"))
     }
 }

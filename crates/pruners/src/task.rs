@@ -9,7 +9,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use shears_gates::{Draw, Harden};
-use shears_layers::hf::HfHead;
+use shears_layers::hf::{CastReport, Dtype, HfHead};
 use shears_layers::{LoadError, ModelInput, ModelOutput, Transformer, tensorio};
 use shears_spaces::TensorMap;
 
@@ -106,15 +106,29 @@ impl<B: Backend> TaskModel<B> {
     /// Writes a directory `transformers` loads: `BertForSequenceClassification` (with
     /// `id2label` from `labels`, in class order) for a classifier, `BertModel` for a bare
     /// BERT. Removed heads are listed in `pruned_heads`; tokenizer files are copied from
-    /// `copy_from`. GPT-2 and hidden-pruned models are refused ([`LoadError::NotRepresentable`]).
+    /// `copy_from`. A BERT of another pruned shape is written as `shears_bert` with its
+    /// modeling file (see [`Transformer::export_hf`]); GPT-2 and factorized models are
+    /// refused ([`LoadError::NotRepresentable`]).
     pub fn export_hf(
         &self,
         dir: &Path,
         labels: &[String],
         copy_from: Option<&Path>,
     ) -> Result<(), LoadError> {
+        self.export_hf_as(dir, labels, copy_from, Dtype::F32)
+            .map(|_| ())
+    }
+
+    /// [`TaskModel::export_hf`] with the weights written as `dtype`; returns the cast error.
+    pub fn export_hf_as(
+        &self,
+        dir: &Path,
+        labels: &[String],
+        copy_from: Option<&Path>,
+        dtype: Dtype,
+    ) -> Result<CastReport, LoadError> {
         let Some(head) = &self.head else {
-            return self.backbone.export_hf(dir, copy_from);
+            return self.backbone.export_hf_as(dir, copy_from, None, dtype);
         };
         if labels.len() != head.n_classes() {
             return Err(LoadError::NotRepresentable(format!(
@@ -155,7 +169,7 @@ impl<B: Backend> TaskModel<B> {
             config,
         };
         self.backbone
-            .export_hf_with_head(dir, copy_from, Some(&hf_head))
+            .export_hf_as(dir, copy_from, Some(&hf_head), dtype)
     }
 
     /// The seed's `apply_gates`: wraps the backbone in fresh gates (the weights move, the

@@ -556,7 +556,7 @@ pub fn markdown(r: &Report) -> String {
         (Some(dir), _) => {
             let _ = writeln!(
                 s,
-                "\nThe pruned model is in `model/` (shears) and `{dir}/` (transformers: `BertForSequenceClassification.from_pretrained`, removed heads in `pruned_heads`)."
+                "\nThe pruned model is in `model/` (shears) and `{dir}/` (transformers: `AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)`; transformers' own `BertForSequenceClassification` with `pruned_heads` when only heads were removed, else the `shears_bert` modeling file written beside the weights)."
             );
         }
         (None, Some(why)) => {

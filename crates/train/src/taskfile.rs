@@ -276,3 +276,44 @@ fn hf_classifier_tensors(
     .into_iter()
     .collect())
 }
+
+/// What [`export_hf_dir`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportSummary {
+    /// `config.json`'s `model_type`: `bert` (transformers' own class) or `shears_bert` (the
+    /// modeling file written beside the weights).
+    pub model_type: String,
+    /// Its `architectures` entry.
+    pub architecture: String,
+    /// The cast of the weights.
+    pub cast: shears_layers::hf::CastReport,
+}
+
+/// Writes the model directory `model_dir` (ours, or a Hugging Face one) as a Hugging Face
+/// directory `out` with weights of `dtype`: a classifier with its `id2label`, tokenizer
+/// files copied. `out` is refused or replaced as `existing` says, atomically either way.
+pub fn export_hf_dir<B: Backend>(
+    model_dir: &Path,
+    out: &Path,
+    dtype: shears_layers::hf::Dtype,
+    existing: save::Existing,
+    device: &B::Device,
+) -> Result<ExportSummary, TrainError> {
+    save::check_output(out, existing)?;
+    let (model, info) = load_task_model::<B>(model_dir, device)?;
+    let labels = info.map(|i| i.labels).unwrap_or_default();
+    // `export_hf_as` replaces what is there once complete; `out` was checked above.
+    let cast = model.export_hf_as(out, &labels, Some(model_dir), dtype)?;
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("config.json")).map_err(|e| io_err(out, e))?,
+    )
+    .map_err(|e| io_err(out, e))?;
+    Ok(ExportSummary {
+        model_type: config["model_type"].as_str().unwrap_or_default().into(),
+        architecture: config["architectures"][0]
+            .as_str()
+            .unwrap_or_default()
+            .into(),
+        cast,
+    })
+}

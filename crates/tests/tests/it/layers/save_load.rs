@@ -93,3 +93,46 @@ mod backend {
         on_backend!(headless_layer_exports);
     }
 }
+
+/// HF -> shears -> HF writes every tensor it loaded unchanged, under its own key (issue
+/// 14): all-MiniLM-L6-v2 (F32) and an F16 copy of it (values kept exactly in F32 and
+/// written back as F16 bit for bit).
+#[test]
+fn hf_checkpoints_export_unchanged() {
+    use shears_layers::hf::{self, Dtype};
+    type N = burn::backend::NdArray<f32>;
+    let src = asset("all-MiniLM-L6-v2");
+    let original = hf::read_safetensors(&src.join("model.safetensors")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let f16_dir = tmp.path().join("f16");
+    std::fs::create_dir(&f16_dir).unwrap();
+    std::fs::copy(src.join("config.json"), f16_dir.join("config.json")).unwrap();
+    hf::write_safetensors_as(&f16_dir.join("model.safetensors"), &original, Dtype::F16).unwrap();
+    for (dir, dtype) in [(src.clone(), Dtype::F32), (f16_dir, Dtype::F16)] {
+        let model = BertModel::<N>::load(&dir, &Default::default()).unwrap();
+        let out = tmp.path().join(format!("out-{dtype:?}"));
+        model.export_hf_as(&out, None, None, dtype).unwrap();
+        let raw = |d: &std::path::Path| std::fs::read(d.join("model.safetensors")).unwrap();
+        let (a, b) = (raw(&dir), raw(&out));
+        let a = safetensors::SafeTensors::deserialize(&a).unwrap();
+        let b = safetensors::SafeTensors::deserialize(&b).unwrap();
+        let mut names: Vec<String> = a
+            .names()
+            .into_iter()
+            .filter(|k| !k.ends_with("position_ids"))
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        let mut written: Vec<String> = b.names().into_iter().map(str::to_string).collect();
+        written.sort();
+        assert_eq!(names, written, "{dtype:?}");
+        for k in &names {
+            let (x, y) = (a.tensor(k).unwrap(), b.tensor(k).unwrap());
+            assert_eq!(
+                (x.dtype(), x.shape(), x.data()),
+                (y.dtype(), y.shape(), y.data()),
+                "{dtype:?} {k}"
+            );
+        }
+    }
+}

@@ -184,3 +184,74 @@ fn any_pruned_shape_exports_for_transformers() {
         "shears {ours:?} vs transformers {theirs:?}: {diff}"
     );
 }
+
+/// `--dtype`: F16 and BF16 exports hold each value's nearest cast, report the largest cast
+/// error, load back as a model within that error; a value beyond F16's range is refused
+/// naming the tensor, and nothing is written.
+#[test]
+fn exports_in_f16_and_bf16_report_the_cast_error() {
+    use shears_layers::hf::Dtype;
+    let device = Default::default();
+    let model = mixed_shape_classifier(&device);
+    let labels: Vec<String> = LABELS.iter().map(|l| l.to_string()).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let f32_dir = tmp.path().join("f32");
+    model.export_hf(&f32_dir, &labels, None).unwrap();
+    let exact = hf::read_safetensors(&f32_dir.join("model.safetensors")).unwrap();
+    let ours = logits(&model, &device);
+    for (dtype, cast) in [
+        (
+            Dtype::F16,
+            (|v: f32| half::f16::from_f32(v).to_f32()) as fn(f32) -> f32,
+        ),
+        (Dtype::Bf16, |v: f32| half::bf16::from_f32(v).to_f32()),
+    ] {
+        let dir = tmp.path().join(dtype.torch_name());
+        let report = model.export_hf_as(&dir, &labels, None, dtype).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&read(&dir.join("config.json"))).unwrap();
+        assert_eq!(config["torch_dtype"], dtype.torch_name());
+        let narrow = hf::read_safetensors(&dir.join("model.safetensors")).unwrap();
+        let mut worst = 0.0f32;
+        for (k, t) in &exact {
+            let n = &narrow[k];
+            assert_eq!(n.shape, t.shape, "{k}");
+            for (a, b) in t.data.iter().zip(&n.data) {
+                assert_eq!(*b, cast(*a), "{k}");
+                worst = worst.max((b - a).abs());
+            }
+        }
+        assert_eq!(report.dtype, dtype);
+        assert_eq!(report.max_abs_error, worst);
+        assert!(worst > 0.0 && report.worst_tensor.is_some());
+        let (back, _) = load_task_model::<B>(&dir, &device).unwrap();
+        let theirs = logits(&back, &device);
+        let diff = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        println!("{dtype:?}: largest cast error {worst:e}, logits moved by {diff:e}");
+        assert!(diff < 0.05, "{dtype:?}: {diff}");
+    }
+    // 1e5 is past F16's largest value (65504).
+    let mut t = tensorio::export(&model.backbone);
+    t.get_mut("layers.0.ffn.up.bias").unwrap().data[3] = 1e5;
+    let big = TaskModel {
+        backbone: tensorio::import(model.backbone.clone(), &t, &device).unwrap(),
+        head: model.head.clone(),
+    };
+    let dir = tmp.path().join("big");
+    let e = big
+        .export_hf_as(&dir, &labels, None, Dtype::F16)
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("intermediate.dense.bias")
+            && text.contains("100000")
+            && text.contains("float16"),
+        "{text}"
+    );
+    assert!(!dir.exists(), "a refused export left {}", dir.display());
+    assert!(big.export_hf_as(&dir, &labels, None, Dtype::Bf16).is_ok());
+}
