@@ -587,8 +587,9 @@ pub struct HfHead {
     pub config: serde_json::Map<String, serde_json::Value>,
 }
 
-/// `transformers` 4.x cannot run a BERT layer without heads (its attention reshapes the
-/// empty `[batch, seq, 0]` projection with a `-1` axis and fails), so a headless layer is
+/// `transformers` 4.x cannot run a BERT or GPT-2 layer without heads (BERT's attention
+/// reshapes the empty `[batch, seq, 0]` projection with a `-1` axis and fails), so a headless
+/// layer is
 /// exported with one placeholder head (original head 0) whose query, key, value and output
 /// weights and biases are all zero. Its context is zero whatever it attends to, so the layer
 /// computes exactly what the headless layer computes: the output bias alone. Returns the
@@ -775,7 +776,7 @@ pub fn shears_bert_hf_config(config: &ModelConfig) -> Result<serde_json::Value, 
 }
 
 /// Whether [`crate::Transformer::export_hf`] can write `config`: a BERT without factorized
-/// projections, of any pruned shape.
+/// projections, of any pruned shape; a GPT-2 whose only change is removed heads.
 pub fn check_exportable(config: &ModelConfig) -> Result<(), LoadError> {
     if let Some((l, name)) = config
         .layers
@@ -787,8 +788,124 @@ pub fn check_exportable(config: &ModelConfig) -> Result<(), LoadError> {
             "`layers.{l}.{name}` is factorized (low-rank), which Hugging Face BERT cannot represent"
         )));
     }
+    if config.family == Family::Gpt2 {
+        return gpt2_hf_config(&with_placeholder_heads(config, &TensorMap::new()).0).map(|_| ());
+    }
     if plain_bert(config) {
         return Ok(());
     }
     shears_bert_hf_config(config).map(|_| ())
+}
+
+/// Concatenates tensors along their last axis (equal leading axes).
+fn concat_last(parts: &[&HostTensor]) -> HostTensor {
+    let lead: Vec<usize> = parts[0].shape[..parts[0].shape.len() - 1].to_vec();
+    let rows: usize = lead.iter().product();
+    let widths: Vec<usize> = parts
+        .iter()
+        .map(|p| *p.shape.last().unwrap_or(&0))
+        .collect();
+    let mut data = Vec::with_capacity(rows * widths.iter().sum::<usize>());
+    for r in 0..rows {
+        for (p, &w) in parts.iter().zip(&widths) {
+            data.extend_from_slice(&p.data[r * w..(r + 1) * w]);
+        }
+    }
+    let mut shape = lead;
+    shape.push(widths.iter().sum());
+    HostTensor::new(shape, data)
+}
+
+/// Our GPT-2 tensors under Hugging Face GPT-2 keys (no task prefix) and layouts: query, key
+/// and value joined into `c_attn` (Conv1D, `[in, 3 x out]`), the rest as they are.
+pub fn to_hf_gpt2(tensors: &TensorMap) -> Result<TensorMap, LoadError> {
+    let mut out = TensorMap::new();
+    let mut fused: std::collections::BTreeMap<String, [Option<&HostTensor>; 3]> =
+        Default::default();
+    for (ours, t) in tensors {
+        let (key, transform) = lookup(Family::Gpt2, ours).ok_or_else(|| {
+            LoadError::NotRepresentable(format!("no Hugging Face GPT-2 key for `{ours}`"))
+        })?;
+        match transform {
+            Transform::Third(i) => fused.entry(key).or_default()[i] = Some(t),
+            _ => {
+                out.insert(key, t.clone());
+            }
+        }
+    }
+    for (key, parts) in fused {
+        let [Some(q), Some(k), Some(v)] = parts else {
+            return Err(LoadError::NotRepresentable(format!(
+                "`{key}` lacks one of query, key and value"
+            )));
+        };
+        out.insert(key, concat_last(&[q, k, v]));
+    }
+    Ok(out)
+}
+
+/// The Hugging Face `config.json` of a GPT-2 whose only change is removed heads
+/// (`pruned_heads`, original head indices per layer). Refuses other shapes.
+pub fn gpt2_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadError> {
+    if config.family != Family::Gpt2 {
+        return Err(LoadError::NotRepresentable("not a GPT-2".into()));
+    }
+    let first = &config.layers[0];
+    let (d_head, d_ff) = (first.d_head, first.d_ff);
+    let n_orig_heads = config.d_model / d_head.max(1);
+    let orig_hidden = config
+        .hf_config
+        .as_ref()
+        .and_then(|v| v.get("n_embd"))
+        .and_then(|v| v.as_u64())
+        .map_or(config.d_model, |v| v as usize);
+    if orig_hidden != config.d_model || n_orig_heads * d_head != config.d_model {
+        return Err(LoadError::NotRepresentable(format!(
+            "hidden size {} is not {n_orig_heads} heads x {d_head}: Hugging Face GPT-2 cannot \
+             represent pruned hidden dimensions",
+            config.d_model
+        )));
+    }
+    for (l, lc) in config.layers.iter().enumerate() {
+        if lc.d_head != d_head || lc.d_ff != d_ff || lc.head_ids.iter().any(|&h| h >= n_orig_heads)
+        {
+            return Err(LoadError::NotRepresentable(format!(
+                "layer {l} has d_head {} and d_ff {} but layer 0 has {d_head} and {d_ff}; \
+                 Hugging Face GPT-2 needs equal sizes in every layer",
+                lc.d_head, lc.d_ff
+            )));
+        }
+    }
+    let mut value = config.hf_config.clone().unwrap_or_else(|| {
+        serde_json::json!({
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "activation_function": config.activation.hf_name(),
+            "layer_norm_epsilon": config.layer_norm_eps,
+            "resid_pdrop": config.dropout.hidden,
+            "attn_pdrop": config.dropout.attention,
+            "embd_pdrop": config.dropout.embedding,
+            "initializer_range": config.initializer_range,
+        })
+    });
+    let pruned: serde_json::Map<String, serde_json::Value> = config
+        .layers
+        .iter()
+        .enumerate()
+        .filter_map(|(l, lc)| {
+            let gone: Vec<usize> = (0..n_orig_heads)
+                .filter(|h| !lc.head_ids.contains(h))
+                .collect();
+            (!gone.is_empty()).then(|| (l.to_string(), serde_json::json!(gone)))
+        })
+        .collect();
+    let obj = value.as_object_mut().expect("config.json is an object");
+    obj.insert("vocab_size".into(), config.vocab_size.into());
+    obj.insert("n_embd".into(), config.d_model.into());
+    obj.insert("n_layer".into(), config.n_layers().into());
+    obj.insert("n_head".into(), n_orig_heads.into());
+    obj.insert("n_inner".into(), d_ff.into());
+    obj.insert("n_positions".into(), config.max_positions.into());
+    obj.insert("pruned_heads".into(), serde_json::Value::Object(pruned));
+    Ok(value)
 }

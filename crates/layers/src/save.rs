@@ -361,7 +361,30 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
     ) -> Result<hf::CastReport, LoadError> {
         hf::check_exportable(self.config())?;
         let plain = hf::plain_bert(self.config());
-        let (mut value, mut tensors) = if plain {
+        let gpt2 = self.config().family == crate::Family::Gpt2;
+        if gpt2 && head.is_some() {
+            return Err(LoadError::NotRepresentable(
+                "a GPT-2 exports as GPT2LMHeadModel, without another task head".into(),
+            ));
+        }
+        let (mut value, mut tensors) = if gpt2 {
+            let (config, tensors) =
+                hf::with_placeholder_heads(self.config(), &tensorio::export(self));
+            // GPT2LMHeadModel's keys; its LM head is tied to `wte` and not stored.
+            let tensors = hf::to_hf_gpt2(&tensors)?
+                .into_iter()
+                .map(|(k, v)| (format!("transformer.{k}"), v))
+                .collect();
+            let mut value = hf::gpt2_hf_config(&config)?;
+            value
+                .as_object_mut()
+                .expect("config.json is an object")
+                .insert(
+                    "architectures".into(),
+                    serde_json::json!(["GPT2LMHeadModel"]),
+                );
+            (value, tensors)
+        } else if plain {
             let (config, tensors) =
                 hf::with_placeholder_heads(self.config(), &tensorio::export(self));
             (hf::bert_hf_config(&config)?, hf::to_hf_bert(&tensors)?)
@@ -405,7 +428,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
                 &tensors,
                 dtype,
             )?);
-            if !plain {
+            if !plain && !gpt2 {
                 write_atomic(
                     &tmp.join(hf::SHEARS_BERT_MODULE),
                     hf::SHEARS_BERT_MODELING.as_bytes(),

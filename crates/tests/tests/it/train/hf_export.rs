@@ -255,3 +255,112 @@ fn exports_in_f16_and_bf16_report_the_cast_error() {
     assert!(!dir.exists(), "a refused export left {}", dir.display());
     assert!(big.export_hf_as(&dir, &labels, None, Dtype::Bf16).is_ok());
 }
+
+/// A head-pruned GPT-2 exports as transformers' own `GPT2LMHeadModel` with `pruned_heads`
+/// (a headless layer keeps one all-zero placeholder head): shears loads it back with the
+/// same logits, and the committed export (`crates/layers/tests/fixtures/gpt2-pruned/`,
+/// guarded byte for byte) gives transformers' next-token logits
+/// (`tools/fixtures/make_gpt2_export_fixture.py`).
+#[test]
+fn head_pruned_gpt2_exports_for_transformers() {
+    let device = Default::default();
+    let mut config = ModelConfig::gpt2(40, 16, 2, 4, 24);
+    config.max_positions = 16;
+    let model = shears_layers::Gpt2Model::<B>::new(&config, &device);
+    let mut rng = StdRng::seed_from_u64(43);
+    let mut t = tensorio::export(&model);
+    for v in t.values_mut() {
+        for x in &mut v.data {
+            *x = rng.random_range(-0.5..0.5);
+        }
+    }
+    let model = tensorio::import(model, &t, &device)
+        .unwrap()
+        .keep(SpaceName::Heads(0), &[1, 3])
+        .unwrap()
+        .keep(SpaceName::Heads(1), &[])
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gpt2");
+    model.export_hf(&dir, None).unwrap();
+    let hf_config: serde_json::Value =
+        serde_json::from_slice(&read(&dir.join("config.json"))).unwrap();
+    assert_eq!(hf_config["architectures"][0], "GPT2LMHeadModel");
+    assert_eq!(
+        hf_config["pruned_heads"],
+        serde_json::json!({"0": [0, 2], "1": [1, 2, 3]})
+    );
+    let run = |m: &shears_layers::Gpt2Model<B>| -> Vec<f32> {
+        let (ids, mask) = input();
+        let ids = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(ids.iter().map(|i| i % 40).collect::<Vec<_>>(), [21]),
+            &device,
+        )
+        .reshape([3, 7]);
+        let mask = Tensor::<B, 1>::from_data(TensorData::new(mask, [21]), &device).reshape([3, 7]);
+        m.forward(ModelInput::new(ids).with_attention_mask(mask))
+            .logits
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+    let ours = run(&model);
+    let back = shears_layers::Gpt2Model::<B>::load(&dir, &device).unwrap();
+    assert_eq!(back.config().layers[1].n_heads, 1, "the placeholder head");
+    let d = ours
+        .iter()
+        .zip(run(&back))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(d <= 1e-5, "shears -> HF -> shears moved the logits by {d}");
+
+    let fixture = crate::fixtures("layers").join("gpt2-pruned");
+    let files = ["config.json", "model.safetensors"];
+    if std::env::var_os("SHEARS_UPDATE_FIXTURES").is_some() {
+        std::fs::create_dir_all(&fixture).unwrap();
+        for f in files {
+            std::fs::copy(dir.join(f), fixture.join(f)).unwrap();
+        }
+        let (ids, mask) = input();
+        let json = serde_json::json!({"input_ids": ids.iter().map(|i| i % 40).collect::<Vec<_>>().chunks(7).collect::<Vec<_>>(),
+            "attention_mask": mask.chunks(7).map(|r| r.iter().map(|&m| m as i64).collect::<Vec<_>>()).collect::<Vec<_>>()});
+        std::fs::write(fixture.join("input.json"), json.to_string()).unwrap();
+        panic!(
+            "fixture written to {}: now run tools/fixtures/make_gpt2_export_fixture.py with the peer",
+            fixture.display()
+        );
+    }
+    for f in files {
+        assert!(
+            read(&dir.join(f)) == read(&fixture.join(f)),
+            "the export's {f} differs from the committed fixture's: rerun this test with \
+             SHEARS_UPDATE_FIXTURES=1, then tools/fixtures/make_gpt2_export_fixture.py"
+        );
+    }
+    let theirs: serde_json::Value =
+        serde_json::from_slice(&read(&fixture.join("logits.json"))).unwrap();
+    let theirs: Vec<f32> = theirs["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter())
+        .flat_map(|pos| pos.as_array().unwrap().iter())
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    // Padded positions are not compared: causal attention reads only earlier tokens, so a
+    // real token's logits are the same in both; transformers and shears mask padded keys
+    // differently for the padded queries themselves.
+    let (_, mask) = input();
+    let vocab = 40;
+    let mut diff = 0.0f32;
+    for (p, m) in mask.iter().enumerate() {
+        if *m > 0.0 {
+            for v in 0..vocab {
+                diff = diff.max((ours[p * vocab + v] - theirs[p * vocab + v]).abs());
+            }
+        }
+    }
+    println!("GPT-2: max |shears - transformers| = {diff:e} over real tokens");
+    assert!(diff <= 1e-4, "{diff}");
+}
