@@ -22,12 +22,13 @@ pub fn root() -> PathBuf {
 
 /// The commands of the `shears` binary, which the `xtask` binary hands on (the `shears`
 /// binary checks this list against its own at start).
-pub const MODEL_NAMES: [&str; 8] = [
+pub const MODEL_NAMES: [&str; 9] = [
     "inspect",
     "prune-heads",
     "train-gated",
     "eval",
     "export",
+    "generate",
     "factorize",
     "sparsify",
     "bench",

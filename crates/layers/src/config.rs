@@ -285,8 +285,10 @@ impl ModelConfig {
             path: Default::default(),
             message,
         };
-        if value.get("model_type").and_then(|t| t.as_str()) == Some(crate::hf::SHEARS_BERT) {
-            return Self::from_shears_bert(value);
+        match value.get("model_type").and_then(|t| t.as_str()) {
+            Some(crate::hf::SHEARS_BERT) => return Self::from_shears(value, Family::Bert),
+            Some(crate::hf::SHEARS_GPT2) => return Self::from_shears(value, Family::Gpt2),
+            _ => {}
         }
         let wire: HfWire = serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))?;
         let family = match wire.model_type.as_deref() {
@@ -294,7 +296,7 @@ impl ModelConfig {
             Some("gpt2") => Family::Gpt2,
             Some(other) => {
                 return Err(bad(format!(
-                    "unsupported model_type `{other}` (supported: bert, gpt2, shears_bert)"
+                    "unsupported model_type `{other}` (supported: bert, gpt2, shears_bert, shears_gpt2)"
                 )));
             }
             None => {
@@ -404,16 +406,23 @@ impl ModelConfig {
 }
 
 impl ModelConfig {
-    /// Resolves the `config.json` of a `shears_bert` export (see
-    /// [`crate::hf::shears_bert_hf_config`]).
-    fn from_shears_bert(value: serde_json::Value) -> Result<Self, LoadError> {
+    /// Resolves the `config.json` of a `shears_bert` or `shears_gpt2` export (see
+    /// [`crate::hf::shears_hf_config`]).
+    fn from_shears(value: serde_json::Value, family: Family) -> Result<Self, LoadError> {
         let bad = |message: String| LoadError::Config {
             path: Default::default(),
             message,
         };
-        let w: ShearsBertWire =
+        let w: ShearsWire =
             serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))?;
-        check_options(&value, Family::Bert)?;
+        check_options(&value, family)?;
+        if family == Family::Gpt2 && (w.type_vocab_size != 0 || w.pooler_size.is_some()) {
+            return Err(bad(format!(
+                "a shears_gpt2 has no token types and no pooler, but the file gives \
+                 type_vocab_size {} and pooler_size {:?}",
+                w.type_vocab_size, w.pooler_size
+            )));
+        }
         let n_layers = w.layer_num_heads.len();
         if n_layers > MAX_LAYERS_OR_HEADS || w.layer_intermediate_sizes.len() != n_layers {
             return Err(bad(format!(
@@ -456,11 +465,12 @@ impl ModelConfig {
         let dropout = crate::DropoutConfig {
             hidden: w.hidden_dropout_prob,
             attention: w.attention_probs_dropout_prob,
-            embedding: w.hidden_dropout_prob,
+            embedding: w.embedding_dropout_prob.unwrap_or(w.hidden_dropout_prob),
         };
         for (key, p) in [
             ("hidden_dropout_prob", dropout.hidden),
             ("attention_probs_dropout_prob", dropout.attention),
+            ("embedding_dropout_prob", dropout.embedding),
         ] {
             if !(0.0..1.0).contains(&p) {
                 return Err(bad(format!("`{key}` {p} is not in [0, 1)")));
@@ -473,7 +483,7 @@ impl ModelConfig {
             )));
         }
         Ok(Self {
-            family: Family::Bert,
+            family,
             vocab_size: w.vocab_size,
             max_positions: w.max_position_embeddings,
             type_vocab_size: w.type_vocab_size,
@@ -489,9 +499,9 @@ impl ModelConfig {
     }
 }
 
-/// `config.json` of a `shears_bert` export.
+/// `config.json` of a `shears_bert` or `shears_gpt2` export.
 #[derive(Deserialize)]
-struct ShearsBertWire {
+struct ShearsWire {
     vocab_size: usize,
     hidden_size: usize,
     layer_num_heads: Vec<usize>,
@@ -502,10 +512,16 @@ struct ShearsBertWire {
     hidden_act: String,
     hidden_dropout_prob: f64,
     attention_probs_dropout_prob: f64,
+    /// GPT-2's; BERT's embeddings use `hidden_dropout_prob`.
+    #[serde(default)]
+    embedding_dropout_prob: Option<f64>,
     max_position_embeddings: usize,
+    /// 0 (absent) for GPT-2.
+    #[serde(default)]
     type_vocab_size: usize,
     initializer_range: f64,
     layer_norm_eps: f64,
+    #[serde(default)]
     pooler_size: Option<usize>,
 }
 

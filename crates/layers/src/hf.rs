@@ -623,6 +623,63 @@ pub fn with_placeholder_heads(
     (config, tensors)
 }
 
+/// The shape transformers' own BERT / GPT-2 hold after `prune_heads`: the original head
+/// count (hidden size / head size), the FFN width every layer shares, and `pruned_heads`
+/// (the original heads each layer lost). Refuses per-layer FFN widths or head sizes, a
+/// pruned hidden size (read from `hidden_key` of the original config), and kept heads
+/// beyond the original count, naming what differs.
+fn head_pruned_shape(
+    config: &ModelConfig,
+    hidden_key: &str,
+    name: &str,
+) -> Result<(usize, usize, serde_json::Map<String, serde_json::Value>), LoadError> {
+    let first = &config.layers[0];
+    let (d_head, d_ff) = (first.d_head, first.d_ff);
+    // transformers has hidden = heads x d_head before pruning.
+    let n_orig_heads = config.d_model / d_head.max(1);
+    for (l, lc) in config.layers.iter().enumerate() {
+        if let Some(&h) = lc.head_ids.iter().find(|&&h| h >= n_orig_heads) {
+            return Err(LoadError::NotRepresentable(format!(
+                "layer {l} keeps original head {h}, but hidden size {} holds only {n_orig_heads} heads \
+                 of {d_head}: Hugging Face {name} cannot represent pruned hidden dimensions",
+                config.d_model
+            )));
+        }
+        if lc.d_head != d_head || lc.d_ff != d_ff {
+            return Err(LoadError::NotRepresentable(format!(
+                "layer {l} has d_head {} and d_ff {} but layer 0 has {d_head} and {d_ff}; \
+                 Hugging Face {name} needs equal sizes in every layer",
+                lc.d_head, lc.d_ff
+            )));
+        }
+    }
+    let orig_hidden = config
+        .hf_config
+        .as_ref()
+        .and_then(|v| v.get(hidden_key))
+        .and_then(|v| v.as_u64())
+        .map_or(config.d_model, |v| v as usize);
+    if orig_hidden != config.d_model || n_orig_heads * d_head != config.d_model {
+        return Err(LoadError::NotRepresentable(format!(
+            "hidden size {} is not {n_orig_heads} heads x {d_head}: Hugging Face {name} cannot \
+             represent pruned hidden dimensions",
+            config.d_model
+        )));
+    }
+    let pruned = config
+        .layers
+        .iter()
+        .enumerate()
+        .filter_map(|(l, lc)| {
+            let gone: Vec<usize> = (0..n_orig_heads)
+                .filter(|h| !lc.head_ids.contains(h))
+                .collect();
+            (!gone.is_empty()).then(|| (l.to_string(), serde_json::json!(gone)))
+        })
+        .collect();
+    Ok((n_orig_heads, d_ff, pruned))
+}
+
 /// The Hugging Face `config.json` of a head-pruned BERT: the original config with
 /// `pruned_heads` (original head indices per layer). Refuses models whose other sizes
 /// changed, since `transformers` cannot represent them.
@@ -641,51 +698,7 @@ pub fn bert_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadErr
             "pad_token_id": 0,
         })
     });
-    let first = &config.layers[0];
-    let d_head = first.d_head;
-    let d_ff = first.d_ff;
-    // Hugging Face BERT has hidden = heads x d_head before pruning.
-    let n_orig_heads = config.d_model / d_head;
-    for (l, lc) in config.layers.iter().enumerate() {
-        if let Some(&h) = lc.head_ids.iter().find(|&&h| h >= n_orig_heads) {
-            return Err(LoadError::NotRepresentable(format!(
-                "layer {l} keeps original head {h}, but hidden size {} holds only {n_orig_heads} heads \
-                 of {d_head}: Hugging Face BERT cannot represent pruned hidden dimensions",
-                config.d_model
-            )));
-        }
-        if lc.d_head != d_head || lc.d_ff != d_ff {
-            return Err(LoadError::NotRepresentable(format!(
-                "layer {l} has d_head {} and d_ff {} but layer 0 has {d_head} and {d_ff}; \
-                 Hugging Face BERT needs equal sizes in every layer",
-                lc.d_head, lc.d_ff
-            )));
-        }
-    }
-    let orig_hidden = config
-        .hf_config
-        .as_ref()
-        .and_then(|v| v.get("hidden_size"))
-        .and_then(|v| v.as_u64())
-        .map_or(config.d_model, |v| v as usize);
-    if orig_hidden != config.d_model || n_orig_heads * d_head != config.d_model {
-        return Err(LoadError::NotRepresentable(format!(
-            "hidden size {} is not {n_orig_heads} heads x {d_head}: Hugging Face BERT cannot \
-             represent pruned hidden dimensions",
-            config.d_model
-        )));
-    }
-    let pruned: serde_json::Map<String, serde_json::Value> = config
-        .layers
-        .iter()
-        .enumerate()
-        .filter_map(|(l, lc)| {
-            let gone: Vec<usize> = (0..n_orig_heads)
-                .filter(|h| !lc.head_ids.contains(h))
-                .collect();
-            (!gone.is_empty()).then(|| (l.to_string(), serde_json::json!(gone)))
-        })
-        .collect();
+    let (n_orig_heads, d_ff, pruned) = head_pruned_shape(config, "hidden_size", "BERT")?;
     let obj = value.as_object_mut().expect("config.json is an object");
     obj.insert("vocab_size".into(), config.vocab_size.into());
     obj.insert("hidden_size".into(), config.d_model.into());
@@ -704,35 +717,55 @@ pub fn bert_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadErr
 /// `model_type` of the BERT that shears exports when `transformers`' own BERT cannot hold
 /// the shape (per-layer FFN widths, a pruned hidden size, layers without heads or neurons).
 pub const SHEARS_BERT: &str = "shears_bert";
-/// File name of the modeling code written beside such an export.
-pub const SHEARS_BERT_MODULE: &str = "modeling_shears_bert.py";
-/// The modeling code itself: a BERT with per-layer head counts and FFN widths, loaded by
-/// `transformers` with `trust_remote_code=True` through the config's `auto_map`.
-pub const SHEARS_BERT_MODELING: &str = include_str!("../python/modeling_shears_bert.py");
+/// `model_type` of the GPT-2 that shears exports when `transformers`' own GPT-2 cannot hold
+/// the shape.
+pub const SHEARS_GPT2: &str = "shears_gpt2";
 
-/// Whether `transformers`' own `BertModel` (with `pruned_heads` and placeholder heads) can
-/// hold `config`: every layer of the same FFN width and head size, the hidden size the
-/// original's (heads x head size, every kept head one of them), no factorized projection.
-pub fn plain_bert(config: &ModelConfig) -> bool {
-    config.family == Family::Bert
-        && config
-            .hf_config
-            .as_ref()
-            .is_none_or(|v| v.get("model_type").and_then(|t| t.as_str()) == Some("bert"))
-        && config.layers.iter().all(|l| l.ranks.is_empty())
-        && bert_hf_config(&with_placeholder_heads(config, &TensorMap::new()).0).is_ok()
+/// The modeling file written beside a `shears_*` export of `family`: its file name and its
+/// code, a model with per-layer head counts and FFN widths that `transformers` loads with
+/// `trust_remote_code=True` through the config's `auto_map`.
+pub fn shears_modeling(family: Family) -> (&'static str, &'static str) {
+    match family {
+        Family::Bert => (
+            "modeling_shears_bert.py",
+            include_str!("../python/modeling_shears_bert.py"),
+        ),
+        Family::Gpt2 => (
+            "modeling_shears_gpt2.py",
+            include_str!("../python/modeling_shears_gpt2.py"),
+        ),
+    }
 }
 
-/// The `config.json` of a BERT of any pruned shape, for [`SHEARS_BERT_MODELING`]:
-/// per-layer head counts (`layer_num_heads`, with the original head of each kept one in
-/// `layer_head_ids`) and FFN widths (`layer_intermediate_sizes`), the hidden size, and an
-/// `auto_map` naming the modeling file's classes.
-pub fn shears_bert_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadError> {
-    if config.family != Family::Bert {
-        return Err(LoadError::NotRepresentable(
-            "only BERT models export as `shears_bert`".into(),
-        ));
-    }
+/// Whether `transformers`' own `BertModel` / `GPT2LMHeadModel` (with `pruned_heads` and
+/// placeholder heads) can hold `config`: every layer of the same FFN width and head size,
+/// the hidden size the original's (heads x head size, every kept head one of them), no
+/// factorized projection, and a checkpoint that was not itself a `shears_*` export.
+pub fn plain(config: &ModelConfig) -> bool {
+    let (model_type, fits) = match config.family {
+        Family::Bert => (
+            "bert",
+            bert_hf_config(&with_placeholder_heads(config, &TensorMap::new()).0).is_ok(),
+        ),
+        Family::Gpt2 => (
+            "gpt2",
+            gpt2_hf_config(&with_placeholder_heads(config, &TensorMap::new()).0).is_ok(),
+        ),
+    };
+    fits && config
+        .hf_config
+        .as_ref()
+        .is_none_or(|v| v.get("model_type").and_then(|t| t.as_str()) == Some(model_type))
+        && config.layers.iter().all(|l| l.ranks.is_empty())
+}
+
+/// The `config.json` of a BERT or GPT-2 of any pruned shape, for the family's
+/// [`shears_modeling`] file: per-layer head counts (`layer_num_heads`, with the original
+/// head of each kept one in `layer_head_ids`) and FFN widths (`layer_intermediate_sizes`),
+/// the hidden size, and an `auto_map` naming the modeling file's classes. The keys are the
+/// same for both families (BERT's names); BERT adds its pooler and token types, GPT-2 its
+/// embedding dropout and the special tokens of the original config.
+pub fn shears_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadError> {
     let d_head = config.layers.first().map_or(64, |l| l.d_head);
     if let Some((l, lc)) = config
         .layers
@@ -741,20 +774,12 @@ pub fn shears_bert_hf_config(config: &ModelConfig) -> Result<serde_json::Value, 
         .find(|(_, lc)| lc.d_head != d_head)
     {
         return Err(LoadError::NotRepresentable(format!(
-            "layer {l} has heads of {} but layer 0 of {d_head}: the exported BERT has one head size",
+            "layer {l} has heads of {} but layer 0 of {d_head}: the export has one head size",
             lc.d_head
         )));
     }
-    let module = SHEARS_BERT_MODULE.trim_end_matches(".py");
-    Ok(serde_json::json!({
-        "model_type": SHEARS_BERT,
-        "architectures": ["ShearsBertModel"],
-        "auto_map": {
-            "AutoConfig": format!("{module}.ShearsBertConfig"),
-            "AutoModel": format!("{module}.ShearsBertModel"),
-            "AutoModelForSequenceClassification":
-                format!("{module}.ShearsBertForSequenceClassification"),
-        },
+    let module = shears_modeling(config.family).0.trim_end_matches(".py");
+    let mut value = serde_json::json!({
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
         "layer_num_heads": config.layers.iter().map(|l| l.n_heads).collect::<Vec<_>>(),
@@ -765,18 +790,60 @@ pub fn shears_bert_hf_config(config: &ModelConfig) -> Result<serde_json::Value, 
         "hidden_dropout_prob": config.dropout.hidden,
         "attention_probs_dropout_prob": config.dropout.attention,
         "max_position_embeddings": config.max_positions,
-        "type_vocab_size": config.type_vocab_size,
         "initializer_range": config.initializer_range,
         "layer_norm_eps": config.layer_norm_eps,
-        "pooler_size": config.d_pooler,
-        "pad_token_id": 0,
-        // AutoTokenizer finds no tokenizer for an unknown model_type without it.
-        "tokenizer_class": "BertTokenizer",
-    }))
+    });
+    let obj = value.as_object_mut().expect("a JSON object");
+    let extra = match config.family {
+        Family::Bert => serde_json::json!({
+            "model_type": SHEARS_BERT,
+            "architectures": ["ShearsBertModel"],
+            "auto_map": {
+                "AutoConfig": format!("{module}.ShearsBertConfig"),
+                "AutoModel": format!("{module}.ShearsBertModel"),
+                "AutoModelForSequenceClassification":
+                    format!("{module}.ShearsBertForSequenceClassification"),
+            },
+            "type_vocab_size": config.type_vocab_size,
+            "pooler_size": config.d_pooler,
+            "pad_token_id": 0,
+            // AutoTokenizer finds no tokenizer for an unknown model_type without it.
+            "tokenizer_class": "BertTokenizer",
+        }),
+        Family::Gpt2 => {
+            // The original's special tokens (GPT-2's <|endoftext|> by default), which
+            // `generate` stops at.
+            let token = |key: &str| {
+                config
+                    .hf_config
+                    .as_ref()
+                    .and_then(|v| v.get(key))
+                    .filter(|v| v.is_u64())
+                    .cloned()
+                    .unwrap_or_else(|| (config.vocab_size.min(50257).saturating_sub(1)).into())
+            };
+            serde_json::json!({
+                "model_type": SHEARS_GPT2,
+                "architectures": ["ShearsGpt2LMHeadModel"],
+                "auto_map": {
+                    "AutoConfig": format!("{module}.ShearsGpt2Config"),
+                    "AutoModel": format!("{module}.ShearsGpt2Model"),
+                    "AutoModelForCausalLM": format!("{module}.ShearsGpt2LMHeadModel"),
+                },
+                "embedding_dropout_prob": config.dropout.embedding,
+                "bos_token_id": token("bos_token_id"),
+                "eos_token_id": token("eos_token_id"),
+                "tie_word_embeddings": true,
+                "tokenizer_class": "GPT2Tokenizer",
+            })
+        }
+    };
+    obj.extend(extra.as_object().expect("a JSON object").clone());
+    Ok(value)
 }
 
-/// Whether [`crate::Transformer::export_hf`] can write `config`: a BERT without factorized
-/// projections, of any pruned shape; a GPT-2 whose only change is removed heads.
+/// Whether [`crate::Transformer::export_hf`] can write `config`: a BERT or GPT-2 without
+/// factorized projections, of any pruned shape.
 pub fn check_exportable(config: &ModelConfig) -> Result<(), LoadError> {
     if let Some((l, name)) = config
         .layers
@@ -785,16 +852,13 @@ pub fn check_exportable(config: &ModelConfig) -> Result<(), LoadError> {
         .find_map(|(l, lc)| lc.ranks.keys().next().map(|n| (l, n)))
     {
         return Err(LoadError::NotRepresentable(format!(
-            "`layers.{l}.{name}` is factorized (low-rank), which Hugging Face BERT cannot represent"
+            "`layers.{l}.{name}` is factorized (low-rank), which the Hugging Face export cannot represent"
         )));
     }
-    if config.family == Family::Gpt2 {
-        return gpt2_hf_config(&with_placeholder_heads(config, &TensorMap::new()).0).map(|_| ());
-    }
-    if plain_bert(config) {
+    if plain(config) {
         return Ok(());
     }
-    shears_bert_hf_config(config).map(|_| ())
+    shears_hf_config(config).map(|_| ())
 }
 
 /// Concatenates tensors along their last axis (equal leading axes).
@@ -850,32 +914,7 @@ pub fn gpt2_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadErr
     if config.family != Family::Gpt2 {
         return Err(LoadError::NotRepresentable("not a GPT-2".into()));
     }
-    let first = &config.layers[0];
-    let (d_head, d_ff) = (first.d_head, first.d_ff);
-    let n_orig_heads = config.d_model / d_head.max(1);
-    let orig_hidden = config
-        .hf_config
-        .as_ref()
-        .and_then(|v| v.get("n_embd"))
-        .and_then(|v| v.as_u64())
-        .map_or(config.d_model, |v| v as usize);
-    if orig_hidden != config.d_model || n_orig_heads * d_head != config.d_model {
-        return Err(LoadError::NotRepresentable(format!(
-            "hidden size {} is not {n_orig_heads} heads x {d_head}: Hugging Face GPT-2 cannot \
-             represent pruned hidden dimensions",
-            config.d_model
-        )));
-    }
-    for (l, lc) in config.layers.iter().enumerate() {
-        if lc.d_head != d_head || lc.d_ff != d_ff || lc.head_ids.iter().any(|&h| h >= n_orig_heads)
-        {
-            return Err(LoadError::NotRepresentable(format!(
-                "layer {l} has d_head {} and d_ff {} but layer 0 has {d_head} and {d_ff}; \
-                 Hugging Face GPT-2 needs equal sizes in every layer",
-                lc.d_head, lc.d_ff
-            )));
-        }
-    }
+    let (n_orig_heads, d_ff, pruned) = head_pruned_shape(config, "n_embd", "GPT-2")?;
     let mut value = config.hf_config.clone().unwrap_or_else(|| {
         serde_json::json!({
             "model_type": "gpt2",
@@ -888,17 +927,6 @@ pub fn gpt2_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadErr
             "initializer_range": config.initializer_range,
         })
     });
-    let pruned: serde_json::Map<String, serde_json::Value> = config
-        .layers
-        .iter()
-        .enumerate()
-        .filter_map(|(l, lc)| {
-            let gone: Vec<usize> = (0..n_orig_heads)
-                .filter(|h| !lc.head_ids.contains(h))
-                .collect();
-            (!gone.is_empty()).then(|| (l.to_string(), serde_json::json!(gone)))
-        })
-        .collect();
     let obj = value.as_object_mut().expect("config.json is an object");
     obj.insert("vocab_size".into(), config.vocab_size.into());
     obj.insert("n_embd".into(), config.d_model.into());

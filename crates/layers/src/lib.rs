@@ -9,7 +9,8 @@
 //! - Every parameter axis is declared in a space ([`declare`]); [`Transformer::keep`]
 //!   prunes any space, [`Transformer::prune_heads`] removes heads by original index.
 //! - Hugging Face checkpoints load ([`Transformer::load`]); our own format saves and loads
-//!   heterogeneous shapes; a head-pruned BERT exports for `transformers`.
+//!   heterogeneous shapes; any pruned BERT or GPT-2 exports for `transformers`.
+//! - A GPT-2 generates text with a key/value cache ([`Transformer::generate`]).
 //! - Any attention or feed-forward projection may be factorized to a low rank
 //!   ([`Projection`], ranks in [`LayerConfig::ranks`]); [`Capture`] records the inputs of
 //!   every projection for calibration.
@@ -20,6 +21,7 @@ mod cost;
 pub mod dropout;
 mod error;
 mod ffn;
+mod generate;
 pub mod hf;
 pub mod kernels;
 mod model;
@@ -37,6 +39,7 @@ pub use cost::PROJECTIONS;
 pub use dropout::DropoutConfig;
 pub use error::*;
 pub use ffn::*;
+pub use generate::*;
 pub use model::*;
 pub use names::SpaceName;
 pub use norm::*;

@@ -321,18 +321,18 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         })
     }
 
-    /// Writes a Hugging Face BERT directory. Tokenizer files from `copy_from` (if given) are
+    /// Writes a Hugging Face BERT or GPT-2 directory. Tokenizer files from `copy_from` (if given) are
     /// copied alongside. An existing `dir` is replaced once the new one is complete:
     /// commands check [`check_output`] first.
     ///
-    /// When only heads were removed ([`hf::plain_bert`]): `config.json` with
-    /// `pruned_heads` and weights under Hugging Face keys, which `BertModel.from_pretrained`
-    /// loads; a layer without heads gets one all-zero placeholder head, which
-    /// `transformers` can run and which computes the same function (see
-    /// [`hf::with_placeholder_heads`]). Any other pruned shape (per-layer FFN widths, a
-    /// smaller hidden size, layers without neurons): a `shears_bert` config
-    /// ([`hf::shears_bert_hf_config`]) and its modeling file, which `transformers` loads
-    /// with `trust_remote_code=True`, and shears loads back.
+    /// When only heads were removed ([`hf::plain`]): `config.json` with `pruned_heads` and
+    /// weights under Hugging Face keys, which `BertModel` / `GPT2LMHeadModel` load; a layer
+    /// without heads gets one all-zero placeholder head, which `transformers` can run and
+    /// which computes the same function (see [`hf::with_placeholder_heads`]). Any other
+    /// pruned shape (per-layer FFN widths, a smaller hidden size, layers without neurons):
+    /// a `shears_bert` / `shears_gpt2` config ([`hf::shears_hf_config`]) and its modeling
+    /// file ([`hf::shears_modeling`]), which `transformers` loads with
+    /// `trust_remote_code=True`, and shears loads back.
     pub fn export_hf(&self, dir: &Path, copy_from: Option<&Path>) -> Result<(), LoadError> {
         self.export_hf_with_head(dir, copy_from, None)
     }
@@ -360,39 +360,50 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         dtype: hf::Dtype,
     ) -> Result<hf::CastReport, LoadError> {
         hf::check_exportable(self.config())?;
-        let plain = hf::plain_bert(self.config());
-        let gpt2 = self.config().family == crate::Family::Gpt2;
-        if gpt2 && head.is_some() {
+        let family = self.config().family;
+        let plain = hf::plain(self.config());
+        if family == crate::Family::Gpt2 && head.is_some() {
             return Err(LoadError::NotRepresentable(
-                "a GPT-2 exports as GPT2LMHeadModel, without another task head".into(),
+                "a GPT-2 exports as a causal LM, without another task head".into(),
             ));
         }
-        let (mut value, mut tensors) = if gpt2 {
-            let (config, tensors) =
-                hf::with_placeholder_heads(self.config(), &tensorio::export(self));
-            // GPT2LMHeadModel's keys; its LM head is tied to `wte` and not stored.
-            let tensors = hf::to_hf_gpt2(&tensors)?
-                .into_iter()
-                .map(|(k, v)| (format!("transformer.{k}"), v))
-                .collect();
-            let mut value = hf::gpt2_hf_config(&config)?;
-            value
-                .as_object_mut()
-                .expect("config.json is an object")
-                .insert(
-                    "architectures".into(),
-                    serde_json::json!(["GPT2LMHeadModel"]),
-                );
-            (value, tensors)
-        } else if plain {
-            let (config, tensors) =
-                hf::with_placeholder_heads(self.config(), &tensorio::export(self));
-            (hf::bert_hf_config(&config)?, hf::to_hf_bert(&tensors)?)
+        // transformers' own classes run a layer without heads only with a placeholder head.
+        let (config, ours) = if plain {
+            hf::with_placeholder_heads(self.config(), &tensorio::export(self))
         } else {
-            (
-                hf::shears_bert_hf_config(self.config())?,
-                hf::to_hf_bert(&tensorio::export(self))?,
-            )
+            (self.config().clone(), tensorio::export(self))
+        };
+        let (mut value, mut tensors) = match family {
+            crate::Family::Bert => (
+                if plain {
+                    hf::bert_hf_config(&config)?
+                } else {
+                    hf::shears_hf_config(&config)?
+                },
+                hf::to_hf_bert(&ours)?,
+            ),
+            crate::Family::Gpt2 => {
+                let mut value = if plain {
+                    hf::gpt2_hf_config(&config)?
+                } else {
+                    hf::shears_hf_config(&config)?
+                };
+                let architecture = if plain {
+                    "GPT2LMHeadModel"
+                } else {
+                    "ShearsGpt2LMHeadModel"
+                };
+                value
+                    .as_object_mut()
+                    .expect("config.json is an object")
+                    .insert("architectures".into(), serde_json::json!([architecture]));
+                // The LM head's keys; its weight is tied to `wte` and not stored.
+                let tensors = hf::to_hf_gpt2(&ours)?
+                    .into_iter()
+                    .map(|(k, v)| (format!("transformer.{k}"), v))
+                    .collect();
+                (value, tensors)
+            }
         };
         if let Some(head) = head {
             tensors = tensors
@@ -428,11 +439,9 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
                 &tensors,
                 dtype,
             )?);
-            if !plain && !gpt2 {
-                write_atomic(
-                    &tmp.join(hf::SHEARS_BERT_MODULE),
-                    hf::SHEARS_BERT_MODELING.as_bytes(),
-                )?;
+            if !plain {
+                let (file, code) = hf::shears_modeling(family);
+                write_atomic(&tmp.join(file), code.as_bytes())?;
             }
             if let Some(src) = copy_from {
                 for f in [

@@ -26,6 +26,9 @@ pub struct Batch<B: Backend> {
     pub attention_mask: Tensor<B, 2>,
 }
 
+/// GPT-2's end-of-text token, which it also pads with.
+const END_OF_TEXT: &str = "<|endoftext|>";
+
 impl Tokenizer {
     /// The `model_max_length` of `dir/tokenizer_config.json`, when the file gives a usable
     /// one. `transformers` writes a huge sentinel (about 1e30) for "no limit": that, a
@@ -38,7 +41,8 @@ impl Tokenizer {
         (n > 0 && n <= 1 << 20).then_some(n as usize)
     }
 
-    /// Loads `dir/tokenizer.json`, or else `dir/vocab.json` + `dir/merges.txt` as GPT-2
+    /// Loads `dir/tokenizer.json` (padding with `[PAD]`, else GPT-2's `<|endoftext|>`, else
+    /// id 0), or else `dir/vocab.json` + `dir/merges.txt` as GPT-2
     /// byte-level BPE.
     pub fn from_dir(dir: &Path) -> Result<Self, LoadError> {
         let err = |path: &Path, e: String| LoadError::Tokenizer {
@@ -54,7 +58,10 @@ impl Tokenizer {
             inner
                 .with_truncation(None)
                 .map_err(|e| err(&json, e.to_string()))?;
-            let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
+            let pad_id = inner
+                .token_to_id("[PAD]")
+                .or_else(|| inner.token_to_id(END_OF_TEXT))
+                .unwrap_or(0);
             return Ok(Self {
                 inner,
                 pad_id,
@@ -69,7 +76,12 @@ impl Tokenizer {
             let mut inner = tokenizers::Tokenizer::new(bpe);
             inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
             inner.with_decoder(Some(ByteLevel::default()));
-            let pad_id = inner.token_to_id("<|endoftext|>").unwrap_or(0);
+            // As GPT-2's tokenizer in transformers: `<|endoftext|>` is one special token,
+            // which decoding leaves out.
+            if inner.token_to_id(END_OF_TEXT).is_some() {
+                inner.add_special_tokens(&[tokenizers::AddedToken::from(END_OF_TEXT, true)]);
+            }
+            let pad_id = inner.token_to_id(END_OF_TEXT).unwrap_or(0);
             return Ok(Self {
                 inner,
                 pad_id,
@@ -92,6 +104,18 @@ impl Tokenizer {
         self.inner
             .encode(text, true)
             .map(|e| e.get_ids().to_vec())
+            .map_err(|e| LoadError::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The text of token ids (special tokens such as `<|endoftext|>` or `[CLS]` left out).
+    /// For GPT-2's byte-level BPE `decode(encode(text)) == text`; a cut inside a multi-byte
+    /// character decodes to U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, LoadError> {
+        self.inner
+            .decode(ids, true)
             .map_err(|e| LoadError::Tokenizer {
                 path: self.path.clone(),
                 message: e.to_string(),

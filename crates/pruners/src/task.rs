@@ -105,10 +105,11 @@ impl<B: Backend> TaskModel<B> {
 
     /// Writes a directory `transformers` loads: `BertForSequenceClassification` (with
     /// `id2label` from `labels`, in class order) for a classifier, `BertModel` for a bare
-    /// BERT. Removed heads are listed in `pruned_heads`; tokenizer files are copied from
-    /// `copy_from`. A BERT of another pruned shape is written as `shears_bert` with its
-    /// modeling file (see [`Transformer::export_hf`]); GPT-2 and factorized models are
-    /// refused ([`LoadError::NotRepresentable`]).
+    /// BERT, `GPT2LMHeadModel` for a GPT-2 LM. Removed heads are listed in `pruned_heads`;
+    /// tokenizer files are copied from `copy_from`. Another pruned shape is written as
+    /// `shears_bert` / `shears_gpt2` with its modeling file (see
+    /// [`Transformer::export_hf`]); factorized models are refused
+    /// ([`LoadError::NotRepresentable`]).
     pub fn export_hf(
         &self,
         dir: &Path,

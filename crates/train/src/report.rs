@@ -554,9 +554,17 @@ pub fn markdown(r: &Report) -> String {
     }
     match (&r.hf_model, &r.hf_model_missing) {
         (Some(dir), _) => {
+            let (auto, own, modeling) = match r.task {
+                Task::Classification => (
+                    "AutoModelForSequenceClassification",
+                    "BertForSequenceClassification",
+                    "shears_bert",
+                ),
+                Task::Lm => ("AutoModelForCausalLM", "GPT2LMHeadModel", "shears_gpt2"),
+            };
             let _ = writeln!(
                 s,
-                "\nThe pruned model is in `model/` (shears) and `{dir}/` (transformers: `AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)`; transformers' own `BertForSequenceClassification` with `pruned_heads` when only heads were removed, else the `shears_bert` modeling file written beside the weights)."
+                "\nThe pruned model is in `model/` (shears) and `{dir}/` (transformers: `{auto}.from_pretrained(dir, trust_remote_code=True)`; transformers' own `{own}` with `pruned_heads` when only heads were removed, else the `{modeling}` modeling file written beside the weights)."
             );
         }
         (None, Some(why)) => {
@@ -573,7 +581,11 @@ pub fn markdown(r: &Report) -> String {
             "\nGate check (mean validation loss before the fine-tune, same weights): the learned kept set {h:.4}, random kept sets of the same size {c:.4} (mean of 3). Expected sparsity at the end of the gated phase: {:.4}.",
             r.expected_sparsity_gated.unwrap_or(f64::NAN)
         );
-        if let (Some(h), Some(c)) = (r.valid_accuracy_hardened, r.valid_accuracy_random_kept) {
+        if let (Some(h), Some(c), Task::Classification) = (
+            r.valid_accuracy_hardened,
+            r.valid_accuracy_random_kept,
+            r.task,
+        ) {
             let _ = writeln!(
                 s,
                 "Validation accuracy of the same models: learned {:.2}%, random {:.2}% (after distillation without cross entropy the logits' scale is free, so the loss alone can mislead).",

@@ -492,13 +492,10 @@ pub fn run<B: AutodiffBackend>(
         exp.task,
         key(exp.seed, 0, Purpose::Bootstrap),
     );
-    // The pruned BERT also goes out in the layout transformers loads, when it can.
-    let hf_export = match pruned.backbone.config().family {
-        Family::Bert => shears_layers::hf::check_exportable(pruned.backbone.config())
-            .map(|_| HF_DIR.to_string())
-            .map_err(|e| e.to_string()),
-        Family::Gpt2 => Err("GPT-2 models are saved in shears' format only".to_string()),
-    };
+    // The pruned model also goes out in the layout transformers loads, when it can.
+    let hf_export = shears_layers::hf::check_exportable(pruned.backbone.config())
+        .map(|_| HF_DIR.to_string())
+        .map_err(|e| e.to_string());
     state.account(&mut ctx.clock);
     let report = report::build(report::Parts {
         exp,

@@ -38,10 +38,17 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         s.model_type,
         args.out.display()
     );
-    if s.model_type == shears_layers::hf::SHEARS_BERT {
-        println!(
-            "load it with AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)"
-        );
+    // Our own model types need the modeling file written beside the weights.
+    let auto = match s.model_type.as_str() {
+        shears_layers::hf::SHEARS_BERT if s.architecture.ends_with("SequenceClassification") => {
+            Some("AutoModelForSequenceClassification")
+        }
+        shears_layers::hf::SHEARS_BERT => Some("AutoModel"),
+        shears_layers::hf::SHEARS_GPT2 => Some("AutoModelForCausalLM"),
+        _ => None,
+    };
+    if let Some(auto) = auto {
+        println!("load it with {auto}.from_pretrained(dir, trust_remote_code=True)");
     }
     match &s.cast.worst_tensor {
         Some(t) => println!(

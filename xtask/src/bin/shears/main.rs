@@ -5,6 +5,7 @@ mod bench;
 mod eval;
 mod export;
 mod factorize;
+mod generate;
 mod inspect;
 mod prune_heads;
 mod sparsify;
@@ -76,9 +77,11 @@ enum Cmd {
     TrainGated(train_gated::Args),
     /// Evaluate a saved model on a CSV / JSON-lines file: accuracy or perplexity, latency.
     Eval(eval::Args),
-    /// Write a model directory in the Hugging Face layout (any pruned BERT shape; f32, f16
-    /// or bf16 weights).
+    /// Write a model directory in the Hugging Face layout (any pruned BERT or GPT-2 shape;
+    /// f32, f16 or bf16 weights).
     Export(export::Args),
+    /// Continue a prompt with a GPT-2 (greedy or sampled; key/value cache).
+    Generate(generate::Args),
     /// Factorize a model's projections to a low rank, calibrated on real text; write the
     /// model and a report (per-layer ranks and errors, size, FLOPs, latency, accuracy).
     Factorize(factorize::Args),
@@ -114,6 +117,7 @@ fn main() -> Result<()> {
         Cmd::TrainGated(a) => train_gated::main(cli.backend, a),
         Cmd::Eval(a) => eval::main(cli.backend, a),
         Cmd::Export(a) => export::main(cli.backend, a),
+        Cmd::Generate(a) => generate::main(cli.backend, a),
         Cmd::Factorize(a) => factorize::main(cli.backend, a),
         Cmd::Sparsify(a) => sparsify::main(cli.backend, a),
         Cmd::Bench(a) => bench::main(cli.backend, a),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use shears_layers::{BertModel, ModelConfig, tensorio};
+use shears_layers::{BertModel, ModelConfig, SpaceName, tensorio};
 use shears_spaces::{HostTensor, TensorMap};
 
 /// `crates/layers/tests/fixtures`.
@@ -68,7 +68,9 @@ pub fn tiny_gpt2<B: Backend>(device: &B::Device, seed: u64) -> BertModel<B> {
     randomised(&config, device, seed)
 }
 
-fn randomised<B: Backend>(config: &ModelConfig, device: &B::Device, seed: u64) -> BertModel<B> {
+/// A model of `config` with every parameter drawn from U(-0.5, 0.5) by a seeded host
+/// generator.
+pub fn randomised<B: Backend>(config: &ModelConfig, device: &B::Device, seed: u64) -> BertModel<B> {
     let model = BertModel::<B>::new(config, device);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut t = tensorio::export(&model);
@@ -78,6 +80,26 @@ fn randomised<B: Backend>(config: &ModelConfig, device: &B::Device, seed: u64) -
         }
     }
     tensorio::import(model, &t, device).unwrap()
+}
+
+/// `model` (3 layers of 4 heads, 24 neurons, hidden 16) pruned to an irregular shape:
+/// heads 1 and 3 of layer 0, no head in layer 1, 9 neurons in layer 0, none in layer 2,
+/// 12 of 16 hidden dimensions.
+pub fn irregular<B: Backend>(model: BertModel<B>) -> BertModel<B> {
+    model
+        .keep(SpaceName::Heads(0), &[1, 3])
+        .unwrap()
+        .keep(SpaceName::Heads(1), &[])
+        .unwrap()
+        .keep(SpaceName::Ffn(0), &[0, 2, 5, 7, 11, 13, 17, 19, 23])
+        .unwrap()
+        .keep(SpaceName::Ffn(2), &[])
+        .unwrap()
+        .keep(
+            SpaceName::Hidden,
+            &[0, 1, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15],
+        )
+        .unwrap()
 }
 
 /// Random ids `[batch, seq]` below `vocab`, and a padding mask with row `i` padded by `i`.

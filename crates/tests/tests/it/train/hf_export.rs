@@ -10,9 +10,13 @@ use std::path::Path;
 use burn::backend::NdArray;
 use burn::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use shears_layers::{BertModel, ModelConfig, ModelInput, SpaceName, hf, tensorio};
+use shears_layers::{
+    BertModel, Family, Gpt2Model, ModelConfig, ModelInput, SpaceName, hf, tensorio,
+};
 use shears_pruners::{ClassifierHead, TaskModel};
 use shears_train::load_task_model;
+
+use crate::layers::common::{irregular, randomised};
 
 type B = NdArray<f32>;
 
@@ -114,10 +118,8 @@ fn any_pruned_shape_exports_for_transformers() {
         serde_json::json!([10, 17])
     );
     assert_eq!(config["id2label"]["2"], "high");
-    assert_eq!(
-        read(&dir.join(hf::SHEARS_BERT_MODULE)),
-        hf::SHEARS_BERT_MODELING.as_bytes()
-    );
+    let (module, code) = hf::shears_modeling(Family::Bert);
+    assert_eq!(read(&dir.join(module)), code.as_bytes());
 
     // shears -> HF -> shears: the same tensors and the same logits, exactly.
     let ours = logits(&model, &device);
@@ -137,38 +139,14 @@ fn any_pruned_shape_exports_for_transformers() {
     }
 
     // The committed fixture is this export, and transformers' logits on it are ours.
-    let fixture = crate::fixtures("layers").join("shears-bert");
-    let files = ["config.json", "model.safetensors", hf::SHEARS_BERT_MODULE];
-    if std::env::var_os("SHEARS_UPDATE_FIXTURES").is_some() {
-        std::fs::create_dir_all(&fixture).unwrap();
-        for f in files {
-            std::fs::copy(dir.join(f), fixture.join(f)).unwrap();
-        }
-        let (ids, mask) = input();
-        let json = serde_json::json!({"input_ids": ids.chunks(7).collect::<Vec<_>>(),
-            "attention_mask": mask.chunks(7).map(|r| r.iter().map(|&m| m as i64).collect::<Vec<_>>()).collect::<Vec<_>>()});
-        std::fs::write(fixture.join("input.json"), json.to_string()).unwrap();
-        panic!(
-            "fixture written to {}: now run tools/fixtures/make_shears_bert_fixture.py with the peer",
-            fixture.display()
-        );
-    }
-    for f in files {
-        assert!(
-            read(&dir.join(f)) == read(&fixture.join(f)),
-            "the export's {f} differs from the committed fixture's: rerun this test with \
-             SHEARS_UPDATE_FIXTURES=1, then tools/fixtures/make_shears_bert_fixture.py"
-        );
-    }
-    let theirs: serde_json::Value =
-        serde_json::from_slice(&read(&fixture.join("logits.json"))).unwrap();
-    let theirs: Vec<f32> = theirs["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| row.as_array().unwrap().iter())
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
+    let (module, _) = hf::shears_modeling(Family::Bert);
+    let theirs = committed_fixture(
+        &dir,
+        "shears-bert",
+        &["config.json", "model.safetensors", module],
+        "make_shears_bert_fixture.py",
+    );
+    let theirs = flat(&theirs["logits"]);
     assert_eq!(theirs.len(), ours.len());
     let diff = ours
         .iter()
@@ -266,16 +244,7 @@ fn head_pruned_gpt2_exports_for_transformers() {
     let device = Default::default();
     let mut config = ModelConfig::gpt2(40, 16, 2, 4, 24);
     config.max_positions = 16;
-    let model = shears_layers::Gpt2Model::<B>::new(&config, &device);
-    let mut rng = StdRng::seed_from_u64(43);
-    let mut t = tensorio::export(&model);
-    for v in t.values_mut() {
-        for x in &mut v.data {
-            *x = rng.random_range(-0.5..0.5);
-        }
-    }
-    let model = tensorio::import(model, &t, &device)
-        .unwrap()
+    let model = randomised(&config, &device, 43)
         .keep(SpaceName::Heads(0), &[1, 3])
         .unwrap()
         .keep(SpaceName::Heads(1), &[])
@@ -290,44 +259,59 @@ fn head_pruned_gpt2_exports_for_transformers() {
         hf_config["pruned_heads"],
         serde_json::json!({"0": [0, 2], "1": [1, 2, 3]})
     );
-    let run = |m: &shears_layers::Gpt2Model<B>| -> Vec<f32> {
-        let (ids, mask) = input();
-        let ids = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(ids.iter().map(|i| i % 40).collect::<Vec<_>>(), [21]),
-            &device,
-        )
-        .reshape([3, 7]);
-        let mask = Tensor::<B, 1>::from_data(TensorData::new(mask, [21]), &device).reshape([3, 7]);
-        m.forward(ModelInput::new(ids).with_attention_mask(mask))
-            .logits
-            .unwrap()
-            .into_data()
-            .to_vec()
-            .unwrap()
-    };
-    let ours = run(&model);
-    let back = shears_layers::Gpt2Model::<B>::load(&dir, &device).unwrap();
+    let ours = lm_logits(&model, &device);
+    let back = Gpt2Model::<B>::load(&dir, &device).unwrap();
     assert_eq!(back.config().layers[1].n_heads, 1, "the placeholder head");
     let d = ours
         .iter()
-        .zip(run(&back))
+        .zip(lm_logits(&back, &device))
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
     assert!(d <= 1e-5, "shears -> HF -> shears moved the logits by {d}");
 
-    let fixture = crate::fixtures("layers").join("gpt2-pruned");
-    let files = ["config.json", "model.safetensors"];
+    let theirs = committed_fixture(
+        &dir,
+        "gpt2-pruned",
+        &["config.json", "model.safetensors"],
+        "make_gpt2_export_fixture.py",
+    );
+    let diff = real_token_diff(&ours, &flat(&theirs["logits"]), 40);
+    println!("GPT-2: max |shears - transformers| = {diff:e} over real tokens");
+    assert!(diff <= 1e-4, "{diff}");
+}
+
+/// The input of the export tests, ids below `vocab`, as `input.json` holds it for the
+/// fixture scripts.
+fn input_json(vocab: i64) -> serde_json::Value {
+    let (ids, mask) = input();
+    let ids: Vec<i64> = ids.iter().map(|i| i % vocab).collect();
+    serde_json::json!({
+        "input_ids": ids.chunks(7).collect::<Vec<_>>(),
+        "attention_mask": mask
+            .chunks(7)
+            .map(|r| r.iter().map(|&m| m as i64).collect::<Vec<_>>())
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// Checks that the export in `dir` is, byte for byte in `files`, the committed fixture
+/// `crates/layers/tests/fixtures/NAME/`, and returns what transformers computed on that
+/// fixture (its `logits.json`). With `SHEARS_UPDATE_FIXTURES` set, writes
+/// the fixture (and `input.json`) instead and stops, naming the `tools/fixtures/` script
+/// that computes the logits with the peer.
+fn committed_fixture(dir: &Path, name: &str, files: &[&str], script: &str) -> serde_json::Value {
+    let fixture = crate::fixtures("layers").join(name);
     if std::env::var_os("SHEARS_UPDATE_FIXTURES").is_some() {
         std::fs::create_dir_all(&fixture).unwrap();
         for f in files {
             std::fs::copy(dir.join(f), fixture.join(f)).unwrap();
         }
-        let (ids, mask) = input();
-        let json = serde_json::json!({"input_ids": ids.iter().map(|i| i % 40).collect::<Vec<_>>().chunks(7).collect::<Vec<_>>(),
-            "attention_mask": mask.chunks(7).map(|r| r.iter().map(|&m| m as i64).collect::<Vec<_>>()).collect::<Vec<_>>()});
-        std::fs::write(fixture.join("input.json"), json.to_string()).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&read(&dir.join("config.json"))).unwrap();
+        let vocab = config["vocab_size"].as_i64().unwrap();
+        std::fs::write(fixture.join("input.json"), input_json(vocab).to_string()).unwrap();
         panic!(
-            "fixture written to {}: now run tools/fixtures/make_gpt2_export_fixture.py with the peer",
+            "fixture written to {}: now run tools/fixtures/{script} with the peer",
             fixture.display()
         );
     }
@@ -335,24 +319,32 @@ fn head_pruned_gpt2_exports_for_transformers() {
         assert!(
             read(&dir.join(f)) == read(&fixture.join(f)),
             "the export's {f} differs from the committed fixture's: rerun this test with \
-             SHEARS_UPDATE_FIXTURES=1, then tools/fixtures/make_gpt2_export_fixture.py"
+             SHEARS_UPDATE_FIXTURES=1, then tools/fixtures/{script}"
         );
     }
-    let theirs: serde_json::Value =
-        serde_json::from_slice(&read(&fixture.join("logits.json"))).unwrap();
-    let theirs: Vec<f32> = theirs["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| row.as_array().unwrap().iter())
-        .flat_map(|pos| pos.as_array().unwrap().iter())
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
-    // Padded positions are not compared: causal attention reads only earlier tokens, so a
-    // real token's logits are the same in both; transformers and shears mask padded keys
-    // differently for the padded queries themselves.
+    serde_json::from_slice(&read(&fixture.join("logits.json"))).unwrap()
+}
+
+/// The numbers of a nested JSON array, in order.
+fn flat(v: &serde_json::Value) -> Vec<f32> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<f32>) {
+        match v {
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            v => out.push(v.as_f64().unwrap() as f32),
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut out);
+    out
+}
+
+/// The largest difference of two LMs' `[batch, seq, vocab]` logits over the real tokens of
+/// [`input`]. Padded positions are not compared: causal attention reads only earlier
+/// tokens, so a real token's logits are the same in both; transformers and shears mask
+/// padded keys differently for the padded queries themselves.
+fn real_token_diff(ours: &[f32], theirs: &[f32], vocab: usize) -> f32 {
+    assert_eq!(ours.len(), theirs.len());
     let (_, mask) = input();
-    let vocab = 40;
     let mut diff = 0.0f32;
     for (p, m) in mask.iter().enumerate() {
         if *m > 0.0 {
@@ -361,6 +353,97 @@ fn head_pruned_gpt2_exports_for_transformers() {
             }
         }
     }
-    println!("GPT-2: max |shears - transformers| = {diff:e} over real tokens");
+    diff
+}
+
+/// Next-token logits of `m` on [`input`] (ids below 40), flattened.
+fn lm_logits(m: &Gpt2Model<B>, device: &burn::backend::ndarray::NdArrayDevice) -> Vec<f32> {
+    let (ids, mask) = input();
+    let ids = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(ids.iter().map(|i| i % 40).collect::<Vec<_>>(), [21]),
+        device,
+    )
+    .reshape([3, 7]);
+    let mask = Tensor::<B, 1>::from_data(TensorData::new(mask, [21]), device).reshape([3, 7]);
+    m.forward(ModelInput::new(ids).with_attention_mask(mask))
+        .logits
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap()
+}
+
+/// Any pruned GPT-2 shape exports for transformers (issue 14): per-layer head counts, a
+/// layer without heads, per-layer FFN widths, a layer without neurons and a pruned hidden
+/// size are written as `shears_gpt2` with its modeling file. shears -> HF -> shears gives
+/// the same tensors and logits exactly, HF -> shears -> HF the same bytes, and the committed
+/// export (`crates/layers/tests/fixtures/shears-gpt2/`) gives transformers' next-token
+/// logits and greedy continuation (`tools/fixtures/make_shears_gpt2_fixture.py`), which
+/// shears' cached decoding reproduces.
+#[test]
+fn any_pruned_gpt2_shape_exports_for_transformers() {
+    let device = Default::default();
+    let mut config = ModelConfig::gpt2(40, 16, 3, 4, 24);
+    config.max_positions = 16;
+    let model = irregular(randomised(&config, &device, 47));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gpt2");
+    model.export_hf(&dir, None).unwrap();
+    let hf_config: serde_json::Value =
+        serde_json::from_slice(&read(&dir.join("config.json"))).unwrap();
+    assert_eq!(hf_config["model_type"], hf::SHEARS_GPT2);
+    assert_eq!(hf_config["architectures"][0], "ShearsGpt2LMHeadModel");
+    assert_eq!(
+        hf_config["auto_map"]["AutoModelForCausalLM"],
+        "modeling_shears_gpt2.ShearsGpt2LMHeadModel"
+    );
+    assert_eq!(hf_config["hidden_size"], 12);
+    assert_eq!(hf_config["layer_num_heads"], serde_json::json!([2, 0, 4]));
+    assert_eq!(
+        hf_config["layer_head_ids"],
+        serde_json::json!([[1, 3], [], [0, 1, 2, 3]])
+    );
+    assert_eq!(
+        hf_config["layer_intermediate_sizes"],
+        serde_json::json!([9, 24, 0])
+    );
+    let (module, code) = hf::shears_modeling(Family::Gpt2);
+    assert_eq!(read(&dir.join(module)), code.as_bytes());
+
+    let ours = lm_logits(&model, &device);
+    let back = Gpt2Model::<B>::load(&dir, &device).unwrap();
+    assert_eq!(back.config().layers, model.config().layers);
+    assert_eq!(back.config().d_model, 12);
+    assert_eq!(tensorio::export(&back), tensorio::export(&model));
+    assert_eq!(lm_logits(&back, &device), ours);
+    let again = tmp.path().join("again");
+    back.export_hf(&again, None).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        assert!(read(&dir.join(f)) == read(&again.join(f)), "{f} changed");
+    }
+
+    let theirs = committed_fixture(
+        &dir,
+        "shears-gpt2",
+        &["config.json", "model.safetensors", module],
+        "make_shears_gpt2_fixture.py",
+    );
+    let diff = real_token_diff(&ours, &flat(&theirs["logits"]), 40);
+    println!("shears_gpt2: max |shears - transformers| = {diff:e} over real tokens");
     assert!(diff <= 1e-4, "{diff}");
+    // The same greedy continuation of the first row (7 real tokens) as transformers'
+    // `generate`, from shears' cached decoding.
+    let prompt: Vec<u32> = input().0[..7].iter().map(|&i| (i % 40) as u32).collect();
+    let opts = shears_layers::GenerateOptions {
+        max_tokens: 8,
+        ..Default::default()
+    };
+    let ours = model.generate(&prompt, &opts).unwrap().tokens;
+    let greedy: Vec<u32> = theirs["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(ours, greedy, "greedy continuations differ");
 }

@@ -1608,6 +1608,28 @@ latency_repeats = 2
         (a - b).abs() < 1e-3 * b,
         "eval {a} vs the run's test perplexity {b}"
     );
+    // The pruned LM also goes out for transformers (issue 14), and `eval` scores that
+    // export as it scores the run's model, on the same rows.
+    assert_eq!(
+        r.hf_model.as_deref(),
+        Some("hf-model"),
+        "{:?}",
+        r.hf_model_missing
+    );
+    let opts = EvalOptions {
+        batch_size: 8,
+        repeats: 1,
+        other_data: true,
+        ..Default::default()
+    };
+    // A copy, so that `model/` (whose task.json names `text.jsonl`) scores every row too.
+    let text = tmp.path().join("copy.jsonl");
+    std::fs::copy(tmp.path().join("text.jsonl"), &text).unwrap();
+    let ours = eval_dir::<B>(&out.join("model"), &text, &opts, device).unwrap();
+    let theirs = eval_dir::<B>(&out.join("hf-model"), &text, &opts, device).unwrap();
+    assert_eq!(theirs.examples, ours.examples);
+    let (a, b) = (theirs.perplexity.unwrap(), ours.perplexity.unwrap());
+    assert!((a - b).abs() < 1e-4 * b, "hf-model {a} vs model {b}");
 }
 
 #[test]
