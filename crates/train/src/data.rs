@@ -2,7 +2,6 @@
 //! text column and a label column; a seeded train / validation / test split; token-id
 //! examples; padded batches.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -60,8 +59,25 @@ fn is_jsonl(path: &Path) -> bool {
     name.ends_with(".jsonl") || name.ends_with(".json") || name.ends_with(".ndjson")
 }
 
+/// The class of a data label: the class of that name, or, for classes named as
+/// `transformers` names them when a config gives no `id2label` (`LABEL_0`, `LABEL_1`, ...),
+/// the class whose id the label spells (`0`, `1`, ...).
+pub fn class_index(classes: &[String], label: &str) -> Option<usize> {
+    classes.iter().position(|c| c == label).or_else(|| {
+        let placeholders = classes
+            .iter()
+            .enumerate()
+            .all(|(i, c)| *c == format!("LABEL_{i}"));
+        label
+            .parse::<usize>()
+            .ok()
+            .filter(|&i| placeholders && i < classes.len())
+    })
+}
+
 /// Reads the text (and, if `label_column` is given, label) of every row. `labels`, when not
-/// empty, keeps only rows with one of those labels.
+/// empty, keeps only rows with one of those labels ([`class_index`]: placeholder classes
+/// `LABEL_i` take the data label `i`).
 pub fn read_table(
     path: &Path,
     text_column: &str,
@@ -83,7 +99,12 @@ pub fn read_table(
     for row in raw {
         if row.text.trim().is_empty() {
             table.dropped_empty += 1;
-        } else if !labels.is_empty() && !row.label.as_ref().is_some_and(|l| labels.contains(l)) {
+        } else if !labels.is_empty()
+            && row
+                .label
+                .as_ref()
+                .is_none_or(|l| class_index(labels, l).is_none())
+        {
             table.dropped_label += 1;
         } else {
             table.rows.push(row);
@@ -241,11 +262,6 @@ pub fn load_dataset(
             ),
         ));
     }
-    let class: BTreeMap<&str, usize> = label_names
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.as_str(), i))
-        .collect();
     let mut rng = StdRng::seed_from_u64(seed);
     table.rows.shuffle(&mut rng);
     if cfg.limit > 0 {
@@ -277,9 +293,11 @@ pub fn load_dataset(
                     split
                         .ids
                         .push(tokenizer.encode_truncated(&r.text, cfg.max_len)?);
-                    split
-                        .labels
-                        .push(class[r.label.as_deref().unwrap_or_default()]);
+                    let label = r.label.as_deref().unwrap_or_default();
+                    split.labels.push(
+                        class_index(&label_names, label)
+                            .expect("read_table kept only rows of the classes"),
+                    );
                 }
             }
             Task::Lm => {

@@ -155,6 +155,23 @@ pub(crate) fn dataset(
         max_len,
         limit,
     };
+    // A Hugging Face classifier's classes are its `id2label`: a data label outside them is
+    // an error (as in `eval`), not a row silently left out.
+    if let (Some(info), Some(Task::Classification)) = (info.filter(|i| i.all_classes), task) {
+        let table = read_table(&opts.data, &text_column, Some(&section.label_column), &[])?;
+        if let Some(label) = table
+            .rows
+            .iter()
+            .filter_map(|r| r.label.as_deref())
+            .find(|l| crate::data::class_index(&info.labels, l).is_none())
+        {
+            return Err(TrainError::UnknownLabel {
+                path: opts.data.clone(),
+                label: label.to_string(),
+                known: info.labels.clone(),
+            });
+        }
+    }
     match task {
         Some(t) => load_dataset(&section, t, tokenizer, seed),
         None => {

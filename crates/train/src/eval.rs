@@ -157,10 +157,12 @@ pub fn eval_dir<B: Backend>(
             dropped = table.dropped_label + table.dropped_empty;
             for r in &table.rows {
                 let l = r.label.as_deref().unwrap_or_default();
-                let class = class_index(&labels, l).ok_or_else(|| TrainError::UnknownLabel {
-                    path: data.to_path_buf(),
-                    label: l.to_string(),
-                    known: labels.clone(),
+                let class = crate::data::class_index(&labels, l).ok_or_else(|| {
+                    TrainError::UnknownLabel {
+                        path: data.to_path_buf(),
+                        label: l.to_string(),
+                        known: labels.clone(),
+                    }
                 })?;
                 split
                     .ids
@@ -197,22 +199,6 @@ pub fn eval_dir<B: Backend>(
         max_len,
         device,
     )
-}
-
-/// The class of a data label: the class of that name, or, for classes named as
-/// `transformers` names them when a config gives no `id2label` (`LABEL_0`, `LABEL_1`, ...),
-/// the class whose id the label spells (`0`, `1`, ...).
-fn class_index(classes: &[String], label: &str) -> Option<usize> {
-    classes.iter().position(|c| c == label).or_else(|| {
-        let placeholders = classes
-            .iter()
-            .enumerate()
-            .all(|(i, c)| *c == format!("LABEL_{i}"));
-        label
-            .parse::<usize>()
-            .ok()
-            .filter(|&i| placeholders && i < classes.len())
-    })
 }
 
 /// Metrics and latency of `model` on `split`.

@@ -955,6 +955,11 @@ fn short_schedule() -> bool {
     std::env::var("SHEARS_BACKEND").as_deref() == Ok("wgpu")
 }
 
+/// Data rows of a CSV file (lines after the header).
+fn numbered_rows(path: &Path) -> usize {
+    std::fs::read_to_string(path).unwrap().lines().count() - 1
+}
+
 /// The `hf-model/` export of a run evaluates as a Hugging Face sequence classifier (issue
 /// 14): the same accuracy and loss as the run's `model/` on the same rows; its classes are
 /// `id2label`, so a data label outside them is an error naming it; without `id2label` the
@@ -1013,6 +1018,53 @@ fn hf_classifier_evaluates<B: Backend>(out: &Path, tmp: &Path, device: &B::Devic
     .unwrap();
     let placeholder = eval_dir::<B>(&plain, &numbered, &opts, device).unwrap();
     assert_eq!(placeholder.accuracy, ours.accuracy);
+    // factorize (and sparsify, through the same data path) map the placeholder classes
+    // too, and refuse a data label outside them, naming it. (A CPU check of the data path:
+    // wgpu's short schedule leaves it out.)
+    if !short_schedule() {
+        let fopts = FactorizeOptions {
+            data: numbered.clone(),
+            plan: RankPlan::Budget(0.6),
+            calibration_tokens: 200,
+            seed: 7,
+            latency_repeats: 1,
+            ..Default::default()
+        };
+        let f = run_factorize::<B>(
+            &plain,
+            &fopts,
+            &tmp.join("plain-factorized"),
+            "test",
+            device,
+        )
+        .unwrap();
+        let n = numbered_rows(&numbered);
+        assert_eq!(
+            f.test_examples,
+            Some(n - (n as f64 * 0.8).round() as usize - (n as f64 * 0.1).round() as usize)
+        );
+        assert!(f.before.unwrap().accuracy.unwrap() > 0.0);
+        let mut bad = std::fs::read_to_string(&numbered).unwrap();
+        bad.push_str("\n2,an unknown class");
+        let bad_file = tmp.join("numbered-bad.csv");
+        std::fs::write(&bad_file, bad).unwrap();
+        let e = run_factorize::<B>(
+            &plain,
+            &FactorizeOptions {
+                data: bad_file,
+                ..fopts
+            },
+            &tmp.join("plain-bad"),
+            "test",
+            device,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, TrainError::UnknownLabel { label, .. } if label == "2"),
+            "{e}"
+        );
+        assert!(!tmp.join("plain-bad").exists());
+    }
     // Without --max-len: the tokenizer's model_max_length, capped at the position table.
     write(
         &plain.join("tokenizer_config.json"),
