@@ -321,9 +321,9 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         })
     }
 
-    /// Writes a Hugging Face BERT or GPT-2 directory. Tokenizer files from `copy_from` (if given) are
-    /// copied alongside. An existing `dir` is replaced once the new one is complete:
-    /// commands check [`check_output`] first.
+    /// Writes a Hugging Face BERT or GPT-2 directory. Tokenizer files from `copy_from` (if
+    /// given) are copied alongside. An existing `dir` is replaced once the new one is
+    /// complete: commands check [`check_output`] first.
     ///
     /// When only heads were removed ([`hf::plain`]): `config.json` with `pruned_heads` and
     /// weights under Hugging Face keys, which `BertModel` / `GPT2LMHeadModel` load; a layer

@@ -272,6 +272,9 @@ pub struct Parts<'a> {
 
 /// Assembles the report.
 pub fn build(p: Parts<'_>) -> Report {
+    let accuracy = p
+        .gate_check_accuracy
+        .filter(|_| p.exp.task == Task::Classification);
     let head_params = if p.exp.task == Task::Classification {
         p.dense_config.d_pooler.unwrap_or(0) * p.data.label_names.len() + p.data.label_names.len()
     } else {
@@ -352,8 +355,9 @@ pub fn build(p: Parts<'_>) -> Report {
         expected_sparsity_gated: p.expected_sparsity,
         valid_loss_hardened: p.gate_check.map(|c| c.0),
         valid_loss_random_kept: p.gate_check.map(|c| c.1),
-        valid_accuracy_hardened: p.gate_check_accuracy.map(|c| c.0),
-        valid_accuracy_random_kept: p.gate_check_accuracy.map(|c| c.1),
+        // An LM has no accuracy to report.
+        valid_accuracy_hardened: accuracy.map(|c| c.0),
+        valid_accuracy_random_kept: accuracy.map(|c| c.1),
         latency_ms_dense: p.latency.dense_ms,
         latency_ms_pruned: p.latency.pruned_ms,
         latency_batch: p.latency.batch,
@@ -581,11 +585,7 @@ pub fn markdown(r: &Report) -> String {
             "\nGate check (mean validation loss before the fine-tune, same weights): the learned kept set {h:.4}, random kept sets of the same size {c:.4} (mean of 3). Expected sparsity at the end of the gated phase: {:.4}.",
             r.expected_sparsity_gated.unwrap_or(f64::NAN)
         );
-        if let (Some(h), Some(c), Task::Classification) = (
-            r.valid_accuracy_hardened,
-            r.valid_accuracy_random_kept,
-            r.task,
-        ) {
+        if let (Some(h), Some(c)) = (r.valid_accuracy_hardened, r.valid_accuracy_random_kept) {
             let _ = writeln!(
                 s,
                 "Validation accuracy of the same models: learned {:.2}%, random {:.2}% (after distillation without cross entropy the logits' scale is free, so the loss alone can mislead).",
