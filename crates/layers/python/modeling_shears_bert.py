@@ -3,7 +3,9 @@
 #     AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)
 # (or AutoModel for the encoder alone).
 #
-# The model is BERT (post-norm encoder, learned absolute positions, token types) in which
+# The model is BERT (post-norm encoder, learned absolute positions, token types; RoBERTa
+# is the same with positions counted from `position_offset` = its pad_token_id + 1, as
+# transformers counts them for the tokens of a right-padded row) in which
 # each layer keeps its own number of attention heads (`layer_num_heads`, each of
 # `attention_head_size`, so the attention scale is that of the original model) and its own
 # number of feed-forward neurons (`layer_intermediate_sizes`), over a hidden size that may
@@ -43,6 +45,7 @@ class ShearsBertConfig(PretrainedConfig):
         pooler_size=None,
         classifier_dropout=None,
         pad_token_id=0,
+        position_offset=0,
         **kwargs,
     ):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
@@ -68,6 +71,7 @@ class ShearsBertConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.pooler_size = pooler_size
         self.classifier_dropout = classifier_dropout
+        self.position_offset = int(position_offset)
 
 
 class ShearsBertEmbeddings(nn.Module):
@@ -79,10 +83,12 @@ class ShearsBertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, d)
         self.LayerNorm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.position_offset = config.position_offset
 
     def forward(self, input_ids, token_type_ids):
         seq = input_ids.shape[1]
-        positions = torch.arange(seq, device=input_ids.device).unsqueeze(0)
+        start = self.position_offset
+        positions = torch.arange(start, start + seq, device=input_ids.device).unsqueeze(0)
         x = (
             self.word_embeddings(input_ids)
             + self.position_embeddings(positions)

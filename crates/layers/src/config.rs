@@ -6,22 +6,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::LoadError;
+use crate::{Family, LoadError};
 
 /// The most layers, and heads per layer, a Hugging Face config may ask for (released models
 /// have at most about a hundred): the layer and head lists are allocated from these counts
 /// before the weights can confirm them.
 pub const MAX_LAYERS_OR_HEADS: usize = 4096;
-
-/// Which architecture a config describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    /// BERT encoder: post-norm, bidirectional, token-type embeddings, pooler.
-    Bert,
-    /// GPT-2 decoder: pre-norm, causal, final LayerNorm, LM head tied to the token embedding.
-    Gpt2,
-}
 
 /// Feed-forward activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,7 +124,7 @@ impl LayerConfig {
     }
 }
 
-/// The one config of a BERT or GPT-2 model. Modules read the parts they need from it
+/// The one config of a BERT, RoBERTa or GPT-2 model. Modules read the parts they need from it
 /// (`SelfAttention::new(config, layer, device)`), so nothing is threaded through
 /// constructors, and per-layer sizes make a pruned model an ordinary model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,8 +134,12 @@ pub struct ModelConfig {
     pub family: Family,
     /// Token vocabulary size.
     pub vocab_size: usize,
-    /// Maximum sequence length (position embeddings).
+    /// Rows of the position table (`max_position_embeddings`).
     pub max_positions: usize,
+    /// Position of a row's first token in the position table: 0, or RoBERTa's
+    /// `pad_token_id + 1`. A row holds at most [`ModelConfig::max_len`] tokens.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub position_offset: usize,
     /// Token-type (segment) vocabulary; 0 for GPT-2.
     pub type_vocab_size: usize,
     /// Hidden width.
@@ -183,6 +177,7 @@ impl ModelConfig {
             family: Family::Bert,
             vocab_size,
             max_positions: 512,
+            position_offset: 0,
             type_vocab_size: 2,
             d_model,
             d_pooler: Some(d_model),
@@ -207,6 +202,7 @@ impl ModelConfig {
             family: Family::Gpt2,
             vocab_size,
             max_positions: 1024,
+            position_offset: 0,
             type_vocab_size: 0,
             d_model,
             d_pooler: None,
@@ -222,16 +218,16 @@ impl ModelConfig {
     /// The standard deviation of a fresh GPT-2 weight: `initializer_range`, divided by
     /// `sqrt(2 n_layers)` for the `residual` projections (attention and FFN outputs), as
     /// GPT-2 does so that the residual stream's variance does not grow with depth. `None`
-    /// for BERT: a fresh BERT keeps Burn's default initialisation (shears builds fresh BERTs
+    /// for BERT and RoBERTa: a fresh encoder keeps Burn's default initialisation (shears builds fresh BERTs
     /// only as skeletons that loaded weights replace, and as the tests' tiny models, whose
     /// calibrated margins were measured with that initialisation).
     pub fn init_std(&self, residual: bool) -> Option<f64> {
-        match (self.family, residual) {
-            (Family::Gpt2, true) => {
+        match (self.family.arch().scaled_init, residual) {
+            (true, true) => {
                 Some(self.initializer_range / (2.0 * self.n_layers().max(1) as f64).sqrt())
             }
-            (Family::Gpt2, false) => Some(self.initializer_range),
-            (Family::Bert, _) => None,
+            (true, false) => Some(self.initializer_range),
+            (false, _) => None,
         }
     }
 
@@ -247,10 +243,16 @@ impl ModelConfig {
 
     /// Whether attention is causal (GPT-2).
     pub fn causal(&self) -> bool {
-        self.family == Family::Gpt2
+        self.family.arch().causal
     }
 
-    /// Reads a Hugging Face `config.json` (BERT or GPT-2, chosen by `model_type`). Sizes are
+    /// The most tokens a row may hold: the position table's rows after the offset.
+    pub fn max_len(&self) -> usize {
+        self.max_positions.saturating_sub(self.position_offset)
+    }
+
+    /// Reads a Hugging Face `config.json` (the [`Family`] its `model_type` names, or a
+    /// `shears_*` export). Sizes are
     /// checked against the weights by [`crate::Transformer::load`] before a model is built.
     pub fn from_hf_file(path: &Path) -> Result<Self, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|e| LoadError::Io {
@@ -285,26 +287,38 @@ impl ModelConfig {
             path: Default::default(),
             message,
         };
-        match value.get("model_type").and_then(|t| t.as_str()) {
-            Some(crate::hf::SHEARS_BERT) => return Self::from_shears(value, Family::Bert),
-            Some(crate::hf::SHEARS_GPT2) => return Self::from_shears(value, Family::Gpt2),
-            _ => {}
+        let model_type = value.get("model_type").and_then(|t| t.as_str());
+        if let Some(family) = model_type.and_then(|t| shears_family(&value, t).transpose()) {
+            return Self::from_shears(value.clone(), family?);
         }
-        let wire: HfWire = serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))?;
-        let family = match wire.model_type.as_deref() {
-            Some("bert") => Family::Bert,
-            Some("gpt2") => Family::Gpt2,
-            Some(other) => {
+        let supported = || {
+            Family::ALL
+                .iter()
+                .flat_map(|f| [f.model_type(), f.spec().shears_model_type()])
+                .fold(Vec::<&str>::new(), |mut v, t| {
+                    if !v.contains(&t) {
+                        v.push(t);
+                    }
+                    v
+                })
+                .join(", ")
+        };
+        let family = match model_type {
+            Some(t) => Family::from_model_type(t).ok_or_else(|| {
+                bad(format!(
+                    "unsupported model_type `{t}` (supported: {})",
+                    supported()
+                ))
+            })?,
+            None => {
                 return Err(bad(format!(
-                    "unsupported model_type `{other}` (supported: bert, gpt2, shears_bert, shears_gpt2)"
+                    "missing `model_type` (expected one of {})",
+                    supported()
                 )));
             }
-            None => {
-                return Err(bad(
-                    "missing `model_type` (expected `bert` or `gpt2`)".into()
-                ));
-            }
         };
+        let spec = family.spec();
+        let wire: HfWire = serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))?;
         check_options(&value, family)?;
         // The layer and head lists are allocated from these counts before any weight is
         // read: an absurd value must be an error, not an allocation that aborts.
@@ -327,10 +341,11 @@ impl ModelConfig {
         }
         let d_head = wire.d_model / n_heads;
         let d_ff = wire.d_ff.unwrap_or(4 * wire.d_model);
-        let activation = Activation::from_hf(wire.activation.as_deref().unwrap_or(match family {
-            Family::Bert => "gelu",
-            Family::Gpt2 => "gelu_new",
-        }))?;
+        let activation = Activation::from_hf(
+            wire.activation
+                .as_deref()
+                .unwrap_or(spec.default_activation()),
+        )?;
         let mut layers = Vec::with_capacity(wire.n_layers);
         for l in 0..wire.n_layers {
             let pruned = wire
@@ -352,61 +367,75 @@ impl ModelConfig {
                 ranks: BTreeMap::new(),
             });
         }
-        Ok(Self {
+        let initializer_range = match wire.initializer_range {
+            None => default_initializer_range(),
+            Some(r) if r.is_finite() && r > 0.0 => r,
+            Some(r) => {
+                return Err(bad(format!(
+                    "initializer_range {r} is not a positive number"
+                )));
+            }
+        };
+        // transformers' defaults where the file leaves a probability out.
+        let hidden = wire.hidden_dropout.unwrap_or(0.1);
+        let mut config = Self {
             family,
             vocab_size: wire.vocab_size,
             max_positions: wire.max_positions,
-            type_vocab_size: if family == Family::Bert {
-                wire.type_vocab_size.unwrap_or(2)
-            } else {
-                0
-            },
+            position_offset: 0,
+            type_vocab_size: 0,
             d_model: wire.d_model,
-            d_pooler: (family == Family::Bert).then_some(wire.d_model),
+            d_pooler: None,
             layers,
             activation,
-            layer_norm_eps: wire.layer_norm_eps.unwrap_or(match family {
-                Family::Bert => 1e-12,
-                Family::Gpt2 => 1e-5,
+            layer_norm_eps: wire.layer_norm_eps.unwrap_or(spec.default_layer_norm_eps()),
+            dropout: crate::DropoutConfig {
+                hidden,
+                attention: wire.attention_dropout.unwrap_or(0.1),
+                embedding: hidden,
+            },
+            initializer_range,
+            hf_config: None,
+        };
+        spec.read_hf(&value, &mut config).map_err(bad)?;
+        for (key, p) in [
+            ("hidden dropout", config.dropout.hidden),
+            ("attention dropout", config.dropout.attention),
+            ("embedding dropout", config.dropout.embedding),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(bad(format!("{key} probability {p} is not in [0, 1)")));
+            }
+        }
+        config.hf_config = Some(value);
+        Ok(config)
+    }
+}
+
+/// The family of a `shears_*` export (`model_type` `shears_bert` is BERT, or the family
+/// its `shears_family` names); `None` when `model_type` is no `shears_*` type.
+fn shears_family(value: &serde_json::Value, model_type: &str) -> Result<Option<Family>, LoadError> {
+    let mut candidates = Family::ALL
+        .into_iter()
+        .filter(|f| f.spec().shears_model_type() == model_type);
+    let Some(first) = candidates.next() else {
+        return Ok(None);
+    };
+    match value.get("shears_family").and_then(|v| v.as_str()) {
+        None => Ok(Some(first)),
+        Some(name) => std::iter::once(first)
+            .chain(candidates)
+            .find(|f| f.model_type() == name)
+            .map(Some)
+            .ok_or_else(|| LoadError::Config {
+                path: Default::default(),
+                message: format!("`shears_family` `{name}` is not a family of `{model_type}`"),
             }),
-            dropout: {
-                // transformers' defaults where the file leaves a probability out.
-                let hidden = wire.hidden_dropout.unwrap_or(0.1);
-                let dropout = crate::DropoutConfig {
-                    hidden,
-                    attention: wire.attention_dropout.unwrap_or(0.1),
-                    embedding: match family {
-                        Family::Bert => hidden,
-                        Family::Gpt2 => wire.embd_pdrop.unwrap_or(0.1),
-                    },
-                };
-                for (key, p) in [
-                    ("hidden dropout", dropout.hidden),
-                    ("attention dropout", dropout.attention),
-                    ("embedding dropout", dropout.embedding),
-                ] {
-                    if !(0.0..1.0).contains(&p) {
-                        return Err(bad(format!("{key} probability {p} is not in [0, 1)")));
-                    }
-                }
-                dropout
-            },
-            initializer_range: match wire.initializer_range {
-                None => default_initializer_range(),
-                Some(r) if r.is_finite() && r > 0.0 => r,
-                Some(r) => {
-                    return Err(bad(format!(
-                        "initializer_range {r} is not a positive number"
-                    )));
-                }
-            },
-            hf_config: Some(value),
-        })
     }
 }
 
 impl ModelConfig {
-    /// Resolves the `config.json` of a `shears_bert` or `shears_gpt2` export (see
+    /// Resolves the `config.json` of a `shears_*` export (see
     /// [`crate::hf::shears_hf_config`]).
     fn from_shears(value: serde_json::Value, family: Family) -> Result<Self, LoadError> {
         let bad = |message: String| LoadError::Config {
@@ -416,11 +445,20 @@ impl ModelConfig {
         let w: ShearsWire =
             serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))?;
         check_options(&value, family)?;
-        if family == Family::Gpt2 && (w.type_vocab_size != 0 || w.pooler_size.is_some()) {
+        let arch = family.arch();
+        if (!arch.token_types && w.type_vocab_size != 0)
+            || (!arch.pooler && w.pooler_size.is_some())
+        {
             return Err(bad(format!(
-                "a shears_gpt2 has no token types and no pooler, but the file gives \
+                "a {family} has no token types and no pooler, but the file gives \
                  type_vocab_size {} and pooler_size {:?}",
                 w.type_vocab_size, w.pooler_size
+            )));
+        }
+        if w.position_offset >= w.max_position_embeddings.max(1) {
+            return Err(bad(format!(
+                "position_offset {} leaves no row of the {} positions",
+                w.position_offset, w.max_position_embeddings
             )));
         }
         let n_layers = w.layer_num_heads.len();
@@ -486,6 +524,7 @@ impl ModelConfig {
             family,
             vocab_size: w.vocab_size,
             max_positions: w.max_position_embeddings,
+            position_offset: w.position_offset,
             type_vocab_size: w.type_vocab_size,
             d_model: w.hidden_size,
             d_pooler: w.pooler_size,
@@ -516,6 +555,9 @@ struct ShearsWire {
     #[serde(default)]
     embedding_dropout_prob: Option<f64>,
     max_position_embeddings: usize,
+    /// RoBERTa's; 0 (absent) for the others.
+    #[serde(default)]
+    position_offset: usize,
     /// 0 (absent) for GPT-2.
     #[serde(default)]
     type_vocab_size: usize,
@@ -528,7 +570,6 @@ struct ShearsWire {
 /// `config.json` as Hugging Face writes it for BERT and GPT-2 (GPT-2 names as aliases).
 #[derive(Deserialize)]
 struct HfWire {
-    model_type: Option<String>,
     vocab_size: usize,
     #[serde(alias = "n_embd", rename = "hidden_size")]
     d_model: usize,
@@ -542,8 +583,6 @@ struct HfWire {
     activation: Option<String>,
     #[serde(alias = "n_positions", rename = "max_position_embeddings")]
     max_positions: usize,
-    #[serde(default)]
-    type_vocab_size: Option<usize>,
     #[serde(alias = "layer_norm_epsilon", default)]
     layer_norm_eps: Option<f64>,
     #[serde(default)]
@@ -553,79 +592,33 @@ struct HfWire {
     #[serde(alias = "attn_pdrop", rename = "attention_probs_dropout_prob", default)]
     attention_dropout: Option<f64>,
     #[serde(default)]
-    embd_pdrop: Option<f64>,
-    #[serde(default)]
     initializer_range: Option<f64>,
 }
 
-/// The `config.json` options that change what the model computes and that shears does not
-/// implement, with the value shears computes as (`None`: the option must be absent or null).
-/// A file that sets one to anything else is refused.
-const UNSUPPORTED: [(Option<Family>, &str, &str, &str); 7] = [
-    (
-        None,
-        "position_embedding_type",
-        "\"absolute\"",
-        "shears implements absolute position embeddings only",
-    ),
-    (
-        None,
-        "is_decoder",
-        "false",
-        "shears' BERT attends to every position, not causally",
-    ),
-    (
-        None,
-        "add_cross_attention",
-        "false",
-        "shears has no cross-attention layers",
-    ),
-    (
-        Some(Family::Gpt2),
-        "scale_attn_by_inverse_layer_idx",
-        "false",
-        "shears scales attention scores by 1/sqrt(d_head) only",
-    ),
-    (
-        Some(Family::Gpt2),
-        "reorder_and_upcast_attn",
-        "false",
-        "shears computes attention scores in the model's dtype, scaled after the product",
-    ),
-    (
-        Some(Family::Gpt2),
-        "scale_attn_weights",
-        "true",
-        "shears always scales attention scores by 1/sqrt(d_head)",
-    ),
-    (
-        Some(Family::Gpt2),
-        "tie_word_embeddings",
-        "true",
-        "shears' GPT-2 language-model head is its token embedding",
-    ),
-];
-
-/// Refuses the [`UNSUPPORTED`] options `value` sets to anything but shears' computation.
+/// Refuses the options of `value` that change what the model computes, which shears does
+/// not implement ([`crate::family::UNSUPPORTED_ALWAYS`] and the family's own), set to
+/// anything but shears' computation.
 fn check_options(value: &serde_json::Value, family: Family) -> Result<(), LoadError> {
-    for (only, key, ours, reason) in UNSUPPORTED {
-        if only.is_some_and(|f| f != family) {
-            continue;
-        }
-        let Some(v) = value.get(key).filter(|v| !v.is_null()) else {
+    let own = family.spec().unsupported();
+    for (key, ours, reason) in crate::family::UNSUPPORTED_ALWAYS.iter().chain(own) {
+        let Some(v) = value.get(*key).filter(|v| !v.is_null()) else {
             continue;
         };
         let ours: serde_json::Value = serde_json::from_str(ours).expect("a JSON literal");
         if *v != ours {
             return Err(LoadError::UnsupportedOption {
                 path: Default::default(),
-                key: key.into(),
+                key: (*key).into(),
                 value: v.to_string(),
                 reason,
             });
         }
     }
     Ok(())
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn default_initializer_range() -> f64 {

@@ -1,6 +1,6 @@
 //! Parameter and FLOP counts from a config.
 
-use crate::{Family, ModelConfig};
+use crate::ModelConfig;
 
 /// Every projection of a layer, by its name in `LayerConfig::ranks`.
 pub const PROJECTIONS: [&str; 6] = [
@@ -17,15 +17,11 @@ impl ModelConfig {
     pub fn param_count(&self) -> usize {
         let d = self.d_model;
         let mut n = (self.vocab_size + self.max_positions + self.type_vocab_size) * d;
-        if self.family == Family::Bert {
-            n += 2 * d; // embedding LayerNorm
-        }
+        // The embedding LayerNorm (post-norm) or the final one (pre-norm).
+        n += 2 * d;
         n += self.layer_params();
         if let Some(p) = self.d_pooler {
             n += d * p + p;
-        }
-        if self.family == Family::Gpt2 {
-            n += 2 * d;
         }
         n
     }
@@ -64,13 +60,14 @@ impl ModelConfig {
     }
 
     /// Floating-point operations per token of GPT-2's tied LM head (`2 · d_model · vocab`;
-    /// 0 for BERT). Not in [`ModelConfig::flops_per_token`]: only a pruned hidden width
+    /// 0 without an LM head). Not in [`ModelConfig::flops_per_token`]: only a pruned hidden width
     /// changes it, and with GPT-2's 50,257 words it dominates a small model's cost per
     /// token, so reports give it apart.
     pub fn lm_head_flops_per_token(&self) -> usize {
-        match self.family {
-            Family::Gpt2 => 2 * self.d_model * self.vocab_size,
-            Family::Bert => 0,
+        if self.family.arch().lm_head {
+            2 * self.d_model * self.vocab_size
+        } else {
+            0
         }
     }
 }

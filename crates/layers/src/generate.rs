@@ -138,7 +138,7 @@ impl<B: Backend> Transformer<B, SelfAttention<B>, FeedForward<B>> {
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 3>, GenerateError> {
         let config = self.config();
-        if config.family != Family::Gpt2 {
+        if !config.causal() {
             return Err(GenerateError::NotCausal(config.family));
         }
         let [_, s] = ids.dims();
@@ -148,11 +148,11 @@ impl<B: Backend> Transformer<B, SelfAttention<B>, FeedForward<B>> {
                 given: s,
             });
         }
-        if cache.len + s > config.max_positions {
+        if cache.len + s > config.max_len() {
             return Err(GenerateError::TooLong {
                 prompt: cache.len,
                 new: s,
-                max_positions: config.max_positions,
+                max_positions: config.max_len(),
             });
         }
         Ok(kernels::on_workers::<B, _>(|| self.cached_here(ids, cache)))
@@ -164,8 +164,9 @@ impl<B: Backend> Transformer<B, SelfAttention<B>, FeedForward<B>> {
         let device = ids.device();
         let start = cache.len;
         let emb = &self.embeddings;
+        let first = (config.position_offset + start) as i64;
         let positions =
-            Tensor::<B, 1, Int>::arange(start as i64..(start + s) as i64, &device).reshape([1, s]);
+            Tensor::<B, 1, Int>::arange(first..first + s as i64, &device).reshape([1, s]);
         let mut x = emb.word.forward(ids) + emb.position.forward(positions);
         cache.layers.resize(self.layers.len(), None);
         for (layer, slot) in self.layers.iter().zip(&mut cache.layers) {
@@ -213,7 +214,7 @@ impl<B: Backend> Transformer<B, SelfAttention<B>, FeedForward<B>> {
         opts: &GenerateOptions,
     ) -> Result<Generated, GenerateError> {
         let config = self.config();
-        if config.family != Family::Gpt2 {
+        if !config.causal() {
             return Err(GenerateError::NotCausal(config.family));
         }
         if prompt.is_empty() {
@@ -228,11 +229,11 @@ impl<B: Backend> Transformer<B, SelfAttention<B>, FeedForward<B>> {
                 vocab: config.vocab_size,
             });
         }
-        if prompt.len() + opts.max_tokens > config.max_positions {
+        if prompt.len() + opts.max_tokens > config.max_len() {
             return Err(GenerateError::TooLong {
                 prompt: prompt.len(),
                 new: opts.max_tokens,
-                max_positions: config.max_positions,
+                max_positions: config.max_len(),
             });
         }
         let device = self.embeddings.word.weight.device();

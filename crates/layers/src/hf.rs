@@ -1,230 +1,16 @@
-//! Hugging Face checkpoints: reading safetensors, the key tables of BERT and GPT-2, and
-//! exporting a head-pruned BERT that `transformers` 4.x loads with `from_pretrained`.
+//! Hugging Face checkpoints: reading and writing safetensors, mapping a checkpoint onto our
+//! parameter paths through a family's key table ([`crate::family`]), and the `config.json`
+//! of an export that `transformers` 4.x loads with `from_pretrained`.
 
 use std::path::Path;
 
 use shears_spaces::{HostTensor, TensorMap};
 
+use crate::family::Transform;
 use crate::{Family, LoadError, ModelConfig};
 
-/// How a checkpoint tensor becomes ours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transform {
-    /// Same layout.
-    Same,
-    /// PyTorch `Linear` `[out, in]` to Burn `[in, out]`.
-    Transpose,
-    /// Part `i` of 3 along the last axis (GPT-2's fused `c_attn`, Conv1D `[in, 3 * out]`).
-    Third(usize),
-}
-
-/// BERT: our path pattern, the Hugging Face key pattern, the transform. `{}` is the layer.
-const BERT_KEYS: &[(&str, &str, Transform)] = &[
-    (
-        "embeddings.word.weight",
-        "embeddings.word_embeddings.weight",
-        Transform::Same,
-    ),
-    (
-        "embeddings.position.weight",
-        "embeddings.position_embeddings.weight",
-        Transform::Same,
-    ),
-    (
-        "embeddings.token_type.weight",
-        "embeddings.token_type_embeddings.weight",
-        Transform::Same,
-    ),
-    (
-        "embeddings.norm.weight",
-        "embeddings.LayerNorm.weight",
-        Transform::Same,
-    ),
-    (
-        "embeddings.norm.bias",
-        "embeddings.LayerNorm.bias",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.attention.query.weight",
-        "encoder.layer.{}.attention.self.query.weight",
-        Transform::Transpose,
-    ),
-    (
-        "layers.{}.attention.query.bias",
-        "encoder.layer.{}.attention.self.query.bias",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.attention.key.weight",
-        "encoder.layer.{}.attention.self.key.weight",
-        Transform::Transpose,
-    ),
-    (
-        "layers.{}.attention.key.bias",
-        "encoder.layer.{}.attention.self.key.bias",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.attention.value.weight",
-        "encoder.layer.{}.attention.self.value.weight",
-        Transform::Transpose,
-    ),
-    (
-        "layers.{}.attention.value.bias",
-        "encoder.layer.{}.attention.self.value.bias",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.attention.output.weight",
-        "encoder.layer.{}.attention.output.dense.weight",
-        Transform::Transpose,
-    ),
-    (
-        "layers.{}.attention.output.bias",
-        "encoder.layer.{}.attention.output.dense.bias",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.attention_norm.weight",
-        "encoder.layer.{}.attention.output.LayerNorm.weight",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.attention_norm.bias",
-        "encoder.layer.{}.attention.output.LayerNorm.bias",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.ffn.up.weight",
-        "encoder.layer.{}.intermediate.dense.weight",
-        Transform::Transpose,
-    ),
-    (
-        "layers.{}.ffn.up.bias",
-        "encoder.layer.{}.intermediate.dense.bias",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.ffn.down.weight",
-        "encoder.layer.{}.output.dense.weight",
-        Transform::Transpose,
-    ),
-    (
-        "layers.{}.ffn.down.bias",
-        "encoder.layer.{}.output.dense.bias",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.ffn_norm.weight",
-        "encoder.layer.{}.output.LayerNorm.weight",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.ffn_norm.bias",
-        "encoder.layer.{}.output.LayerNorm.bias",
-        Transform::Same,
-    ),
-    ("pooler.weight", "pooler.dense.weight", Transform::Transpose),
-    ("pooler.bias", "pooler.dense.bias", Transform::Same),
-];
-
-/// GPT-2 (Conv1D weights are already `[in, out]`: never transposed).
-const GPT2_KEYS: &[(&str, &str, Transform)] = &[
-    ("embeddings.word.weight", "wte.weight", Transform::Same),
-    ("embeddings.position.weight", "wpe.weight", Transform::Same),
-    (
-        "layers.{}.attention_norm.weight",
-        "h.{}.ln_1.weight",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.attention_norm.bias",
-        "h.{}.ln_1.bias",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.attention.query.weight",
-        "h.{}.attn.c_attn.weight",
-        Transform::Third(0),
-    ),
-    (
-        "layers.{}.attention.query.bias",
-        "h.{}.attn.c_attn.bias",
-        Transform::Third(0),
-    ),
-    (
-        "layers.{}.attention.key.weight",
-        "h.{}.attn.c_attn.weight",
-        Transform::Third(1),
-    ),
-    (
-        "layers.{}.attention.key.bias",
-        "h.{}.attn.c_attn.bias",
-        Transform::Third(1),
-    ),
-    (
-        "layers.{}.attention.value.weight",
-        "h.{}.attn.c_attn.weight",
-        Transform::Third(2),
-    ),
-    (
-        "layers.{}.attention.value.bias",
-        "h.{}.attn.c_attn.bias",
-        Transform::Third(2),
-    ),
-    (
-        "layers.{}.attention.output.weight",
-        "h.{}.attn.c_proj.weight",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.attention.output.bias",
-        "h.{}.attn.c_proj.bias",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.ffn_norm.weight",
-        "h.{}.ln_2.weight",
-        Transform::Same,
-    ),
-    ("layers.{}.ffn_norm.bias", "h.{}.ln_2.bias", Transform::Same),
-    (
-        "layers.{}.ffn.up.weight",
-        "h.{}.mlp.c_fc.weight",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.ffn.up.bias",
-        "h.{}.mlp.c_fc.bias",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.ffn.down.weight",
-        "h.{}.mlp.c_proj.weight",
-        Transform::Same,
-    ),
-    (
-        "layers.{}.ffn.down.bias",
-        "h.{}.mlp.c_proj.bias",
-        Transform::Same,
-    ),
-    ("final_norm.weight", "ln_f.weight", Transform::Same),
-    ("final_norm.bias", "ln_f.bias", Transform::Same),
-];
-
-/// Checkpoint keys that hold no parameter (buffers) and are skipped.
-fn is_buffer(key: &str) -> bool {
-    key.ends_with("position_ids")
-        || key.ends_with(".attn.bias")
-        || key.ends_with(".attn.masked_bias")
-}
-
-/// Prefixes of task-model checkpoints (`BertForSequenceClassification`, `GPT2LMHeadModel`).
-const PREFIXES: &[&str] = &["bert.", "transformer."];
-
-/// Reads every tensor of a safetensors file as f32 (F32, F16 and BF16 accepted; the integer
-/// `position_ids` buffer is skipped).
+/// Reads every tensor of a safetensors file as f32 (F32, F16 and BF16 accepted; the
+/// families' buffers, such as the integer `position_ids`, are skipped).
 pub fn read_safetensors(path: &Path) -> Result<TensorMap, LoadError> {
     let bytes = std::fs::read(path).map_err(|e| LoadError::Io {
         path: path.to_path_buf(),
@@ -236,7 +22,7 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap, LoadError> {
     })?;
     let mut out = TensorMap::new();
     for (key, view) in st.tensors() {
-        if is_buffer(&key) {
+        if Family::ALL.iter().any(|f| f.spec().is_buffer(&key)) {
             continue;
         }
         use safetensors::Dtype;
@@ -390,17 +176,12 @@ pub fn write_safetensors_as(
     Ok(report)
 }
 
-fn table(family: Family) -> &'static [(&'static str, &'static str, Transform)] {
-    match family {
-        Family::Bert => BERT_KEYS,
-        Family::Gpt2 => GPT2_KEYS,
-    }
-}
-
-/// Our path -> (checkpoint key, transform).
+/// Our path -> (checkpoint key, transform) in `family`'s key table.
 fn lookup(family: Family, ours: &str) -> Option<(String, Transform)> {
     let (pattern, layer) = pattern_of(ours);
-    table(family)
+    family
+        .spec()
+        .keys()
         .iter()
         .find(|(o, _, _)| *o == pattern)
         .map(|(_, hf, t)| {
@@ -434,41 +215,56 @@ fn pattern_of(path: &str) -> (String, Option<&str>) {
 pub struct HfParts {
     /// The backbone's tensors under our parameter paths, in our layouts.
     pub backbone: TensorMap,
-    /// A BERT sequence classifier's head (`classifier.weight` `[classes, hidden]`,
-    /// `classifier.bias`), under its Hugging Face keys and layout; empty when absent.
+    /// A sequence classifier's head (`classifier.weight` `[classes, hidden]`,
+    /// `classifier.bias`; RoBERTa's `classifier.out_proj.*` under these names), in the
+    /// Hugging Face layout; empty when absent.
     pub head: TensorMap,
     /// Keys of heads shears does not use and skips (BERT's pre-training and masked-LM
-    /// `cls.*`, GPT-2's `lm_head.weight` once checked equal to `wte.weight`).
+    /// `cls.*`, RoBERTa's `lm_head.*`, GPT-2's `lm_head.weight` once checked equal to
+    /// `wte.weight`).
     pub skipped: Vec<String>,
 }
 
-/// Whether a BERT checkpoint has a pooler (`pooler.dense.weight`, under any task prefix):
-/// `BertForMaskedLM` and some task checkpoints have none.
-pub fn has_pooler(checkpoint: &TensorMap) -> bool {
-    checkpoint
-        .keys()
-        .any(|k| strip_prefix(k) == "pooler.dense.weight")
+/// The checkpoint with `family`'s task prefixes stripped and its task head under the
+/// names the key table and [`HfParts::head`] use.
+fn normalized(family: Family, checkpoint: &TensorMap) -> TensorMap {
+    let spec = family.spec();
+    let stripped = checkpoint
+        .iter()
+        .map(|(k, v)| {
+            let k = spec
+                .prefixes()
+                .iter()
+                .find_map(|p| k.strip_prefix(p))
+                .unwrap_or(k);
+            (k.to_string(), v.clone())
+        })
+        .collect();
+    spec.normalize(stripped)
 }
 
-fn strip_prefix(k: &str) -> &str {
-    PREFIXES.iter().find_map(|p| k.strip_prefix(p)).unwrap_or(k)
+/// Whether a checkpoint of `family` has a pooler (under any task prefix; RoBERTa's
+/// classifier's dense layer is one): `BertForMaskedLM` and some task checkpoints have
+/// none.
+pub fn has_pooler(family: Family, checkpoint: &TensorMap) -> bool {
+    family.arch().pooler
+        && lookup(family, "pooler.weight")
+            .is_some_and(|(key, _)| normalized(family, checkpoint).contains_key(&key))
 }
 
 /// Maps a Hugging Face checkpoint onto our parameter paths, for a model whose parameters
 /// have shapes `expected`. Every parameter must be found with the right shape and every
-/// checkpoint tensor used, except buffers, a BERT `classifier.*` head (returned in
-/// [`HfParts::head`]), BERT's `cls.*` heads and a GPT-2 `lm_head.weight` equal to
-/// `wte.weight` (both listed in [`HfParts::skipped`]). An `lm_head.weight` that differs
-/// from `wte.weight` is [`LoadError::UntiedLmHead`]: shears' GPT-2 ties them.
+/// checkpoint tensor used, except buffers, a sequence classifier's head (returned in
+/// [`HfParts::head`]) and the heads the family skips (listed in [`HfParts::skipped`]:
+/// BERT's `cls.*`, RoBERTa's `lm_head.*`, a GPT-2 `lm_head.weight` equal to
+/// `wte.weight`). A GPT-2 `lm_head.weight` that differs from `wte.weight` is
+/// [`LoadError::UntiedLmHead`]: shears' GPT-2 ties them.
 pub fn from_hf(
     family: Family,
     checkpoint: &TensorMap,
     expected: &std::collections::BTreeMap<String, Vec<usize>>,
 ) -> Result<HfParts, LoadError> {
-    let ckpt: TensorMap = checkpoint
-        .iter()
-        .map(|(k, v)| (strip_prefix(k).to_string(), v.clone()))
-        .collect();
+    let ckpt = normalized(family, checkpoint);
     let mut used = std::collections::BTreeSet::new();
     let mut parts = HfParts::default();
     for (ours, shape) in expected {
@@ -501,36 +297,14 @@ pub fn from_hf(
         parts.backbone.insert(ours.clone(), converted);
     }
     for (key, t) in &ckpt {
-        if used.contains(key) {
+        if used.contains(key) || family.spec().is_buffer(key) {
             continue;
         }
-        match family {
-            Family::Bert if key.starts_with("classifier.") => {
-                parts.head.insert(key.clone(), t.clone());
-            }
-            Family::Bert if key.starts_with("cls.") => parts.skipped.push(key.clone()),
-            Family::Gpt2 if key == "lm_head.weight" => {
-                let wte = parts.backbone.get("embeddings.word.weight");
-                if wte.map(|w| (&w.shape, &w.data)) != Some((&t.shape, &t.data)) {
-                    return Err(LoadError::UntiedLmHead {
-                        shape: t.shape.clone(),
-                        max_diff: wte.filter(|w| w.shape == t.shape).map(|w| {
-                            w.data
-                                .iter()
-                                .zip(&t.data)
-                                .map(|(a, b)| (a - b).abs())
-                                .fold(0.0, f32::max)
-                        }),
-                    });
-                }
-                parts.skipped.push(key.clone());
-            }
-            _ => {
-                return Err(LoadError::UnexpectedKey {
-                    key: key.clone(),
-                    found: t.shape.clone(),
-                });
-            }
+        if !family.spec().extra_tensor(key, t, &mut parts)? {
+            return Err(LoadError::UnexpectedKey {
+                key: key.clone(),
+                found: t.shape.clone(),
+            });
         }
     }
     Ok(parts)
@@ -550,50 +324,64 @@ fn expected_hf_shape(ours: &[usize], t: Transform) -> Vec<usize> {
     }
 }
 
-/// Our tensors under Hugging Face BERT keys and layouts (`[out, in]` Linear weights).
-pub fn to_hf_bert(tensors: &TensorMap) -> Result<TensorMap, LoadError> {
+/// Our tensors under `family`'s Hugging Face keys (no task prefix) and layouts: Linear
+/// weights `[out, in]`, GPT-2's query, key and value joined into `c_attn` (Conv1D,
+/// `[in, 3 x out]`).
+pub fn to_hf(family: Family, tensors: &TensorMap) -> Result<TensorMap, LoadError> {
     let mut out = TensorMap::new();
+    let mut fused: std::collections::BTreeMap<String, [Option<&HostTensor>; 3]> =
+        Default::default();
     for (ours, t) in tensors {
-        let (key, transform) = lookup(Family::Bert, ours).ok_or_else(|| {
+        let (key, transform) = lookup(family, ours).ok_or_else(|| {
             if ours.ends_with(".first") || ours.ends_with(".second") {
                 LoadError::NotRepresentable(format!(
-                    "`{ours}` belongs to a factorized (low-rank) projection, which Hugging Face BERT cannot represent"
+                    "`{ours}` belongs to a factorized (low-rank) projection, which the Hugging Face export cannot represent"
                 ))
             } else {
-                LoadError::NotRepresentable(format!("no Hugging Face key for `{ours}`"))
+                LoadError::NotRepresentable(format!("no Hugging Face {family} key for `{ours}`"))
             }
         })?;
-        let t = if transform == Transform::Transpose {
-            t.transpose()
-        } else {
-            t.clone()
+        match transform {
+            Transform::Same => {
+                out.insert(key, t.clone());
+            }
+            Transform::Transpose => {
+                out.insert(key, t.transpose());
+            }
+            Transform::Third(i) => fused.entry(key).or_default()[i] = Some(t),
+        }
+    }
+    for (key, parts) in fused {
+        let [Some(q), Some(k), Some(v)] = parts else {
+            return Err(LoadError::NotRepresentable(format!(
+                "`{key}` lacks one of query, key and value"
+            )));
         };
-        out.insert(key, t);
+        out.insert(key, concat_last(&[q, k, v]));
     }
     Ok(out)
 }
 
-/// A task head added to a Hugging Face export (see
-/// [`crate::Transformer::export_hf_with_head`]).
+/// A sequence-classifier head added to a Hugging Face export (see
+/// [`crate::Transformer::export_hf_with_head`]); the family puts it under its own names
+/// and `architectures` (`BertForSequenceClassification`,
+/// `RobertaForSequenceClassification`, ...).
 #[derive(Debug, Clone)]
 pub struct HfHead {
-    /// The `architectures` entry, e.g. `BertForSequenceClassification`.
-    pub architecture: String,
-    /// Prefix of the backbone's keys in that architecture, e.g. `bert.`.
-    pub prefix: String,
-    /// The head's tensors under their Hugging Face keys and layouts.
+    /// `classifier.weight` `[classes, d_pooler]` and `classifier.bias`, in the Hugging
+    /// Face layout.
     pub tensors: TensorMap,
     /// Config entries of the head (`id2label`, `label2id`, ...).
     pub config: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `transformers` 4.x cannot run a BERT or GPT-2 layer without heads (BERT's attention
-/// reshapes the empty `[batch, seq, 0]` projection with a `-1` axis and fails), so a headless
-/// layer is
-/// exported with one placeholder head (original head 0) whose query, key, value and output
-/// weights and biases are all zero. Its context is zero whatever it attends to, so the layer
-/// computes exactly what the headless layer computes: the output bias alone. Returns the
-/// config and tensors to export (unchanged when every layer has a head).
+/// reshapes the empty `[batch, seq, 0]` projection with a `-1` axis and fails), so a
+/// headless layer is exported with one placeholder head (original head 0) whose query, key,
+/// value and output weights and biases are all zero. Its context is zero whatever it
+/// attends to, so the layer computes exactly what the headless layer computes: the output
+/// bias alone. Returns the config and tensors to export (unchanged when every layer has a
+/// head).
 pub fn with_placeholder_heads(
     config: &ModelConfig,
     tensors: &TensorMap,
@@ -628,7 +416,7 @@ pub fn with_placeholder_heads(
 /// (the original heads each layer lost). Refuses per-layer FFN widths or head sizes, a
 /// pruned hidden size (read from `hidden_key` of the original config), and kept heads
 /// beyond the original count, naming what differs.
-fn head_pruned_shape(
+pub(crate) fn head_pruned_shape(
     config: &ModelConfig,
     hidden_key: &str,
     name: &str,
@@ -680,42 +468,9 @@ fn head_pruned_shape(
     Ok((n_orig_heads, d_ff, pruned))
 }
 
-/// The Hugging Face `config.json` of a head-pruned BERT: the original config with
-/// `pruned_heads` (original head indices per layer). Refuses models whose other sizes
-/// changed, since `transformers` cannot represent them.
-pub fn bert_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadError> {
-    if config.family != Family::Bert {
-        return Err(LoadError::NotRepresentable(
-            "only BERT models export to the Hugging Face layout".into(),
-        ));
-    }
-    let mut value = config.hf_config.clone().unwrap_or_else(|| {
-        serde_json::json!({
-            "model_type": "bert",
-            "architectures": ["BertModel"],
-            "hidden_act": config.activation.hf_name(),
-            "layer_norm_eps": config.layer_norm_eps,
-            "pad_token_id": 0,
-        })
-    });
-    let (n_orig_heads, d_ff, pruned) = head_pruned_shape(config, "hidden_size", "BERT")?;
-    let obj = value.as_object_mut().expect("config.json is an object");
-    obj.insert("vocab_size".into(), config.vocab_size.into());
-    obj.insert("hidden_size".into(), config.d_model.into());
-    obj.insert("num_hidden_layers".into(), config.n_layers().into());
-    obj.insert("num_attention_heads".into(), n_orig_heads.into());
-    obj.insert("intermediate_size".into(), d_ff.into());
-    obj.insert(
-        "max_position_embeddings".into(),
-        config.max_positions.into(),
-    );
-    obj.insert("type_vocab_size".into(), config.type_vocab_size.into());
-    obj.insert("pruned_heads".into(), serde_json::Value::Object(pruned));
-    Ok(value)
-}
-
-/// `model_type` of the BERT that shears exports when `transformers`' own BERT cannot hold
-/// the shape (per-layer FFN widths, a pruned hidden size, layers without heads or neurons).
+/// `model_type` of the BERT (and RoBERTa) that shears exports when `transformers`' own
+/// classes cannot hold the shape (per-layer FFN widths, a pruned hidden size, layers
+/// without heads or neurons).
 pub const SHEARS_BERT: &str = "shears_bert";
 /// `model_type` of the GPT-2 that shears exports when `transformers`' own GPT-2 cannot hold
 /// the shape.
@@ -725,46 +480,39 @@ pub const SHEARS_GPT2: &str = "shears_gpt2";
 /// code, a model with per-layer head counts and FFN widths that `transformers` loads with
 /// `trust_remote_code=True` through the config's `auto_map`.
 pub fn shears_modeling(family: Family) -> (&'static str, &'static str) {
-    match family {
-        Family::Bert => (
-            "modeling_shears_bert.py",
-            include_str!("../python/modeling_shears_bert.py"),
-        ),
-        Family::Gpt2 => (
-            "modeling_shears_gpt2.py",
-            include_str!("../python/modeling_shears_gpt2.py"),
-        ),
-    }
+    family.spec().modeling()
 }
 
-/// Whether `transformers`' own `BertModel` / `GPT2LMHeadModel` (with `pruned_heads` and
-/// placeholder heads) can hold `config`: every layer of the same FFN width and head size,
-/// the hidden size the original's (heads x head size, every kept head one of them), no
-/// factorized projection, and a checkpoint that was not itself a `shears_*` export.
+/// The `config.json` of `transformers`' own class of the family (`BertModel`,
+/// `GPT2LMHeadModel`, `RobertaModel`) for a model whose only change is removed heads:
+/// the original config with `pruned_heads` (original head indices per layer). Refuses
+/// other shapes, naming what differs.
+pub fn plain_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadError> {
+    config.family.spec().plain_config(config)
+}
+
+/// Whether `transformers`' own class of the family (with `pruned_heads` and placeholder
+/// heads) can hold `config`: every layer of the same FFN width and head size, the hidden
+/// size the original's (heads x head size, every kept head one of them), no factorized
+/// projection, and a checkpoint that was not itself a `shears_*` export.
 pub fn plain(config: &ModelConfig) -> bool {
-    let (model_type, fits) = match config.family {
-        Family::Bert => (
-            "bert",
-            bert_hf_config(&with_placeholder_heads(config, &TensorMap::new()).0).is_ok(),
-        ),
-        Family::Gpt2 => (
-            "gpt2",
-            gpt2_hf_config(&with_placeholder_heads(config, &TensorMap::new()).0).is_ok(),
-        ),
-    };
-    fits && config
-        .hf_config
-        .as_ref()
-        .is_none_or(|v| v.get("model_type").and_then(|t| t.as_str()) == Some(model_type))
+    let spec = config.family.spec();
+    spec.plain_config(&with_placeholder_heads(config, &TensorMap::new()).0)
+        .is_ok()
+        && config
+            .hf_config
+            .as_ref()
+            .is_none_or(|v| v.get("model_type").and_then(|t| t.as_str()) == Some(spec.model_type()))
         && config.layers.iter().all(|l| l.ranks.is_empty())
 }
 
-/// The `config.json` of a BERT or GPT-2 of any pruned shape, for the family's
+/// The `config.json` of a model of any pruned shape, for the family's
 /// [`shears_modeling`] file: per-layer head counts (`layer_num_heads`, with the original
 /// head of each kept one in `layer_head_ids`) and FFN widths (`layer_intermediate_sizes`),
 /// the hidden size, and an `auto_map` naming the modeling file's classes. The keys are the
-/// same for both families (BERT's names); BERT adds its pooler and token types, GPT-2 its
-/// embedding dropout and the special tokens of the original config.
+/// same for every family (BERT's names); the family adds its own (BERT its pooler and
+/// token types, RoBERTa its position offset, GPT-2 its embedding dropout and special
+/// tokens).
 pub fn shears_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadError> {
     let d_head = config.layers.first().map_or(64, |l| l.d_head);
     if let Some((l, lc)) = config
@@ -778,7 +526,6 @@ pub fn shears_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadE
             lc.d_head
         )));
     }
-    let module = shears_modeling(config.family).0.trim_end_matches(".py");
     let mut value = serde_json::json!({
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
@@ -793,57 +540,16 @@ pub fn shears_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadE
         "initializer_range": config.initializer_range,
         "layer_norm_eps": config.layer_norm_eps,
     });
-    let obj = value.as_object_mut().expect("a JSON object");
-    let extra = match config.family {
-        Family::Bert => serde_json::json!({
-            "model_type": SHEARS_BERT,
-            "architectures": ["ShearsBertModel"],
-            "auto_map": {
-                "AutoConfig": format!("{module}.ShearsBertConfig"),
-                "AutoModel": format!("{module}.ShearsBertModel"),
-                "AutoModelForSequenceClassification":
-                    format!("{module}.ShearsBertForSequenceClassification"),
-            },
-            "type_vocab_size": config.type_vocab_size,
-            "pooler_size": config.d_pooler,
-            "pad_token_id": 0,
-            // AutoTokenizer finds no tokenizer for an unknown model_type without it.
-            "tokenizer_class": "BertTokenizer",
-        }),
-        Family::Gpt2 => {
-            // The original's special tokens (GPT-2's <|endoftext|> by default), which
-            // `generate` stops at.
-            let token = |key: &str| {
-                config
-                    .hf_config
-                    .as_ref()
-                    .and_then(|v| v.get(key))
-                    .filter(|v| v.is_u64())
-                    .cloned()
-                    .unwrap_or_else(|| (config.vocab_size.min(50257).saturating_sub(1)).into())
-            };
-            serde_json::json!({
-                "model_type": SHEARS_GPT2,
-                "architectures": ["ShearsGpt2LMHeadModel"],
-                "auto_map": {
-                    "AutoConfig": format!("{module}.ShearsGpt2Config"),
-                    "AutoModel": format!("{module}.ShearsGpt2Model"),
-                    "AutoModelForCausalLM": format!("{module}.ShearsGpt2LMHeadModel"),
-                },
-                "embedding_dropout_prob": config.dropout.embedding,
-                "bos_token_id": token("bos_token_id"),
-                "eos_token_id": token("eos_token_id"),
-                "tie_word_embeddings": true,
-                "tokenizer_class": "GPT2Tokenizer",
-            })
-        }
-    };
-    obj.extend(extra.as_object().expect("a JSON object").clone());
+    let extra = config.family.spec().shears_config(config);
+    value
+        .as_object_mut()
+        .expect("a JSON object")
+        .extend(extra.as_object().expect("a JSON object").clone());
     Ok(value)
 }
 
-/// Whether [`crate::Transformer::export_hf`] can write `config`: a BERT or GPT-2 without
-/// factorized projections, of any pruned shape.
+/// Whether [`crate::Transformer::export_hf`] can write `config`: a model without factorized
+/// projections, of any pruned shape.
 pub fn check_exportable(config: &ModelConfig) -> Result<(), LoadError> {
     if let Some((l, name)) = config
         .layers
@@ -878,62 +584,4 @@ fn concat_last(parts: &[&HostTensor]) -> HostTensor {
     let mut shape = lead;
     shape.push(widths.iter().sum());
     HostTensor::new(shape, data)
-}
-
-/// Our GPT-2 tensors under Hugging Face GPT-2 keys (no task prefix) and layouts: query, key
-/// and value joined into `c_attn` (Conv1D, `[in, 3 x out]`), the rest as they are.
-pub fn to_hf_gpt2(tensors: &TensorMap) -> Result<TensorMap, LoadError> {
-    let mut out = TensorMap::new();
-    let mut fused: std::collections::BTreeMap<String, [Option<&HostTensor>; 3]> =
-        Default::default();
-    for (ours, t) in tensors {
-        let (key, transform) = lookup(Family::Gpt2, ours).ok_or_else(|| {
-            LoadError::NotRepresentable(format!("no Hugging Face GPT-2 key for `{ours}`"))
-        })?;
-        match transform {
-            Transform::Third(i) => fused.entry(key).or_default()[i] = Some(t),
-            _ => {
-                out.insert(key, t.clone());
-            }
-        }
-    }
-    for (key, parts) in fused {
-        let [Some(q), Some(k), Some(v)] = parts else {
-            return Err(LoadError::NotRepresentable(format!(
-                "`{key}` lacks one of query, key and value"
-            )));
-        };
-        out.insert(key, concat_last(&[q, k, v]));
-    }
-    Ok(out)
-}
-
-/// The Hugging Face `config.json` of a GPT-2 whose only change is removed heads
-/// (`pruned_heads`, original head indices per layer). Refuses other shapes.
-pub fn gpt2_hf_config(config: &ModelConfig) -> Result<serde_json::Value, LoadError> {
-    if config.family != Family::Gpt2 {
-        return Err(LoadError::NotRepresentable("not a GPT-2".into()));
-    }
-    let (n_orig_heads, d_ff, pruned) = head_pruned_shape(config, "n_embd", "GPT-2")?;
-    let mut value = config.hf_config.clone().unwrap_or_else(|| {
-        serde_json::json!({
-            "model_type": "gpt2",
-            "architectures": ["GPT2LMHeadModel"],
-            "activation_function": config.activation.hf_name(),
-            "layer_norm_epsilon": config.layer_norm_eps,
-            "resid_pdrop": config.dropout.hidden,
-            "attn_pdrop": config.dropout.attention,
-            "embd_pdrop": config.dropout.embedding,
-            "initializer_range": config.initializer_range,
-        })
-    });
-    let obj = value.as_object_mut().expect("config.json is an object");
-    obj.insert("vocab_size".into(), config.vocab_size.into());
-    obj.insert("n_embd".into(), config.d_model.into());
-    obj.insert("n_layer".into(), config.n_layers().into());
-    obj.insert("n_head".into(), n_orig_heads.into());
-    obj.insert("n_inner".into(), d_ff.into());
-    obj.insert("n_positions".into(), config.max_positions.into());
-    obj.insert("pruned_heads".into(), serde_json::Value::Object(pruned));
-    Ok(value)
 }

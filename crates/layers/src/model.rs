@@ -9,8 +9,8 @@ use burn::prelude::*;
 use shears_spaces::{Registry, Space};
 
 use crate::{
-    AttentionBlock, AttentionContext, Family, FeedForward, FeedForwardBlock, LayerNorm,
-    ModelConfig, SelfAttention, SpaceName, attention::MASKED,
+    Arch, AttentionBlock, AttentionContext, FeedForward, FeedForwardBlock, LayerNorm, ModelConfig,
+    SelfAttention, SpaceName, attention::MASKED,
 };
 
 /// A BERT encoder (`config.family == Family::Bert`).
@@ -148,7 +148,7 @@ pub struct Layer<B: Backend, A, F> {
     pub ffn_norm: LayerNorm<B>,
 }
 
-/// A BERT or GPT-2 model. `A` and `F` are the attention and feed-forward blocks of every
+/// A BERT, RoBERTa or GPT-2 model. `A` and `F` are the attention and feed-forward blocks of every
 /// layer (the built-in ones by default).
 #[derive(Module, Debug)]
 pub struct Transformer<B: Backend, A = SelfAttention<B>, F = FeedForward<B>> {
@@ -271,7 +271,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Layer<B, A, F> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        family: Family,
+        arch: Arch,
         bias: &Option<Tensor<B, 4>>,
         masks: LayerMasks<'_, B>,
     ) -> Tensor<B, 3> {
@@ -280,7 +280,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Layer<B, A, F> {
         let context = AttentionContext {
             bias: bias.clone(),
             head_mask: masks.heads,
-            causal: family == Family::Gpt2,
+            causal: arch.causal,
             capture: masks.capture.as_ref().map(|c| c.child("attention")),
             dropout: masks
                 .dropout
@@ -306,31 +306,29 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Layer<B, A, F> {
             }
             None => t,
         };
-        match family {
-            Family::Bert => {
-                let a = masked(self.attention.forward(x.clone(), &context));
-                let a = drop(a, Site::AttentionOutput(l));
-                let x = self.attention_norm.forward_residual(x, a, hm);
-                let f = masked(self.ffn.forward_captured(
-                    x.clone(),
-                    masks.ffn,
-                    ffn_capture.as_ref(),
-                ));
-                let f = drop(f, Site::FfnOutput(l));
-                self.ffn_norm.forward_residual(x, f, hm)
-            }
-            Family::Gpt2 => {
-                let a = self
-                    .attention
-                    .forward(self.attention_norm.forward(x.clone(), hm), &context);
-                let x = x + drop(masked(a), Site::AttentionOutput(l));
-                let f = self.ffn.forward_captured(
-                    self.ffn_norm.forward(x.clone(), hm),
-                    masks.ffn,
-                    ffn_capture.as_ref(),
-                );
-                x + drop(masked(f), Site::FfnOutput(l))
-            }
+        if !arch.pre_norm {
+            // Post-norm (BERT).
+            let a = masked(self.attention.forward(x.clone(), &context));
+            let a = drop(a, Site::AttentionOutput(l));
+            let x = self.attention_norm.forward_residual(x, a, hm);
+            let f = masked(
+                self.ffn
+                    .forward_captured(x.clone(), masks.ffn, ffn_capture.as_ref()),
+            );
+            let f = drop(f, Site::FfnOutput(l));
+            self.ffn_norm.forward_residual(x, f, hm)
+        } else {
+            // Pre-norm (GPT-2).
+            let a = self
+                .attention
+                .forward(self.attention_norm.forward(x.clone(), hm), &context);
+            let x = x + drop(masked(a), Site::AttentionOutput(l));
+            let f = self.ffn.forward_captured(
+                self.ffn_norm.forward(x.clone(), hm),
+                masks.ffn,
+                ffn_capture.as_ref(),
+            );
+            x + drop(masked(f), Site::FfnOutput(l))
         }
     }
 }
@@ -343,7 +341,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
     /// backend's generator (`B::seed`).
     pub fn new(config: &ModelConfig, device: &B::Device) -> Self {
         let d = config.d_model;
-        let bert = config.family == Family::Bert;
+        let arch = config.family.arch();
         let eps = config.layer_norm_eps;
         let normal = config
             .init_std(false)
@@ -360,8 +358,8 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
             embeddings: Embeddings {
                 word: embedding(config.vocab_size),
                 position: embedding(config.max_positions),
-                token_type: bert.then(|| embedding(config.type_vocab_size)),
-                norm: bert.then(|| LayerNorm::new(d, eps, device)),
+                token_type: arch.token_types.then(|| embedding(config.type_vocab_size)),
+                norm: (!arch.pre_norm).then(|| LayerNorm::new(d, eps, device)),
             },
             layers: (0..config.n_layers())
                 .map(|l| Layer::new(config, l, device))
@@ -369,7 +367,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
             pooler: config
                 .d_pooler
                 .map(|p| LinearConfig::new(d, p).init(device)),
-            final_norm: (!bert).then(|| LayerNorm::new(d, eps, device)),
+            final_norm: arch.pre_norm.then(|| LayerNorm::new(d, eps, device)),
             config: config.clone(),
         }
     }
@@ -394,7 +392,9 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         let [b, s] = input.ids.dims();
         let device = input.ids.device();
         let emb = &self.embeddings;
-        let positions = Tensor::<B, 1, Int>::arange(0..s as i64, &device).reshape([1, s]);
+        let offset = config.position_offset as i64;
+        let positions =
+            Tensor::<B, 1, Int>::arange(offset..offset + s as i64, &device).reshape([1, s]);
         let mut x = emb.word.forward(input.ids) + emb.position.forward(positions);
         if let Some(tt) = &emb.token_type {
             let types = input
@@ -453,7 +453,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
                 dropout,
                 layer: l,
             };
-            x = layer.forward(x, config.family, &bias, masks);
+            x = layer.forward(x, config.family.arch(), &bias, masks);
             if let Some(states) = &mut hidden_states {
                 states.push(x.clone());
             }
@@ -468,7 +468,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
                 .reshape([b, config.d_model]);
             p.forward(first).tanh()
         });
-        let logits = (config.family == Family::Gpt2).then(|| {
+        let logits = config.family.arch().lm_head.then(|| {
             let w = emb.word.weight.val();
             let v = w.dims()[0];
             x.clone()
@@ -511,6 +511,7 @@ pub fn declare<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>>(
     let hidden = Space::new(SpaceName::Hidden.to_string(), config.d_model);
     let vocab = Space::new(SpaceName::Vocab.to_string(), config.vocab_size);
     let positions = Space::new(SpaceName::Positions.to_string(), config.max_positions);
+    let arch = config.family.arch();
     let mut root = reg.scope("");
     {
         let mut e = root.child("embeddings");
@@ -518,10 +519,12 @@ pub fn declare<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>>(
         e.claim("word.weight", 1, &hidden);
         e.claim("position.weight", 0, &positions);
         e.claim("position.weight", 1, &hidden);
-        if config.family == Family::Bert {
+        if arch.token_types {
             let types = Space::new(SpaceName::TokenTypes.to_string(), config.type_vocab_size);
             e.claim("token_type.weight", 0, &types);
             e.claim("token_type.weight", 1, &hidden);
+        }
+        if !arch.pre_norm {
             e.claim("norm.weight", 0, &hidden);
             e.claim("norm.bias", 0, &hidden);
         }
@@ -557,7 +560,7 @@ pub fn declare<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>>(
         p.claim("weight", 1, &pooler);
         p.claim("bias", 0, &pooler);
     }
-    if config.family == Family::Gpt2 {
+    if arch.pre_norm {
         let mut n = root.child("final_norm");
         n.claim("weight", 0, &hidden);
         n.claim("bias", 0, &hidden);

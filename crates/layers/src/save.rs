@@ -1,5 +1,5 @@
 //! Model directories: loading Hugging Face checkpoints and our own format, saving ours, and
-//! exporting a head-pruned BERT for `transformers`. Every write goes to a temporary file or
+//! exporting any pruned model for `transformers`. Every write goes to a temporary file or
 //! directory first and is renamed into place, so a failure never leaves half an output.
 
 use std::path::{Path, PathBuf};
@@ -251,8 +251,8 @@ fn check_sizes(
 
 impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A, F> {
     /// Loads a model directory: ours (`shears.json` + `model.safetensors`) or a Hugging
-    /// Face BERT / GPT-2 (`config.json` + `model.safetensors`, `pruned_heads` honoured, task
-    /// prefixes `bert.` / `transformer.` stripped). A task head in a Hugging Face checkpoint
+    /// Face BERT / GPT-2 / RoBERTa (`config.json` + `model.safetensors`, `pruned_heads`
+    /// honoured, task prefixes `bert.` / `transformer.` / `roberta.` stripped). A task head in a Hugging Face checkpoint
     /// is skipped with a logged note; [`Transformer::load_with_head`] returns it.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
         let (model, head) = Self::load_with_head(dir, device)?;
@@ -286,7 +286,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
                 Default::default(),
             ));
         }
-        if config.family == crate::Family::Bert && !hf::has_pooler(&tensors) {
+        if config.d_pooler.is_some() && !hf::has_pooler(config.family, &tensors) {
             config.d_pooler = None;
         }
         let model = Self::new(&config, device);
@@ -321,16 +321,17 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         })
     }
 
-    /// Writes a Hugging Face BERT or GPT-2 directory. Tokenizer files from `copy_from` (if
+    /// Writes a Hugging Face directory of the model's family. Tokenizer files from `copy_from` (if
     /// given) are copied alongside. An existing `dir` is replaced once the new one is
     /// complete: commands check [`check_output`] first.
     ///
     /// When only heads were removed ([`hf::plain`]): `config.json` with `pruned_heads` and
-    /// weights under Hugging Face keys, which `BertModel` / `GPT2LMHeadModel` load; a layer
+    /// weights under Hugging Face keys, which `BertModel` / `RobertaModel` /
+    /// `GPT2LMHeadModel` load; a layer
     /// without heads gets one all-zero placeholder head, which `transformers` can run and
     /// which computes the same function (see [`hf::with_placeholder_heads`]). Any other
     /// pruned shape (per-layer FFN widths, a smaller hidden size, layers without neurons):
-    /// a `shears_bert` / `shears_gpt2` config ([`hf::shears_hf_config`]) and its modeling
+    /// a `shears_bert` (BERT, RoBERTa) / `shears_gpt2` config ([`hf::shears_hf_config`]) and its modeling
     /// file ([`hf::shears_modeling`]), which `transformers` loads with
     /// `trust_remote_code=True`, and shears loads back.
     pub fn export_hf(&self, dir: &Path, copy_from: Option<&Path>) -> Result<(), LoadError> {
@@ -362,66 +363,21 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         hf::check_exportable(self.config())?;
         let family = self.config().family;
         let plain = hf::plain(self.config());
-        if family == crate::Family::Gpt2 && head.is_some() {
-            return Err(LoadError::NotRepresentable(
-                "a GPT-2 exports as a causal LM, without another task head".into(),
-            ));
-        }
         // transformers' own classes run a layer without heads only with a placeholder head.
         let (config, ours) = if plain {
             hf::with_placeholder_heads(self.config(), &tensorio::export(self))
         } else {
             (self.config().clone(), tensorio::export(self))
         };
-        let (mut value, mut tensors) = match family {
-            crate::Family::Bert => (
-                if plain {
-                    hf::bert_hf_config(&config)?
-                } else {
-                    hf::shears_hf_config(&config)?
-                },
-                hf::to_hf_bert(&ours)?,
-            ),
-            crate::Family::Gpt2 => {
-                let mut value = if plain {
-                    hf::gpt2_hf_config(&config)?
-                } else {
-                    hf::shears_hf_config(&config)?
-                };
-                let architecture = if plain {
-                    "GPT2LMHeadModel"
-                } else {
-                    "ShearsGpt2LMHeadModel"
-                };
-                value
-                    .as_object_mut()
-                    .expect("config.json is an object")
-                    .insert("architectures".into(), serde_json::json!([architecture]));
-                // The LM head's keys; its weight is tied to `wte` and not stored.
-                let tensors = hf::to_hf_gpt2(&ours)?
-                    .into_iter()
-                    .map(|(k, v)| (format!("transformer.{k}"), v))
-                    .collect();
-                (value, tensors)
-            }
+        let mut value = if plain {
+            hf::plain_hf_config(&config)?
+        } else {
+            hf::shears_hf_config(&config)?
         };
-        if let Some(head) = head {
-            tensors = tensors
-                .into_iter()
-                .map(|(k, v)| (format!("{}{k}", head.prefix), v))
-                .chain(head.tensors.clone())
-                .collect();
-            let obj = value.as_object_mut().expect("config.json is an object");
-            // `BertForSequenceClassification` is `ShearsBertForSequenceClassification` in
-            // the modeling file.
-            let architecture = if plain {
-                head.architecture.clone()
-            } else {
-                format!("Shears{}", head.architecture)
-            };
-            obj.insert("architectures".into(), serde_json::json!([architecture]));
-            obj.extend(head.config.clone());
-        }
+        let tensors = hf::to_hf(family, &ours)?;
+        let tensors = family
+            .spec()
+            .finish_export(plain, &mut value, tensors, head)?;
         if dtype != hf::Dtype::F32 {
             let obj = value.as_object_mut().expect("config.json is an object");
             obj.insert("torch_dtype".into(), dtype.torch_name().into());

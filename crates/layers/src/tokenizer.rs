@@ -1,4 +1,5 @@
-//! Tokenizers from local files: a Hugging Face `tokenizer.json` (BERT WordPiece) or GPT-2's
+//! Tokenizers from local files: a Hugging Face `tokenizer.json` (BERT's WordPiece, RoBERTa's
+//! byte-level BPE with `<s> ... </s>`, any other the `tokenizers` crate reads) or GPT-2's
 //! byte-level BPE (`vocab.json` + `merges.txt`). Nothing is downloaded.
 
 use std::path::{Path, PathBuf};
@@ -41,8 +42,8 @@ impl Tokenizer {
         (n > 0 && n <= 1 << 20).then_some(n as usize)
     }
 
-    /// Loads `dir/tokenizer.json` (padding with `[PAD]`, else GPT-2's `<|endoftext|>`, else
-    /// id 0), or else `dir/vocab.json` + `dir/merges.txt` as GPT-2
+    /// Loads `dir/tokenizer.json` (padding with BERT's `[PAD]`, else RoBERTa's `<pad>`, else
+    /// GPT-2's `<|endoftext|>`, else id 0), or else `dir/vocab.json` + `dir/merges.txt` as GPT-2
     /// byte-level BPE.
     pub fn from_dir(dir: &Path) -> Result<Self, LoadError> {
         let err = |path: &Path, e: String| LoadError::Tokenizer {
@@ -60,6 +61,7 @@ impl Tokenizer {
                 .map_err(|e| err(&json, e.to_string()))?;
             let pad_id = inner
                 .token_to_id("[PAD]")
+                .or_else(|| inner.token_to_id("<pad>"))
                 .or_else(|| inner.token_to_id(END_OF_TEXT))
                 .unwrap_or(0);
             return Ok(Self {

@@ -103,9 +103,10 @@ impl<B: Backend> TaskModel<B> {
         class_logits(self.head.as_ref(), self.forward(input))
     }
 
-    /// Writes a directory `transformers` loads: `BertForSequenceClassification` (with
-    /// `id2label` from `labels`, in class order) for a classifier, `BertModel` for a bare
-    /// BERT, `GPT2LMHeadModel` for a GPT-2 LM. Removed heads are listed in `pruned_heads`;
+    /// Writes a directory `transformers` loads: `BertForSequenceClassification` /
+    /// `RobertaForSequenceClassification` (with `id2label` from `labels`, in class order)
+    /// for a classifier, `BertModel` / `RobertaModel` for a bare encoder, `GPT2LMHeadModel`
+    /// for a GPT-2 LM. Removed heads are listed in `pruned_heads`;
     /// tokenizer files are copied from `copy_from`. Another pruned shape is written as
     /// `shears_bert` / `shears_gpt2` with its modeling file (see
     /// [`Transformer::export_hf`]); factorized models are refused
@@ -163,12 +164,7 @@ impl<B: Backend> TaskModel<B> {
         ]
         .into_iter()
         .collect();
-        let hf_head = HfHead {
-            architecture: "BertForSequenceClassification".into(),
-            prefix: "bert.".into(),
-            tensors,
-            config,
-        };
+        let hf_head = HfHead { tensors, config };
         self.backbone
             .export_hf_as(dir, copy_from, Some(&hf_head), dtype)
     }

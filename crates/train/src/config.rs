@@ -87,7 +87,7 @@ impl Default for BaselineSection {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
-    /// A checkpoint directory (Hugging Face BERT / GPT-2, or shears' own format). Its
+    /// A checkpoint directory (Hugging Face BERT / RoBERTa / GPT-2, or shears' own format). Its
     /// tokenizer is read from the same directory unless `tokenizer` is set.
     pub path: Option<PathBuf>,
     /// A fresh GPT-2 to train from scratch instead of loading one.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use burn::prelude::*;
 use serde::Serialize;
-use shears_layers::{Family, Tokenizer};
+use shears_layers::Tokenizer;
 use shears_pruners::{Calibrator, TaskModel};
 
 use crate::data::{Dataset, Split, load_dataset, make_batch, read_table};
@@ -42,21 +42,17 @@ pub struct Metrics {
     pub perplexity: Option<f64>,
 }
 
-/// The model's task (`None`: a bare BERT) and the sequence length it was trained at.
+/// The model's task (`None`: a bare encoder) and the sequence length it was trained at.
 pub(crate) fn task_and_len<B: Backend>(
     model: &TaskModel<B>,
     info: Option<&TaskInfo>,
 ) -> (Option<Task>, usize) {
     let config = model.backbone.config();
-    let task = match (info, config.family) {
-        (Some(i), _) => Some(i.task),
-        (None, Family::Gpt2) => Some(Task::Lm),
-        (None, Family::Bert) => None,
+    let task = match info {
+        Some(i) => Some(i.task),
+        None => config.family.arch().lm_head.then_some(Task::Lm),
     };
-    (
-        task,
-        info.map_or(config.max_positions.min(128), |i| i.max_len),
-    )
+    (task, info.map_or(config.max_len().min(128), |i| i.max_len))
 }
 
 /// Projection-input statistics from training examples, until `tokens` tokens were seen.

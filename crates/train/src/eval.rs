@@ -69,16 +69,18 @@ pub fn eval_dir<B: Backend>(
 ) -> Result<EvalSummary, TrainError> {
     let (model, info) = load_task_model::<B>(model_dir, device)?;
     let config = model.backbone.config().clone();
-    let task = match (&info, config.family) {
-        (Some(i), _) => i.task,
-        (None, shears_layers::Family::Gpt2) => Task::Lm,
-        (None, shears_layers::Family::Bert) => {
+    let task = match &info {
+        Some(i) => i.task,
+        None if config.family.arch().lm_head => Task::Lm,
+        None => {
             return Err(TrainError::Config {
                 source_name: model_dir.display().to_string(),
-                message: "a BERT without a task head (no task.json, no `classifier.*` tensors): \
-                          evaluate a sequence classifier (a `train-gated` output or a Hugging Face \
-                          `BertForSequenceClassification`)"
-                    .into(),
+                message: format!(
+                    "a {} without a task head (no task.json, no `classifier.*` tensors): \
+                     evaluate a sequence classifier (a `train-gated` output or a Hugging Face \
+                     `BertForSequenceClassification` / `RobertaForSequenceClassification`)",
+                    config.family
+                ),
             });
         }
     };
@@ -92,11 +94,11 @@ pub fn eval_dir<B: Backend>(
         .max_len
         .or(info.as_ref().map(|i| i.max_len))
         .unwrap_or_else(|| crate::taskfile::default_max_len(model_dir, &config));
-    if max_len == 0 || max_len > config.max_positions {
+    if max_len == 0 || max_len > config.max_len() {
         return Err(TrainError::OutOfRange {
             key: "max_len".into(),
             value: max_len.to_string(),
-            expected: format!("1..={} (the model's position table)", config.max_positions),
+            expected: format!("1..={} (the model's position table)", config.max_len()),
         });
     }
     let recorded = info.as_ref().and_then(|i| i.data.clone());

@@ -1,11 +1,11 @@
 //! `prune-heads`: removes chosen attention heads of a saved model and writes the smaller
-//! model (a BERT as one directory that both shears and `transformers` load).
+//! model (an encoder as one directory that both shears and `transformers` load).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::prelude::*;
-use shears_layers::{Family, ModelConfig, Transformer, save};
+use shears_layers::{ModelConfig, Transformer, save};
 use shears_pruners::PrunerError;
 
 use crate::TrainError;
@@ -20,7 +20,7 @@ pub struct PrunedHeads {
 }
 
 /// Loads `model_dir`, removes `heads` (layer -> head numbers of the original model, as in
-/// transformers' `prune_heads`) and writes `out`: for BERT the Hugging Face directory with
+/// transformers' `prune_heads`) and writes `out`: for an encoder the Hugging Face directory with
 /// `pruned_heads` (tokenizer files copied), else our format. What is already at `out` is
 /// refused or replaced as `existing` says, checked before the model is even loaded.
 pub fn run_prune_heads<B: Backend>(
@@ -38,7 +38,7 @@ pub fn run_prune_heads<B: Backend>(
     // The library writers replace; the check above (and this one, should `out` have
     // appeared meanwhile) is what keeps a user's directory.
     save::check_output(out, existing)?;
-    if config.family == Family::Bert {
+    if !config.family.arch().lm_head {
         pruned.export_hf(out, Some(model_dir))?;
     } else {
         pruned.save(out)?;

@@ -321,14 +321,12 @@ pub fn build(p: Parts<'_>) -> Report {
         params_pruned: p.pruned_config.param_count() + head_params,
         flops_per_token_dense: p.dense_config.flops_per_token(p.exp.data.max_len),
         flops_per_token_pruned: p.pruned_config.flops_per_token(p.exp.data.max_len),
-        lm_head_flops_per_token: (p.dense_config.family == shears_layers::Family::Gpt2).then(
-            || {
-                [
-                    p.dense_config.lm_head_flops_per_token(),
-                    p.pruned_config.lm_head_flops_per_token(),
-                ]
-            },
-        ),
+        lm_head_flops_per_token: p.dense_config.family.arch().lm_head.then(|| {
+            [
+                p.dense_config.lm_head_flops_per_token(),
+                p.pruned_config.lm_head_flops_per_token(),
+            ]
+        }),
         accuracy_dense: p.dense_eval.test_accuracy,
         accuracy_pruned: p.pruned_eval.test_accuracy,
         perplexity_dense: p.dense_eval.test_perplexity,
@@ -561,7 +559,7 @@ pub fn markdown(r: &Report) -> String {
             let (auto, own, modeling) = match r.task {
                 Task::Classification => (
                     "AutoModelForSequenceClassification",
-                    "BertForSequenceClassification",
+                    "BertForSequenceClassification / RobertaForSequenceClassification",
                     "shears_bert",
                 ),
                 Task::Lm => ("AutoModelForCausalLM", "GPT2LMHeadModel", "shears_gpt2"),

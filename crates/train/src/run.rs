@@ -16,7 +16,7 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use shears_gates::{Harden, Lagrangian, SparsityTarget};
-use shears_layers::{Family, ModelConfig, SpaceName, Tokenizer, Transformer, save};
+use shears_layers::{ModelConfig, SpaceName, Tokenizer, Transformer, save};
 use shears_pruners::ClassifierHead;
 
 use crate::checkpoint::{Phase, Stage, State, ckpt_err};
@@ -132,16 +132,21 @@ fn prepare<B: Backend>(exp: &Experiment, device: &B::Device) -> Result<Inputs<B>
         (None, None) => unreachable!("validated"),
     };
     let config = model.config();
-    match (exp.task, config.family) {
-        (Task::Classification, Family::Bert) if config.d_pooler.is_some() => {}
-        (Task::Classification, _) => {
+    let arch = config.family.arch();
+    match exp.task {
+        Task::Classification if arch.pooler && config.d_pooler.is_some() => {}
+        Task::Classification => {
             return Err(TrainError::Config {
                 source_name: "task".into(),
-                message: "classification needs a BERT checkpoint with a pooler".into(),
+                message: format!(
+                    "classification needs an encoder checkpoint with a pooler (BERT or RoBERTa), \
+                     not this {}",
+                    config.family
+                ),
             });
         }
-        (Task::Lm, Family::Gpt2) => {}
-        (Task::Lm, _) => {
+        Task::Lm if arch.lm_head => {}
+        Task::Lm => {
             return Err(TrainError::Config {
                 source_name: "task".into(),
                 message: "language modelling needs a GPT-2 model".into(),
@@ -156,11 +161,11 @@ fn prepare<B: Backend>(exp: &Experiment, device: &B::Device) -> Result<Inputs<B>
             expected: format!("layer indices below the model's {n_layers} layers"),
         });
     }
-    if exp.data.max_len > config.max_positions {
+    if exp.data.max_len > config.max_len() {
         return Err(TrainError::OutOfRange {
             key: "data.max_len".into(),
             value: exp.data.max_len.to_string(),
-            expected: format!("<= the model's max_positions ({})", config.max_positions),
+            expected: format!("<= the model's position table ({})", config.max_len()),
         });
     }
     // A size target the gated structures cannot reach would fail only at hardening, after

@@ -175,7 +175,7 @@ pub fn scored<B: Backend, M: Net<B>>(
         Some(head) => {
             let pooled = out
                 .pooled
-                .expect("a classification model needs a BERT backbone with a pooler");
+                .expect("a classification model needs an encoder backbone with a pooler");
             // The classifier's input dropout, as `BertForSequenceClassification`'s.
             let pooled = match dropout {
                 Some(key) => shears_layers::dropout::dropout(

@@ -88,10 +88,10 @@ pub(crate) fn save_task_model<B: Backend>(
     Ok(())
 }
 
-/// Loads a model directory written by [`run`], or any Hugging Face BERT / GPT-2
-/// checkpoint. Without `task.json`: a GPT-2 is a language model; a BERT with a
+/// Loads a model directory written by [`run`], or any Hugging Face BERT / RoBERTa / GPT-2
+/// checkpoint. Without `task.json`: a GPT-2 is a language model; an encoder with a
 /// `classifier.*` head (`BertForSequenceClassification`) is a classifier whose classes are
-/// its `config.json` `id2label` (see [`hf_task_info`]); a BERT without one has no head.
+/// its `config.json` `id2label` (see [`hf_task_info`]); an encoder without one has no head.
 pub fn load_task_model<B: Backend>(
     dir: &Path,
     device: &B::Device,
@@ -233,7 +233,7 @@ pub fn hf_task_info(
 /// position table.
 pub fn default_max_len(dir: &Path, config: &shears_layers::ModelConfig) -> usize {
     shears_layers::Tokenizer::model_max_length(dir)
-        .map_or(config.max_positions, |n| n.min(config.max_positions))
+        .map_or(config.max_len(), |n| n.min(config.max_len()))
 }
 
 /// `classifier.weight` `[classes, hidden]` and `classifier.bias` as our head's tensors.

@@ -10,8 +10,8 @@ use shears_train::{EvalOptions, eval_dir};
 #[derive(clap::Args)]
 pub struct Args {
     /// Model directory written by `train-gated` (`model/`, `dense-model/`, `hf-model/`), a
-    /// Hugging Face `BertForSequenceClassification` (classes from its `id2label`), or any
-    /// GPT-2.
+    /// Hugging Face `BertForSequenceClassification` / `RobertaForSequenceClassification`
+    /// (classes from its `id2label`), or any GPT-2.
     #[arg(long)]
     model: PathBuf,
     /// CSV (with a header) or JSON-lines file, optionally `.bz2`.

@@ -12,7 +12,7 @@ use shears_train::{FactorizeOptions, run_factorize};
 #[derive(clap::Args)]
 pub struct Args {
     /// Model directory: written by `train-gated` (`model/`, `dense-model/`: accuracy is
-    /// measured), or any Hugging Face BERT / GPT-2.
+    /// measured), or any Hugging Face BERT / RoBERTa / GPT-2.
     #[arg(long)]
     model: PathBuf,
     /// Keep this fraction of the attention and feed-forward parameters (ranks chosen

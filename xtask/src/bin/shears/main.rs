@@ -77,7 +77,7 @@ enum Cmd {
     TrainGated(train_gated::Args),
     /// Evaluate a saved model on a CSV / JSON-lines file: accuracy or perplexity, latency.
     Eval(eval::Args),
-    /// Write a model directory in the Hugging Face layout (any pruned BERT or GPT-2 shape;
+    /// Write a model directory in the Hugging Face layout (any pruned BERT, RoBERTa or GPT-2 shape;
     /// f32, f16 or bf16 weights).
     Export(export::Args),
     /// Continue a prompt with a GPT-2 (greedy or sampled; key/value cache).

@@ -10,7 +10,7 @@ use shears_train::{SparsifyMethod, SparsifyOptions, run_sparsify};
 #[derive(clap::Args)]
 pub struct Args {
     /// Model directory: written by `train-gated` (`model/`, `dense-model/`: accuracy is
-    /// measured), or any Hugging Face BERT / GPT-2.
+    /// measured), or any Hugging Face BERT / RoBERTa / GPT-2.
     #[arg(long)]
     model: PathBuf,
     /// `magnitude`, `wanda`, `block-norm[:RxC[:Z]]` (torch's DataNormSparsifier, default

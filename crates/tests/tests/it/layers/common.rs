@@ -61,6 +61,17 @@ pub fn tiny_bert<B: Backend>(device: &B::Device, seed: u64) -> BertModel<B> {
     randomised(&config, device, seed)
 }
 
+/// A tiny RoBERTa (BERT's layers, positions from 2, one token type) with every parameter
+/// random.
+pub fn tiny_roberta<B: Backend>(device: &B::Device, seed: u64) -> BertModel<B> {
+    let mut config = ModelConfig::bert(50, 16, 2, 4, 24);
+    config.family = shears_layers::Family::Roberta;
+    config.max_positions = 18;
+    config.position_offset = 2;
+    config.type_vocab_size = 1;
+    randomised(&config, device, seed)
+}
+
 /// A tiny GPT-2 with every parameter random.
 pub fn tiny_gpt2<B: Backend>(device: &B::Device, seed: u64) -> BertModel<B> {
     let mut config = ModelConfig::gpt2(40, 16, 2, 4, 24);

@@ -11,5 +11,6 @@ mod kernels;
 mod masked_pruned;
 mod names;
 mod parity;
+mod roberta;
 mod save_load;
 mod spaces;
