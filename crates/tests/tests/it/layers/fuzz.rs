@@ -1,6 +1,7 @@
 //! Loaders survive any bytes (issue 14): mutated and truncated `config.json`, `shears.json`
 //! and safetensors headers and bodies, built from tiny seed models in each format shears
-//! reads (a Hugging Face GPT-2, our own format, a `shears_bert` export), give a typed error
+//! reads (a Hugging Face GPT-2, our own format, a `shears_bert` export, a head-pruned
+//! Hugging Face RoBERTa classifier and its `shears_bert` export), give a typed error
 //! or a valid model, never a panic, an abort or an allocation sized by an untrusted header
 //! (which would abort the test process). The generator is seeded: a failure names its case,
 //! and the case replays. 20,000 cases take about 10 s. The first run found a panic: a
@@ -161,6 +162,8 @@ fn seeds(tmp: &Path) -> Vec<Seed> {
         seed_dir("hf-gpt2", &fixtures().join("tiny-gpt2")),
         seed_dir("ours", &ours),
         seed_dir("shears-bert", &exported),
+        seed_dir("hf-roberta", &fixtures().join("roberta-pruned-heads")),
+        seed_dir("shears-roberta", &fixtures().join("roberta-shears")),
     ]
 }
 
