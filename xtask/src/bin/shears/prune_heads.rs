@@ -37,7 +37,10 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         run_prune_heads::<B>(&dir, &heads, &args.out, existing, &device)
             .with_context(|| format!("pruning heads of `{}`", dir.display()))?
     });
-    println!("{}", crate::inspect::describe(&done.config, 128));
+    println!(
+        "{}",
+        crate::inspect::describe(&done.config, done.config.max_len().min(128))
+    );
     println!(
         "parameters {} -> {}  written to {}",
         done.params_before,

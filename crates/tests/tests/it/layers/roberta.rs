@@ -251,21 +251,16 @@ fn roberta_round_trips_through_the_hugging_face_layout() {
     assert!(max_diff(&pruned_logits, &expected) > 1e-3);
 }
 
-/// `eval` on the Hugging Face `RobertaForSequenceClassification` directory as a user runs
-/// it: classes from `id2label`, the length from the tokenizer's `model_max_length` (32, all
-/// the position table holds after RoBERTa's offset), and the loss transformers' logits give.
-#[test]
-fn eval_scores_a_roberta_classifier_as_transformers_does() {
-    let f = fixture("roberta.safetensors");
+/// A CSV of the fixture's sentences, each labelled with the top class of `logits`
+/// (`[4, classes]`, transformers') but the last, labelled with its lowest class, and the
+/// mean cross-entropy those logits give.
+fn labelled_rows(logits: &HostTensor, path: &Path) -> f64 {
     let labels = ["negative", "neutral", "positive"];
-    let theirs = &f["logits"];
-    let c = theirs.shape[1];
-    // Each sentence labelled with transformers' top class but the last, labelled with its
-    // lowest class: accuracy 3/4.
+    let c = logits.shape[1];
     let mut rows = vec!["text,label".to_string()];
     let mut loss = 0.0f64;
     for (i, text) in sentences().iter().enumerate() {
-        let row: Vec<f64> = theirs.data[i * c..(i + 1) * c]
+        let row: Vec<f64> = logits.data[i * c..(i + 1) * c]
             .iter()
             .map(|&x| x as f64)
             .collect();
@@ -282,22 +277,49 @@ fn eval_scores_a_roberta_classifier_as_transformers_does() {
         loss += lse - row[label];
         rows.push(format!("\"{text}\",{}", labels[label]));
     }
-    loss /= 4.0;
+    std::fs::write(path, rows.join("\n")).unwrap();
+    loss / 4.0
+}
+
+/// `eval` on the Hugging Face `RobertaForSequenceClassification` directory as a user runs
+/// it: classes from `id2label`, the length from the tokenizer's `model_max_length` (32, all
+/// the position table holds after RoBERTa's offset), and the loss transformers' logits give.
+/// `prune-heads` keeps the classifier: its output scores as transformers' `prune_heads` does.
+#[test]
+fn eval_and_prune_heads_score_a_roberta_classifier_as_transformers_does() {
+    let f = fixture("roberta.safetensors");
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("rows.csv");
-    std::fs::write(&data, rows.join("\n")).unwrap();
     let opts = shears_train::EvalOptions {
         batch_size: 4,
         repeats: 1,
         ..Default::default()
     };
-    let e =
-        shears_train::eval_dir::<burn::backend::Flex>(&tiny(), &data, &opts, &Default::default())
-            .unwrap();
+    let device = Default::default();
+    let data = tmp.path().join("rows.csv");
+    let loss = labelled_rows(&f["logits"], &data);
+    let e = shears_train::eval_dir::<burn::backend::Flex>(&tiny(), &data, &opts, &device).unwrap();
     eprintln!("eval on tiny-roberta: {e:?}; transformers' loss {loss:.6}");
     assert_eq!((e.examples, e.max_len), (4, 32));
     assert_eq!(e.accuracy, Some(0.75));
     assert!((e.loss - loss).abs() < 1e-5, "loss {} vs {loss}", e.loss);
+
+    let out = tmp.path().join("pruned");
+    shears_train::run_prune_heads::<burn::backend::Flex>(
+        &tiny(),
+        &pruned_heads(),
+        &out,
+        shears_layers::save::Existing::Refuse,
+        &device,
+    )
+    .unwrap();
+    let loss = labelled_rows(&f["pruned_logits"], &data);
+    let e = shears_train::eval_dir::<burn::backend::Flex>(&out, &data, &opts, &device).unwrap();
+    assert_eq!(e.accuracy, Some(0.75));
+    assert!(
+        (e.loss - loss).abs() < 1e-5,
+        "pruned loss {} vs {loss}",
+        e.loss
+    );
 }
 
 /// RoBERTa's `config.json` entries are checked: a position table the offset leaves empty,
