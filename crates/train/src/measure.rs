@@ -269,3 +269,88 @@ pub fn paired_delta(
         examples: n,
     }
 }
+
+/// Greedy continuations of held-out text by the dense and the pruned language model, and
+/// the time each takes per generated token (batch 1, key/value cache).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Generation {
+    /// Prompt tokens (the start of a test block) and new tokens asked for.
+    pub prompt_tokens: usize,
+    /// See `prompt_tokens`.
+    pub new_tokens: usize,
+    /// Mean over the prompts of the dense model's seconds per token after the first, in ms.
+    pub dense_ms_per_token: f64,
+    /// The same, pruned.
+    pub pruned_ms_per_token: f64,
+    /// The samples.
+    pub samples: Vec<Sample>,
+}
+
+/// One prompt and both continuations.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Sample {
+    /// The prompt's text.
+    pub prompt: String,
+    /// The dense model's continuation.
+    pub dense: String,
+    /// The pruned model's.
+    pub pruned: String,
+}
+
+/// Prompts of [`generation`].
+pub(crate) const SAMPLE_PROMPTS: usize = 3;
+
+/// [`Generation`] for a language model (`None` for a classifier): the first
+/// [`SAMPLE_PROMPTS`] test blocks cut to 8 tokens, continued greedily by up to 24 tokens
+/// (fewer when the position table is shorter), stopping at the padding token
+/// (`<|endoftext|>`).
+pub(crate) fn generation<B: Backend>(
+    dense: &TaskModel<B>,
+    pruned: &TaskModel<B>,
+    data: &Dataset,
+    tokenizer: &shears_layers::Tokenizer,
+) -> Result<Option<Generation>, crate::TrainError> {
+    let config = dense.backbone.config();
+    if !config.family.arch().lm_head {
+        return Ok(None);
+    }
+    let prompt_tokens = 8.min(config.max_len() / 2);
+    let new_tokens = 24.min(config.max_len() - prompt_tokens);
+    let opts = shears_layers::GenerateOptions {
+        max_tokens: new_tokens,
+        stop: Some(data.pad_id),
+        ..Default::default()
+    };
+    let gen_err = |e: shears_layers::GenerateError| crate::TrainError::Config {
+        source_name: "generation".into(),
+        message: e.to_string(),
+    };
+    let mut samples = Vec::new();
+    let (mut dense_s, mut pruned_s) = (0.0, 0.0);
+    for ids in data
+        .test
+        .ids
+        .iter()
+        .filter(|ids| ids.len() >= prompt_tokens && prompt_tokens > 0)
+        .take(SAMPLE_PROMPTS)
+    {
+        let prompt = &ids[..prompt_tokens];
+        let d = dense.backbone.generate(prompt, &opts).map_err(gen_err)?;
+        let p = pruned.backbone.generate(prompt, &opts).map_err(gen_err)?;
+        dense_s += d.seconds_per_token;
+        pruned_s += p.seconds_per_token;
+        samples.push(Sample {
+            prompt: tokenizer.decode(prompt)?,
+            dense: tokenizer.decode(&d.tokens)?,
+            pruned: tokenizer.decode(&p.tokens)?,
+        });
+    }
+    let n = samples.len().max(1) as f64;
+    Ok(Some(Generation {
+        prompt_tokens,
+        new_tokens,
+        dense_ms_per_token: 1e3 * dense_s / n,
+        pruned_ms_per_token: 1e3 * pruned_s / n,
+        samples,
+    }))
+}

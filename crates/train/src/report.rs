@@ -202,6 +202,10 @@ pub struct Report {
     /// Pairs timed at `latency_batch` and at batch 1.
     #[serde(default)]
     pub latency_repeats: [usize; 2],
+    /// A language model's greedy samples from held-out text and its time per generated
+    /// token (batch 1, key/value cache), dense and pruned; `None` for a classifier.
+    #[serde(default)]
+    pub generation: Option<crate::measure::Generation>,
     /// Whole run, seconds (all invocations of a resumed run).
     pub wall_seconds: f64,
     /// Seconds per phase.
@@ -254,6 +258,8 @@ pub struct Parts<'a> {
     pub latency: crate::measure::Latency,
     /// Latencies at batch 1, `data.max_len` tokens.
     pub latency_batch1: crate::measure::Latency,
+    /// A language model's samples and time per generated token.
+    pub generation: Option<crate::measure::Generation>,
     /// Wall time.
     pub wall_seconds: f64,
     /// Per phase.
@@ -365,6 +371,7 @@ pub fn build(p: Parts<'_>) -> Report {
         latency_ratio: p.latency.ratio,
         latency_ratio_batch1: p.latency_batch1.ratio,
         latency_repeats: [p.latency.repeats, p.latency_batch1.repeats],
+        generation: p.generation,
         wall_seconds: p.wall_seconds,
         phase_seconds: p.phase_seconds,
         gate_values: p.gate_values,
@@ -493,6 +500,16 @@ pub fn markdown(r: &Report) -> String {
         r.latency_ms_pruned_batch1,
         100.0 * r.latency_ratio_batch1
     );
+    if let Some(g) = &r.generation {
+        let _ = writeln!(
+            s,
+            "| generation, batch 1, key/value cache (ms per token, mean of {} prompts) | {:.2} | {:.2} | {:.1}% |",
+            g.samples.len(),
+            g.dense_ms_per_token,
+            g.pruned_ms_per_token,
+            100.0 * g.pruned_ms_per_token / g.dense_ms_per_token.max(f64::MIN_POSITIVE)
+        );
+    }
     let interval = |scale: f64, unit: &str| match &r.paired_delta {
         Some(d) => format!(
             ", 95% interval [{:+.2}, {:+.2}]{unit} (paired bootstrap, {} examples)",
@@ -553,6 +570,23 @@ pub fn markdown(r: &Report) -> String {
             "The gates closed every unit of {:?}; the most open unit of each was kept.",
             r.rescued
         );
+    }
+    if let Some(g) = r.generation.as_ref().filter(|g| !g.samples.is_empty()) {
+        let _ = writeln!(
+            s,
+            "\nGreedy continuations of held-out text ({} prompt tokens, up to {} new):\n",
+            g.prompt_tokens, g.new_tokens
+        );
+        let line = |t: &str| t.replace(['\n', '\r'], " ");
+        for x in &g.samples {
+            let _ = writeln!(
+                s,
+                "- prompt: `{}`\n  - dense: `{}`\n  - pruned: `{}`",
+                line(&x.prompt),
+                line(&x.dense),
+                line(&x.pruned)
+            );
+        }
     }
     match (&r.hf_model, &r.hf_model_missing) {
         (Some(dir), _) => {

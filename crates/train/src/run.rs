@@ -488,6 +488,12 @@ pub fn run<B: AutodiffBackend>(
     let teacher = load(dense_skeleton(), ctx.stage, "dense")?;
     let pruned = load(pruned_skeleton(), ctx.stage, "final")?;
     let (lat, lat1) = latency(&dense, &pruned, data, exp, device);
+    let generation = crate::measure::generation(
+        &dense,
+        &pruned,
+        data,
+        &Tokenizer::from_dir(&inputs.tokenizer_dir)?,
+    )?;
     let rows = |m: &TaskModel<B::InnerBackend>| {
         evaluate_rows(m, &data.test, data.pad_id, exp.eval.batch_size, device)
     };
@@ -522,6 +528,7 @@ pub fn run<B: AutodiffBackend>(
         gate_check_accuracy: state.gate_check_accuracy,
         latency: lat,
         latency_batch1: lat1,
+        generation,
         wall_seconds: state.seconds,
         phase_seconds: state.phase_seconds.clone(),
         history: state.history.clone(),

@@ -1613,6 +1613,23 @@ latency_repeats = 2
         assert!(pd < 20.0, "dense perplexity {pd} after the short schedule");
     }
     assert!(r.accuracy_dense.is_none());
+    // Greedy samples of held-out text from both models, with the time per new token.
+    let g = r.generation.as_ref().expect("an LM reports generation");
+    assert_eq!((g.samples.len(), g.prompt_tokens), (3, 8));
+    assert!(g.dense_ms_per_token > 0.0 && g.pruned_ms_per_token > 0.0);
+    if full {
+        // The trained model continues the counting text with its words.
+        for x in &g.samples {
+            assert!(
+                words.iter().any(|w| x.dense.contains(w)),
+                "dense continuation {:?} of {:?}",
+                x.dense,
+                x.prompt
+            );
+        }
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("Greedy continuations") && md.contains("ms per token"));
     // The tied head's FLOPs per token (vocabulary 257), apart from the stack's.
     assert_eq!(
         r.lm_head_flops_per_token,
