@@ -137,7 +137,8 @@ pub struct ModelConfig {
     /// Rows of the position table (`max_position_embeddings`).
     pub max_positions: usize,
     /// Position of a row's first token in the position table: 0, or RoBERTa's
-    /// `pad_token_id + 1`. A row holds at most [`ModelConfig::max_len`] tokens.
+    /// `pad_token_id + 1`. A row holds at most [`ModelConfig::max_len`] tokens, and rows
+    /// are right-padded (see `family/roberta.rs` on padded positions).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub position_offset: usize,
     /// Token-type (segment) vocabulary; 0 for GPT-2.
@@ -454,6 +455,20 @@ impl ModelConfig {
                  type_vocab_size {} and pooler_size {:?}",
                 w.type_vocab_size, w.pooler_size
             )));
+        }
+        match (arch.positions_after_pad, w.position_offset) {
+            (false, 0) | (true, 1..) => {}
+            (false, n) => {
+                return Err(bad(format!(
+                    "a {family} counts positions from 0, but the file gives position_offset {n}"
+                )));
+            }
+            (true, _) => {
+                return Err(bad(format!(
+                    "a {family} counts positions from pad_token_id + 1, but the file gives no \
+                     position_offset"
+                )));
+            }
         }
         if w.position_offset >= w.max_position_embeddings.max(1) {
             return Err(bad(format!(

@@ -225,34 +225,46 @@ pub struct HfParts {
     pub skipped: Vec<String>,
 }
 
-/// The checkpoint with `family`'s task prefixes stripped and its task head under the
-/// names the key table and [`HfParts::head`] use.
-fn normalized(family: Family, checkpoint: &TensorMap) -> TensorMap {
+/// A Hugging Face checkpoint with its family's task prefixes stripped and its task head
+/// under the names the key table and [`HfParts::head`] use ([`normalize`]).
+#[derive(Debug, Clone, Default)]
+pub struct Normalized {
+    /// The tensors.
+    pub tensors: TensorMap,
+    /// Keys dropped on the way (a stale pooler beside RoBERTa's classifier head).
+    pub skipped: Vec<String>,
+}
+
+/// Strips `family`'s task prefixes from `checkpoint`'s keys and puts its task head under
+/// the names the key table and [`HfParts::head`] use (moving the tensors, not copying).
+pub fn normalize(family: Family, checkpoint: TensorMap) -> Normalized {
     let spec = family.spec();
     let stripped = checkpoint
-        .iter()
+        .into_iter()
         .map(|(k, v)| {
             let k = spec
                 .prefixes()
                 .iter()
                 .find_map(|p| k.strip_prefix(p))
-                .unwrap_or(k);
-            (k.to_string(), v.clone())
+                .map_or(k.clone(), str::to_string);
+            (k, v)
         })
         .collect();
-    spec.normalize(stripped)
+    let mut skipped = Vec::new();
+    let tensors = spec.normalize(stripped, &mut skipped);
+    Normalized { tensors, skipped }
 }
 
-/// Whether a checkpoint of `family` has a pooler (under any task prefix; RoBERTa's
-/// classifier's dense layer is one): `BertForMaskedLM` and some task checkpoints have
-/// none.
-pub fn has_pooler(family: Family, checkpoint: &TensorMap) -> bool {
+/// Whether a normalized checkpoint of `family` has a pooler (RoBERTa's classifier's dense
+/// layer is one): `BertForMaskedLM`, `RobertaModel` without one and some task checkpoints
+/// have none.
+pub fn has_pooler(family: Family, checkpoint: &Normalized) -> bool {
     family.arch().pooler
         && lookup(family, "pooler.weight")
-            .is_some_and(|(key, _)| normalized(family, checkpoint).contains_key(&key))
+            .is_some_and(|(key, _)| checkpoint.tensors.contains_key(&key))
 }
 
-/// Maps a Hugging Face checkpoint onto our parameter paths, for a model whose parameters
+/// Maps a [`normalize`]d Hugging Face checkpoint onto our parameter paths, for a model whose parameters
 /// have shapes `expected`. Every parameter must be found with the right shape and every
 /// checkpoint tensor used, except buffers, a sequence classifier's head (returned in
 /// [`HfParts::head`]) and the heads the family skips (listed in [`HfParts::skipped`]:
@@ -261,12 +273,18 @@ pub fn has_pooler(family: Family, checkpoint: &TensorMap) -> bool {
 /// [`LoadError::UntiedLmHead`]: shears' GPT-2 ties them.
 pub fn from_hf(
     family: Family,
-    checkpoint: &TensorMap,
+    checkpoint: Normalized,
     expected: &std::collections::BTreeMap<String, Vec<usize>>,
 ) -> Result<HfParts, LoadError> {
-    let ckpt = normalized(family, checkpoint);
+    let Normalized {
+        tensors: ckpt,
+        skipped,
+    } = checkpoint;
     let mut used = std::collections::BTreeSet::new();
-    let mut parts = HfParts::default();
+    let mut parts = HfParts {
+        skipped,
+        ..Default::default()
+    };
     for (ours, shape) in expected {
         let (key, transform) = lookup(family, ours).ok_or_else(|| LoadError::MissingKey {
             key: ours.clone(),

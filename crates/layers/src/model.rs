@@ -13,7 +13,8 @@ use crate::{
     SelfAttention, SpaceName, attention::MASKED,
 };
 
-/// A BERT encoder (`config.family == Family::Bert`).
+/// A BERT or RoBERTa encoder (`config.family` is `Family::Bert` or `Family::Roberta`; the
+/// alias only names the intent, the type is the one `Transformer`).
 pub type BertModel<B, A = SelfAttention<B>, F = FeedForward<B>> = Transformer<B, A, F>;
 /// A GPT-2 decoder with its tied LM head (`config.family == Family::Gpt2`).
 pub type Gpt2Model<B, A = SelfAttention<B>, F = FeedForward<B>> = Transformer<B, A, F>;

@@ -268,9 +268,11 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
 
     /// [`Transformer::load`], returning also a Hugging Face checkpoint's sequence-classifier
     /// head (`classifier.*`, Hugging Face keys and layout; empty when there is none, and
-    /// always for our own format, whose head lives beside the backbone). A BERT checkpoint
-    /// without `pooler.dense.*` loads as a model without a pooler; BERT's `cls.*` heads
-    /// and GPT-2's tied `lm_head.weight` are skipped with a logged note.
+    /// always for our own format, whose head lives beside the backbone; RoBERTa's
+    /// `classifier.out_proj` under these names, its `classifier.dense` being the pooler).
+    /// An encoder checkpoint without a pooler loads as a model without one; BERT's `cls.*`
+    /// and RoBERTa's `lm_head.*` heads, a stale pooler beside RoBERTa's classifier, and
+    /// GPT-2's tied `lm_head.weight` are skipped with a logged note.
     pub fn load_with_head(
         dir: &Path,
         device: &B::Device,
@@ -286,11 +288,12 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
                 Default::default(),
             ));
         }
-        if config.d_pooler.is_some() && !hf::has_pooler(config.family, &tensors) {
+        let checkpoint = hf::normalize(config.family, tensors);
+        if config.d_pooler.is_some() && !hf::has_pooler(config.family, &checkpoint) {
             config.d_pooler = None;
         }
         let model = Self::new(&config, device);
-        let parts = hf::from_hf(config.family, &tensors, &tensorio::param_shapes(&model))?;
+        let parts = hf::from_hf(config.family, checkpoint, &tensorio::param_shapes(&model))?;
         if !parts.skipped.is_empty() {
             tracing::info!(
                 "{}: skipped {} head tensor(s) shears does not use: {}",

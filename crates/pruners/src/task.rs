@@ -15,7 +15,8 @@ use shears_spaces::TensorMap;
 
 use crate::{GateSpec, GatedModel, PruneReport, PrunerError};
 
-/// `logits = W · pooled + b`, on BERT's pooled output.
+/// `logits = W · pooled + b`, on the encoder's pooled output (BERT's pooler, RoBERTa's
+/// classifier.dense).
 #[derive(Module, Debug)]
 pub struct ClassifierHead<B: Backend> {
     /// `[d_pooler, n_classes]`.
@@ -58,7 +59,7 @@ impl<B: Backend> ClassifierHead<B> {
     }
 }
 
-/// A backbone and what its task puts on top: a classification head on BERT's pooled
+/// A backbone and what its task puts on top: a classification head on an encoder's pooled
 /// output, or nothing (GPT-2's language-model head is tied to its token embedding and
 /// lives in the backbone; a bare BERT is a feature extractor).
 #[derive(Module, Debug)]
@@ -85,7 +86,7 @@ impl<B: Backend> TaskModel<B> {
     pub fn classifier(backbone: Transformer<B>, head: ClassifierHead<B>) -> Self {
         assert!(
             backbone.config().d_pooler.is_some(),
-            "a sequence classifier needs a BERT backbone with a pooler"
+            "a sequence classifier needs an encoder backbone with a pooler"
         );
         Self {
             backbone,

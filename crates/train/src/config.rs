@@ -14,7 +14,7 @@ use crate::TrainError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
-    /// Sequence classification with a linear head on BERT's pooled output; reports accuracy.
+    /// Sequence classification with a linear head on an encoder's pooled output; reports accuracy.
     Classification,
     /// Next-token language modelling with GPT-2's tied head; reports perplexity.
     Lm,

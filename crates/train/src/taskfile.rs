@@ -280,7 +280,7 @@ fn hf_classifier_tensors(
 /// What [`export_hf_dir`] wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportSummary {
-    /// `config.json`'s `model_type`: `bert` / `gpt2` (transformers' own class) or
+    /// `config.json`'s `model_type`: `bert` / `roberta` / `gpt2` (transformers' own class) or
     /// `shears_bert` / `shears_gpt2` (the modeling file written beside the weights).
     pub model_type: String,
     /// Its `architectures` entry.

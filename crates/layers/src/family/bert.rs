@@ -127,6 +127,7 @@ pub(crate) const ARCH: Arch = Arch {
     lm_head: false,
     pooler: true,
     scaled_init: false,
+    positions_after_pad: false,
 };
 
 /// Token types (default 2) and a pooler of the hidden width.

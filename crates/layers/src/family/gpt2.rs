@@ -106,6 +106,7 @@ impl FamilySpec for Gpt2 {
             lm_head: true,
             pooler: false,
             scaled_init: true,
+            positions_after_pad: false,
         }
     }
 

@@ -84,6 +84,9 @@ pub struct Arch {
     pub pooler: bool,
     /// Fresh weights drawn as GPT-2 draws them (see [`ModelConfig::init_std`]).
     pub scaled_init: bool,
+    /// Positions counted from `pad_token_id + 1` ([`ModelConfig::position_offset`] > 0,
+    /// RoBERTa); otherwise from 0.
+    pub positions_after_pad: bool,
 }
 
 /// How a checkpoint tensor becomes ours.
@@ -134,8 +137,10 @@ pub(crate) trait FamilySpec: Sync {
     }
     /// Renames a task checkpoint's keys (prefixes already stripped) onto the backbone's
     /// table and [`HfParts::head`]'s `classifier.weight` / `classifier.bias` where the
-    /// family's head differs (RoBERTa's `classifier.dense` is our pooler).
-    fn normalize(&self, checkpoint: TensorMap) -> TensorMap {
+    /// family's head differs (RoBERTa's `classifier.dense` is our pooler); keys it drops
+    /// go to `skipped`.
+    fn normalize(&self, checkpoint: TensorMap, skipped: &mut Vec<String>) -> TensorMap {
+        let _ = skipped;
         checkpoint
     }
     /// Takes a checkpoint tensor the backbone did not use (a task head, a head to skip):

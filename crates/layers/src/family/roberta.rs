@@ -4,6 +4,12 @@
 //! `classifier.out_proj`, on the first token) that is BERT's pooler + classifier under
 //! other names. `transformers`' `RobertaModel` / `RobertaForSequenceClassification`, or
 //! the `shears_bert` modeling file (with the position offset) for any pruned shape.
+//!
+//! Positions: shears gives position `offset + i` to every token of a row; transformers
+//! gives padding tokens `pad_token_id` and numbers the others. Every real token of a
+//! right-padded row (what shears' tokenizer batches are) gets the same position either
+//! way, and padded keys are masked, so real tokens compute the same; the outputs at padded
+//! positions, and left-padded rows, differ.
 
 use shears_spaces::{HostTensor, TensorMap};
 
@@ -31,7 +37,10 @@ impl FamilySpec for Roberta {
     }
 
     fn arch(&self) -> Arch {
-        super::bert::ARCH
+        Arch {
+            positions_after_pad: true,
+            ..super::bert::ARCH
+        }
     }
 
     fn default_activation(&self) -> &'static str {
@@ -66,12 +75,16 @@ impl FamilySpec for Roberta {
         &["roberta.", "bert."]
     }
 
-    /// A `RobertaForSequenceClassification`'s head under BERT's names (it has no pooler
-    /// of its own).
-    fn normalize(&self, mut checkpoint: TensorMap) -> TensorMap {
-        let is_classifier = HEAD_KEYS.iter().all(|(k, _)| checkpoint.contains_key(*k))
-            && !checkpoint.contains_key("pooler.dense.weight");
-        if is_classifier {
+    /// A `RobertaForSequenceClassification`'s head under BERT's names. Its model has no
+    /// pooler; a checkpoint that still carries one (transformers 2.x and early 3.x saved
+    /// the pretrained pooler, unused) has it skipped, as transformers skips it.
+    fn normalize(&self, mut checkpoint: TensorMap, skipped: &mut Vec<String>) -> TensorMap {
+        if HEAD_KEYS.iter().all(|(k, _)| checkpoint.contains_key(*k)) {
+            for key in ["pooler.dense.weight", "pooler.dense.bias"] {
+                if checkpoint.remove(key).is_some() {
+                    skipped.push(key.to_string());
+                }
+            }
             for (theirs, bert) in HEAD_KEYS {
                 if let Some(t) = checkpoint.remove(theirs) {
                     checkpoint.insert(bert.to_string(), t);

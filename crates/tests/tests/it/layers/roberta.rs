@@ -354,11 +354,55 @@ fn roberta_config_errors_name_the_value() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("`gpt2`") && e.contains("shears_bert"), "{e}");
+    // The offset belongs to RoBERTa: missing for it, or given for a BERT, is an error.
+    let mut bad = exported.clone();
+    bad.as_object_mut().unwrap().remove("position_offset");
+    let e = shears_layers::ModelConfig::from_hf_value(bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("roberta") && e.contains("no position_offset"),
+        "{e}"
+    );
+    let mut bad = exported.clone();
+    bad.as_object_mut().unwrap().remove("shears_family");
+    let e = shears_layers::ModelConfig::from_hf_value(bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bert") && e.contains("position_offset 2"), "{e}");
     let config = shears_layers::ModelConfig::from_hf_value(exported).unwrap();
     assert_eq!(
         (config.family, config.position_offset),
         (Family::Roberta, 2)
     );
+}
+
+/// A `RobertaForSequenceClassification` checkpoint that still carries the pretrained
+/// `roberta.pooler.dense.*` (transformers 2.x and early 3.x saved it; the model does not
+/// use it) loads with `classifier.dense` as the pooler and the stale one skipped.
+#[test]
+fn a_stale_pooler_beside_the_classifier_is_skipped() {
+    type B = burn::backend::Flex;
+    let device = Default::default();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("stale");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(tiny().join("config.json"), dir.join("config.json")).unwrap();
+    let mut tensors = hf::read_safetensors(&tiny().join(WEIGHTS)).unwrap();
+    let d = 32;
+    let junk = |shape: Vec<usize>| {
+        let n = shape.iter().product();
+        HostTensor::new(shape, (0..n).map(|i| (i % 7) as f32 - 3.0).collect())
+    };
+    tensors.insert("roberta.pooler.dense.weight".into(), junk(vec![d, d]));
+    tensors.insert("roberta.pooler.dense.bias".into(), junk(vec![d]));
+    hf::write_safetensors(&dir.join(WEIGHTS), &tensors).unwrap();
+    let (model, head) = BertModel::<B>::load_with_head(&dir, &device).unwrap();
+    let d_logits = max_diff(
+        &logits(&model, &head, &device),
+        &fixture("roberta.safetensors")["logits"],
+    );
+    assert!(d_logits <= 1e-4, "logits differ by {d_logits}");
 }
 
 mod backend {
