@@ -23,7 +23,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 static FUSED: AtomicBool = AtomicBool::new(true);
 
 /// Turns the fused kernels ([`linear`], [`add_layer_norm`], [`layer_norm`], [`attention`],
-/// [`adamw_step`], [`sum_squares`], [`scale`]) and [`on_workers`] on or off for the whole
+/// [`adamw_step`], [`sum_squares`], [`scale`], [`nll`], [`soft_kl`]) and [`on_workers`] on or off for the whole
 /// process (on by default); off, every backend runs Burn's generic operations from the
 /// calling thread. For measuring what they bring (`bench --fused-ab`) and for tests.
 pub fn set_fused(on: bool) {
@@ -383,6 +383,82 @@ pub fn scale<B: Backend, const D: usize>(t: Tensor<B, D>, factor: f32) -> Tensor
         Err(t) => t,
     };
     t.mul_scalar(factor)
+}
+
+/// The negative log-likelihood of each row's target under the softmax of its logits:
+/// `logits: [rows, classes]`, one target per row, the result `[rows]`. A negative target
+/// marks a row without one (a language model's last position, or padding): its entry is 0
+/// and no gradient flows from it. Cross entropy is the mean over the rows that have one.
+///
+/// On the CPU backends (see [`on_kernels`]; with [`fused`] on) one pass per row for the
+/// log-sum-exp on every thread, and under autodiff one operation whose backward writes
+/// `g (softmax - onehot)` in one pass, in place of the logits it kept. Why: a language
+/// model's rows are a vocabulary wide (50,257 for GPT-2), and Burn's `log_softmax`, `gather`
+/// and their gradients made about a dozen single-threaded passes over (and allocations of)
+/// that matrix, the largest in the step: a GPT-2 training step at batch 16 x 32 spent more
+/// time in them than in its matrix products (docs/PERFORMANCE.md). Elsewhere Burn's
+/// `log_softmax` and `gather`.
+pub fn nll<B: Backend>(logits: Tensor<B, 2>, targets: Vec<i64>) -> Tensor<B, 1> {
+    let [n, classes] = logits.dims();
+    assert_eq!(targets.len(), n, "one target per row");
+    assert!(
+        targets.iter().all(|&t| t < classes as i64),
+        "a target beyond the {classes} classes"
+    );
+    #[cfg(feature = "cpu-kernels")]
+    let (logits, targets) = match cpu::nll_dispatch((logits, targets)) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    let device = logits.device();
+    let keep: Vec<f32> = targets
+        .iter()
+        .map(|&t| if t >= 0 { 1.0 } else { 0.0 })
+        .collect();
+    let idx: Vec<i64> = targets.into_iter().map(|t| t.max(0)).collect();
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &device).reshape([n, 1]);
+    let keep = Tensor::<B, 1>::from_data(TensorData::new(keep, [n]), &device);
+    burn::tensor::activation::log_softmax(logits, 1)
+        .gather(1, idx)
+        .reshape([n])
+        .neg()
+        * keep
+}
+
+/// Per row, `KL(softmax(teacher / T) ‖ softmax(logits / T))`: `logits` and `teacher`
+/// `[rows, classes]`, the result `[rows]`, 0 for a row whose `keep` is false. A function of
+/// `logits` only: no gradient reaches `teacher` (distillation's targets).
+///
+/// On the CPU backends (with [`fused`] on) a few passes per row on every thread, and under
+/// autodiff one operation whose backward writes `g / T · (softmax(logits / T) -
+/// softmax(teacher / T))`; elsewhere Burn's `softmax` and `log_softmax`. Why: as for
+/// [`nll`], a language model's rows are a vocabulary wide, and the generic form makes three
+/// softmax passes of about a dozen single-threaded operations each, and their gradients.
+pub fn soft_kl<B: Backend>(
+    logits: Tensor<B, 2>,
+    teacher: Tensor<B, 2>,
+    temperature: f64,
+    keep: Vec<bool>,
+) -> Tensor<B, 1> {
+    let [n, _] = logits.dims();
+    assert_eq!(logits.dims(), teacher.dims(), "student and teacher logits");
+    assert_eq!(keep.len(), n, "one keep flag per row");
+    assert!(temperature > 0.0, "a positive temperature");
+    #[cfg(feature = "cpu-kernels")]
+    let (logits, teacher, _, keep) =
+        match cpu::soft_kl_dispatch((logits, teacher, temperature, keep)) {
+            Ok(y) => return y,
+            Err(args) => args,
+        };
+    use burn::tensor::activation::{log_softmax, softmax};
+    let device = logits.device();
+    let teacher = teacher.detach();
+    let p_t = softmax(teacher.clone() / temperature, 1);
+    let log_p_t = log_softmax(teacher / temperature, 1);
+    let log_p_s = log_softmax(logits / temperature, 1);
+    let keep: Vec<f32> = keep.into_iter().map(|k| f32::from(u8::from(k))).collect();
+    let keep = Tensor::<B, 1>::from_data(TensorData::new(keep, [n]), &device);
+    (p_t * (log_p_t - log_p_s)).sum_dim(1).reshape([n]) * keep
 }
 
 /// `x Φ(x)` (the exact GELU, as BERT's `gelu`): the kernels below on flex, [`exact_gelu`]

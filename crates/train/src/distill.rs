@@ -31,7 +31,6 @@
 
 use burn::module::{AutodiffModule, Param};
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use shears_gates::{Draw, GateSet};
@@ -234,11 +233,15 @@ pub fn distill_loss<B: Backend, M: Net<B>>(
     let mut total = ce * cfg.ce_weight;
     if cfg.logit_weight > 0.0 {
         let t = cfg.temperature;
-        let rows = s.logits.dims()[0] as f64;
-        let p_t = softmax(targets.logits.clone() / t, 1);
-        let log_p_t = log_softmax(targets.logits / t, 1);
-        let log_p_s = log_softmax(s.logits.clone() / t, 1);
-        let kl = (p_t * (log_p_t - log_p_s)).sum().reshape([1]) * (t * t / rows);
+        let n = s.logits.dims()[0];
+        // An LM's rows without a next token (its last positions, padding) do not count.
+        let keep: Vec<bool> = match s.targets.as_ref().filter(|_| !s.classes) {
+            Some(tg) => tg.iter().map(|&x| x >= 0).collect(),
+            None => vec![true; n],
+        };
+        let rows = keep.iter().filter(|&&k| k).count().max(1) as f64;
+        let per_row = shears_layers::kernels::soft_kl(s.logits.clone(), targets.logits, t, keep);
+        let kl = per_row.sum() * (t * t / rows);
         terms.logits = kl.clone().into_scalar().elem();
         total = total + kl * cfg.logit_weight;
     }

@@ -2,7 +2,6 @@
 //! and their evaluation.
 
 use burn::module::{AutodiffModule, ModuleMapper, Param};
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use shears_gates::{Draw, GateSet};
@@ -117,43 +116,68 @@ impl Tally {
 /// What a forward pass scores: one row of logits per prediction with its target.
 pub struct Scored<B: Backend> {
     /// Classification: the head's logits `[batch, classes]`; LM: the next-token logits of
-    /// every position but the last, `[batch · (seq - 1), vocab]`.
+    /// every position, `[batch · seq, vocab]`.
     pub logits: Tensor<B, 2>,
-    /// The classes, or the next tokens (`None`: a classifier run without labels).
-    pub targets: Option<Tensor<B, 1, Int>>,
+    /// One target per row of `logits`: the class, or the next token; -1 where a row has
+    /// none (an LM's last position, or one followed by padding). `None`: a classifier run
+    /// without labels.
+    pub targets: Option<Vec<i64>>,
     /// The backbone's hidden states, when the input asked for them.
     pub hidden_states: Option<Vec<Tensor<B, 3>>>,
     /// Whether the rows are classes (accuracy is counted) rather than next tokens.
     pub classes: bool,
 }
 
+/// The values of an integer tensor, on the host.
+fn host_ids<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
+    t.into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .expect("integer ids")
+}
+
 impl<B: Backend> Scored<B> {
-    /// Mean cross entropy of the rows (`[1]`, differentiable) and its tally.
+    /// The rows' negative log-likelihoods (`[rows]`, differentiable; 0 for a row without a
+    /// target) and the targets.
+    ///
+    /// # Panics
+    /// Without targets.
+    fn nll(&self) -> (Tensor<B, 1>, Vec<i64>) {
+        let targets = self.targets.clone().expect("scoring needs targets");
+        let nll = shears_layers::kernels::nll(self.logits.clone(), targets.clone());
+        (nll, targets)
+    }
+
+    /// Whether each row's largest logit is its target's (classification; all `false` for
+    /// an LM, whose accuracy is not counted).
+    fn hits(&self, targets: &[i64]) -> Vec<bool> {
+        if !self.classes {
+            return vec![false; targets.len()];
+        }
+        let n = targets.len();
+        host_ids(self.logits.clone().argmax(1).reshape([n]))
+            .into_iter()
+            .zip(targets)
+            .map(|(p, &t)| p == t)
+            .collect()
+    }
+
+    /// Mean cross entropy over the rows with a target (`[1]`, differentiable) and its tally.
     ///
     /// # Panics
     /// Without targets.
     pub fn cross_entropy(&self) -> (Tensor<B, 1>, Tally) {
-        let targets = self.targets.clone().expect("scoring needs targets");
-        let n = targets.dims()[0];
-        let ce = CrossEntropyLossConfig::new().init(&self.logits.device());
-        let correct: i64 = self
-            .logits
-            .clone()
-            .argmax(1)
-            .reshape([n])
-            .equal(targets.clone())
-            .int()
-            .sum()
-            .into_scalar()
-            .elem();
-        let l = ce.forward(self.logits.clone(), targets);
+        let (nll, targets) = self.nll();
+        let count = targets.iter().filter(|&&t| t >= 0).count();
+        let correct = self.hits(&targets).into_iter().filter(|&h| h).count();
+        let l = nll.sum().div_scalar(count.max(1) as f64);
         let lv: f64 = l.clone().into_scalar().elem();
         (
             l,
             Tally {
-                loss_sum: lv * n as f64,
-                correct: if self.classes { correct as usize } else { 0 },
-                count: n,
+                loss_sum: lv * count as f64,
+                correct,
+                count,
             },
         )
     }
@@ -168,8 +192,33 @@ pub fn scored<B: Backend, M: Net<B>>(
     labels: Option<Tensor<B, 1, Int>>,
     draw: Draw,
 ) -> Scored<B> {
-    let ids = input.ids.clone();
     let dropout = input.dropout;
+    let lm_targets = model.head().is_none().then(|| {
+        let [b, s] = input.ids.dims();
+        let ids = host_ids(input.ids.clone());
+        let real: Vec<bool> = match &input.attention_mask {
+            Some(m) => m
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 mask")
+                .into_iter()
+                .map(|x| x != 0.0)
+                .collect(),
+            None => vec![true; b * s],
+        };
+        (0..b * s)
+            .map(|r| {
+                let next = r + 1;
+                if next % s != 0 && real[next] {
+                    ids[next]
+                } else {
+                    -1
+                }
+            })
+            .collect::<Vec<i64>>()
+    });
     let out = model.output(input, draw);
     match model.head() {
         Some(head) => {
@@ -187,7 +236,7 @@ pub fn scored<B: Backend, M: Net<B>>(
             };
             Scored {
                 logits: head.forward(pooled),
-                targets: labels,
+                targets: labels.map(host_ids),
                 hidden_states: out.hidden_states,
                 classes: true,
             }
@@ -198,8 +247,8 @@ pub fn scored<B: Backend, M: Net<B>>(
                 .expect("a language model needs a GPT-2 backbone with its LM head");
             let [b, s, v] = logits.dims();
             Scored {
-                logits: logits.slice([0..b, 0..s - 1]).reshape([b * (s - 1), v]),
-                targets: Some(ids.slice([0..b, 1..s]).reshape([b * (s - 1)])),
+                logits: logits.reshape([b * s, v]),
+                targets: lm_targets,
                 hidden_states: out.hidden_states,
                 classes: false,
             }
@@ -253,37 +302,23 @@ pub fn evaluate_rows<B: Backend, M: Net<B>>(
     for idx in order.chunks(batch_size) {
         let b = make_batch::<B>(split, idx, pad_id, device);
         let s = scored(model, b.input, b.labels, Draw::Eval);
-        let targets = s.targets.clone().expect("evaluation has targets");
-        let n = targets.dims()[0];
-        let nll: Vec<f32> = burn::tensor::activation::log_softmax(s.logits.clone(), 1)
-            .gather(1, targets.clone().reshape([n, 1]))
-            .neg()
+        let (nll, targets) = s.nll();
+        let nll: Vec<f32> = nll
             .into_data()
             .convert::<f32>()
             .to_vec()
             .expect("f32 losses");
-        // Through ints: wgpu stores booleans as u32, which `to_vec::<bool>` refuses.
-        let hit: Vec<bool> = s
-            .logits
-            .argmax(1)
-            .reshape([n])
-            .equal(targets)
-            .int()
-            .into_data()
-            .convert::<i32>()
-            .to_vec::<i32>()
-            .expect("hits")
-            .into_iter()
-            .map(|h| h != 0)
-            .collect();
-        let per_example = n / idx.len();
+        let hit = s.hits(&targets);
+        let per_example = targets.len() / idx.len();
         for (k, &i) in idx.iter().enumerate() {
             for r in k * per_example..(k + 1) * per_example {
-                rows[i].add(Tally {
-                    loss_sum: nll[r] as f64,
-                    correct: usize::from(s.classes && hit[r]),
-                    count: 1,
-                });
+                if targets[r] >= 0 {
+                    rows[i].add(Tally {
+                        loss_sum: nll[r] as f64,
+                        correct: usize::from(hit[r]),
+                        count: 1,
+                    });
+                }
             }
         }
     }

@@ -1232,6 +1232,229 @@ fn scale_on<H: Host, B: Backend, const D: usize>(
     Ok(uncast(float::<H, D>(H::make(v, shape))))
 }
 
+type NllArgs<B> = (Tensor<B, 2>, Vec<i64>);
+
+/// [`super::nll`] on a CPU backend, with or without autodiff, or the arguments back.
+pub fn nll_dispatch<B: Backend>(args: NllArgs<B>) -> Result<Tensor<B, 1>, NllArgs<B>> {
+    if !super::fused() || !is_f32(&args.0) {
+        return Err(args);
+    }
+    Err(on_hosts!(nll_on, args))
+}
+
+fn nll_on<H: Host, B: Backend>((logits, targets): NllArgs<B>) -> Result<Tensor<B, 1>, NllArgs<B>> {
+    let logits = match cast::<H, B, 2>(logits) {
+        Ok(l) => {
+            let l = H::contiguous(prim(l));
+            let (out, _) = nll_forward::<H>(&l, &targets);
+            return Ok(uncast(float::<H, 1>(out)));
+        }
+        Err(l) => l,
+    };
+    match cast::<Autodiff<H>, B, 2>(logits) {
+        Ok(l) => Ok(uncast(nll_ad::<H>(l, targets))),
+        Err(l) => Err((l, targets)),
+    }
+}
+
+/// Rows per parallel task of the NLL kernels (a row is a vocabulary wide).
+fn nll_rows(classes: usize) -> usize {
+    (CHUNK / classes.max(1)).max(1)
+}
+
+/// The NLL of each row (`[rows]`) and each row's log-sum-exp.
+fn nll_forward<H: Host>(logits: &T<H>, targets: &[i64]) -> (T<H>, Vec<f32>) {
+    let [n, c] = H::dims2(logits);
+    let x = H::slice(logits);
+    let per = nll_rows(c);
+    let mut lse = vec![0.0f32; n];
+    lse.par_chunks_mut(per)
+        .zip(x.par_chunks(per * c.max(1)))
+        .for_each(|(lse, rows)| Arch::new().dispatch(LogSumExp { rows, lse }));
+    let out: Vec<f32> = (0..n)
+        .map(|i| match usize::try_from(targets[i]) {
+            Ok(t) => lse[i] - x[i * c + t],
+            Err(_) => 0.0,
+        })
+        .collect();
+    (H::make(out, vec![n]), lse)
+}
+
+/// `g_i (softmax(x_i) - onehot(t_i))` for every row, written over `x`; 0 for rows without a
+/// target.
+fn nll_backward<H: Host>(logits: T<H>, lse: &[f32], targets: &[i64], grad: T<H>) -> T<H> {
+    let shape = H::dims(&logits);
+    let [_, c] = H::dims2(&logits);
+    let mut x = H::values(logits);
+    let g = H::values(grad);
+    let per = nll_rows(c);
+    x.par_chunks_mut(per * c.max(1))
+        .enumerate()
+        .for_each(|(k, rows)| {
+            let first = k * per;
+            let n = rows.len() / c.max(1);
+            Arch::new().dispatch(NllGrad {
+                rows,
+                classes: c,
+                lse: &lse[first..first + n],
+                targets: &targets[first..first + n],
+                g: &g[first..first + n],
+            })
+        });
+    H::make(x, shape)
+}
+
+/// [`super::nll`] under autodiff: keeps the logits, the log-sum-exps and the targets.
+fn nll_ad<H: Host>(logits: Tensor<Autodiff<H>, 2>, targets: Vec<i64>) -> Tensor<Autodiff<H>, 1> {
+    #[derive(Debug)]
+    struct NllBackward;
+    impl<H: Host> Backward<H, 1> for NllBackward {
+        type State = (T<H>, Vec<f32>, Vec<i64>);
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (logits, lse, targets) = ops.state;
+            unary::<H, _>(ops.parents, ops.node, grads, |g| {
+                nll_backward::<H>(logits, &lse, &targets, g)
+            });
+        }
+    }
+    let t = logits.into_primitive().tensor();
+    let x = H::contiguous(t.primitive);
+    let out = match <NllBackward as Backward<H, _>>::prepare::<NoCheckpointing>(
+        NllBackward,
+        [t.node.clone()],
+    )
+    .compute_bound()
+    .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (out, lse) = nll_forward::<H>(&x, &targets);
+            prep.finish((x, lse, targets), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(nll_forward::<H>(&x, &targets).0),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+type KlArgs<B> = (Tensor<B, 2>, Tensor<B, 2>, f64, Vec<bool>);
+
+/// [`super::soft_kl`] on a CPU backend, with or without autodiff, or the arguments back.
+pub fn soft_kl_dispatch<B: Backend>(args: KlArgs<B>) -> Result<Tensor<B, 1>, KlArgs<B>> {
+    if !super::fused() || !is_f32(&args.0) || !is_f32(&args.1) {
+        return Err(args);
+    }
+    Err(on_hosts!(soft_kl_on, args))
+}
+
+fn soft_kl_on<H: Host, B: Backend>((x, y, t, keep): KlArgs<B>) -> Result<Tensor<B, 1>, KlArgs<B>> {
+    let x = match cast::<H, B, 2>(x) {
+        Ok(x) => {
+            let y = H::contiguous(prim(same::<H, B, 2>(y)));
+            let x = H::contiguous(prim(x));
+            let out = kl_forward::<H>(&x, &y, t as f32, &keep).0;
+            return Ok(uncast(float::<H, 1>(out)));
+        }
+        Err(x) => x,
+    };
+    match cast::<Autodiff<H>, B, 2>(x) {
+        Ok(x) => {
+            let y = same::<Autodiff<H>, B, 2>(y).inner();
+            Ok(uncast(soft_kl_ad::<H>(x, y, t as f32, keep)))
+        }
+        Err(x) => Err((x, y, t, keep)),
+    }
+}
+
+/// The KL of each row (`[rows]`) and each row's log-sum-exp of `x / T` and of `y / T`.
+fn kl_forward<H: Host>(x: &T<H>, y: &T<H>, t: f32, keep: &[bool]) -> (T<H>, Vec<[f32; 2]>) {
+    let [n, c] = H::dims2(x);
+    let per = nll_rows(c);
+    let (xs, ys) = (H::slice(x), H::slice(y));
+    let mut rows = vec![[0.0f32; 3]; n];
+    rows.par_chunks_mut(per)
+        .zip(xs.par_chunks(per * c.max(1)))
+        .zip(ys.par_chunks(per * c.max(1)))
+        .for_each(|((out, x), y)| Arch::new().dispatch(KlRows { x, y, t, out }));
+    let kl = rows
+        .iter()
+        .zip(keep)
+        .map(|(r, &k)| if k { r[0] } else { 0.0 })
+        .collect();
+    let lse = rows.iter().map(|r| [r[1], r[2]]).collect();
+    (H::make(kl, vec![n]), lse)
+}
+
+/// `g / T · (softmax(x / T) - softmax(y / T))` per row, written over `x`; 0 for rows not kept.
+fn kl_backward<H: Host>(
+    x: T<H>,
+    y: &T<H>,
+    lse: &[[f32; 2]],
+    t: f32,
+    keep: &[bool],
+    grad: T<H>,
+) -> T<H> {
+    let shape = H::dims(&x);
+    let [_, c] = H::dims2(&x);
+    let mut xs = H::values(x);
+    let g = H::values(grad);
+    let per = nll_rows(c);
+    xs.par_chunks_mut(per * c.max(1))
+        .zip(H::slice(y).par_chunks(per * c.max(1)))
+        .enumerate()
+        .for_each(|(k, (x, y))| {
+            let first = k * per;
+            let n = x.len() / c.max(1);
+            Arch::new().dispatch(KlGrad {
+                x,
+                y,
+                classes: c,
+                t,
+                lse: &lse[first..first + n],
+                keep: &keep[first..first + n],
+                g: &g[first..first + n],
+            })
+        });
+    H::make(xs, shape)
+}
+
+/// [`super::soft_kl`] under autodiff: keeps both logits, the log-sum-exps and the flags.
+fn soft_kl_ad<H: Host>(
+    x: Tensor<Autodiff<H>, 2>,
+    y: Tensor<H, 2>,
+    t: f32,
+    keep: Vec<bool>,
+) -> Tensor<Autodiff<H>, 1> {
+    /// Student and teacher logits, log-sum-exps, temperature, flags.
+    type KlState<H> = (T<H>, T<H>, Vec<[f32; 2]>, f32, Vec<bool>);
+    #[derive(Debug)]
+    struct KlBackward;
+    impl<H: Host> Backward<H, 1> for KlBackward {
+        type State = KlState<H>;
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let (x, y, lse, t, keep) = ops.state;
+            unary::<H, _>(ops.parents, ops.node, grads, |g| {
+                kl_backward::<H>(x, &y, &lse, t, &keep, g)
+            });
+        }
+    }
+    let tx = x.into_primitive().tensor();
+    let xs = H::contiguous(tx.primitive);
+    let ys = H::contiguous(prim(y));
+    let out = match <KlBackward as Backward<H, _>>::prepare::<NoCheckpointing>(
+        KlBackward,
+        [tx.node.clone()],
+    )
+    .compute_bound()
+    .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (out, lse) = kl_forward::<H>(&xs, &ys, t, &keep);
+            prep.finish((xs, ys, lse, t, keep), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(kl_forward::<H>(&xs, &ys, t, &keep).0),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
 /// [`super::gelu`] on a CPU backend, with or without autodiff, or the tensor back.
 pub fn gelu_dispatch<B: Backend, const D: usize>(
     t: Tensor<B, D>,
@@ -1592,6 +1815,163 @@ impl WithSimd for Scale<'_> {
     fn with_simd<S: Simd>(self, _: S) {
         for x in self.x.iter_mut() {
             *x *= self.factor;
+        }
+    }
+}
+
+/// The log-sum-exp of each row of `rows` (rows of `lse.len()` equal widths).
+struct LogSumExp<'a> {
+    rows: &'a [f32],
+    lse: &'a mut [f32],
+}
+
+impl WithSimd for LogSumExp<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let c = self.rows.len() / self.lse.len().max(1);
+        for (row, lse) in self.rows.chunks_exact(c.max(1)).zip(self.lse.iter_mut()) {
+            let max = lane_max(row);
+            let mut acc = [0.0f32; LANES];
+            let mut chunks = row.chunks_exact(LANES);
+            for ch in &mut chunks {
+                for i in 0..LANES {
+                    acc[i] += super::exp(ch[i] - max);
+                }
+            }
+            let tail: f32 = chunks
+                .remainder()
+                .iter()
+                .map(|&x| super::exp(x - max))
+                .sum();
+            *lse = max + (acc.iter().sum::<f32>() + tail).ln();
+        }
+    }
+}
+
+/// The gradient of [`LogSumExp`]'s NLL, in place of the logits.
+struct NllGrad<'a> {
+    rows: &'a mut [f32],
+    classes: usize,
+    lse: &'a [f32],
+    targets: &'a [i64],
+    g: &'a [f32],
+}
+
+impl WithSimd for NllGrad<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let c = self.classes.max(1);
+        for (i, row) in self.rows.chunks_exact_mut(c).enumerate() {
+            match usize::try_from(self.targets[i]) {
+                Ok(t) => {
+                    let (lse, g) = (self.lse[i], self.g[i]);
+                    for x in row.iter_mut() {
+                        *x = g * super::exp(*x - lse);
+                    }
+                    row[t] -= g;
+                }
+                Err(_) => row.fill(0.0),
+            }
+        }
+    }
+}
+
+/// Per row of `x` (student) and `y` (teacher): `[KL(softmax(y / T) ‖ softmax(x / T)),
+/// lse(x / T), lse(y / T)]`, with `KL = Σ p (y - x) / T + lse(x / T) - lse(y / T)`.
+struct KlRows<'a> {
+    x: &'a [f32],
+    y: &'a [f32],
+    t: f32,
+    out: &'a mut [[f32; 3]],
+}
+
+/// `max / T + ln Σ e^((v - max) / T)`.
+#[inline(always)]
+fn scaled_lse(v: &[f32], t: f32) -> f32 {
+    let max = lane_max(v);
+    let inv = 1.0 / t;
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for ch in &mut chunks {
+        for i in 0..LANES {
+            acc[i] += super::exp((ch[i] - max) * inv);
+        }
+    }
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|&x| super::exp((x - max) * inv))
+        .sum();
+    max * inv + (acc.iter().sum::<f32>() + tail).ln()
+}
+
+impl WithSimd for KlRows<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let c = self.x.len() / self.out.len().max(1);
+        let inv = 1.0 / self.t;
+        for ((x, y), out) in self
+            .x
+            .chunks_exact(c.max(1))
+            .zip(self.y.chunks_exact(c.max(1)))
+            .zip(self.out.iter_mut())
+        {
+            let (ls, lt) = (scaled_lse(x, self.t), scaled_lse(y, self.t));
+            let mut acc = [0.0f32; LANES];
+            let mut cx = x.chunks_exact(LANES);
+            let mut cy = y.chunks_exact(LANES);
+            for (a, b) in (&mut cx).zip(&mut cy) {
+                for i in 0..LANES {
+                    acc[i] += super::exp(b[i] * inv - lt) * (b[i] - a[i]);
+                }
+            }
+            let tail: f32 = cx
+                .remainder()
+                .iter()
+                .zip(cy.remainder())
+                .map(|(&a, &b)| super::exp(b * inv - lt) * (b - a))
+                .sum();
+            let kl = (acc.iter().sum::<f32>() + tail) * inv + ls - lt;
+            *out = [kl.max(0.0), ls, lt];
+        }
+    }
+}
+
+/// The gradient of [`KlRows`]' KL in the student logits, in place of them.
+struct KlGrad<'a> {
+    x: &'a mut [f32],
+    y: &'a [f32],
+    classes: usize,
+    t: f32,
+    lse: &'a [[f32; 2]],
+    keep: &'a [bool],
+    g: &'a [f32],
+}
+
+impl WithSimd for KlGrad<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let c = self.classes.max(1);
+        let inv = 1.0 / self.t;
+        for (i, (x, y)) in self
+            .x
+            .chunks_exact_mut(c)
+            .zip(self.y.chunks_exact(c))
+            .enumerate()
+        {
+            if !self.keep[i] {
+                x.fill(0.0);
+                continue;
+            }
+            let [ls, lt] = self.lse[i];
+            let scale = self.g[i] * inv;
+            for (a, &b) in x.iter_mut().zip(y) {
+                *a = scale * (super::exp(*a * inv - ls) - super::exp(b * inv - lt));
+            }
         }
     }
 }

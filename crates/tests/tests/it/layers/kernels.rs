@@ -193,6 +193,8 @@ mod cpu {
         fused_adamw_equals_burns_arithmetic,
         sum_of_squares_and_scale_equal_burns,
         batches_equal_their_rows,
+        nll_and_its_gradient_equal_f64_log_softmax,
+        soft_kl_and_its_gradient_equal_f64_softmax,
     );
 }
 
@@ -765,6 +767,109 @@ mod bodies {
                 assert_eq!(
                     rows[i], batch[i],
                     "{name}: {what} of a batch against its rows"
+                );
+            }
+        }
+    }
+
+    /// `nll`: values and gradients against Burn's `log_softmax` and `gather` in f64, on rows
+    /// narrower than a parallel task (several per task) and wider (a vocabulary), with rows
+    /// without a target (-1) that give 0 and no gradient, and logits up to 30 apart.
+    pub fn nll_and_its_gradient_equal_f64_log_softmax<C: Backend>() {
+        fn run<B: Backend>(x: &[f32], [n, c]: [usize; 2], t: &[i64]) -> [Vec<f32>; 2] {
+            let x = tensor::<Autodiff<B>, 2>(x, [n, c]).require_grad();
+            let nll = kernels::nll(x.clone(), t.to_vec());
+            // Unequal weights per row, so that the upstream gradient matters.
+            let w: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 * 0.25).collect();
+            let grads = (nll.clone() * tensor::<Autodiff<B>, 1>(&w, [n]))
+                .sum()
+                .backward();
+            [
+                vec_of(nll.inner()),
+                vec_of(x.grad(&grads).expect("x takes part")),
+            ]
+        }
+        for (k, [n, c]) in [[9, 7], [5, 50_257]].into_iter().enumerate() {
+            let x: Vec<f32> = noise(n * c, 60 + k).iter().map(|v| v * 15.0).collect();
+            let t: Vec<i64> = (0..n)
+                .map(|i| {
+                    if i % 4 == 3 {
+                        -1
+                    } else {
+                        ((i * 7919) % c) as i64
+                    }
+                })
+                .collect();
+            let got = run::<C>(&x, [n, c], &t);
+            let want = run::<Reference>(&x, [n, c], &t);
+            for (i, &ti) in t.iter().enumerate() {
+                if ti < 0 {
+                    assert_eq!(got[0][i], 0.0, "a row without a target scores 0");
+                    assert!(
+                        got[1][i * c..(i + 1) * c].iter().all(|&g| g == 0.0),
+                        "no gradient from a row without a target"
+                    );
+                }
+            }
+            let tol: Vec<f32> = want[0].iter().map(|v| 2e-6 * v.abs().max(1.0)).collect();
+            close(&got[0], &want[0], &tol, &format!("nll {n} x {c}"));
+            let tol: Vec<f32> = want[1].iter().map(|v| 1e-7 + 2e-6 * v.abs()).collect();
+            close(&got[1], &want[1], &tol, &format!("nll gradient {n} x {c}"));
+        }
+    }
+
+    /// `soft_kl`: values and gradients (in the student's logits only) against Burn's
+    /// `softmax` and `log_softmax` in f64, at temperatures 1 and 2, on narrow and
+    /// vocabulary-wide rows, with rows left out; 0 when the student equals the teacher.
+    pub fn soft_kl_and_its_gradient_equal_f64_softmax<C: Backend>() {
+        fn run<B: Backend>(
+            x: &[f32],
+            y: &[f32],
+            [n, c]: [usize; 2],
+            t: f64,
+            keep: &[bool],
+        ) -> [Vec<f32>; 3] {
+            let x = tensor::<Autodiff<B>, 2>(x, [n, c]).require_grad();
+            let y = tensor::<Autodiff<B>, 2>(y, [n, c]).require_grad();
+            let kl = kernels::soft_kl(x.clone(), y.clone(), t, keep.to_vec());
+            let w: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 * 0.25).collect();
+            let grads = (kl.clone() * tensor::<Autodiff<B>, 1>(&w, [n]))
+                .sum()
+                .backward();
+            let gy = y.grad(&grads).map(vec_of).unwrap_or_default();
+            [
+                vec_of(kl.inner()),
+                vec_of(x.grad(&grads).expect("x takes part")),
+                gy,
+            ]
+        }
+        for (k, [n, c]) in [[9, 7], [5, 50_257]].into_iter().enumerate() {
+            let x: Vec<f32> = noise(n * c, 70 + k).iter().map(|v| v * 12.0).collect();
+            let y: Vec<f32> = noise(n * c, 80 + k).iter().map(|v| v * 12.0).collect();
+            let keep: Vec<bool> = (0..n).map(|i| i % 4 != 3).collect();
+            for t in [1.0, 2.0] {
+                let got = run::<C>(&x, &y, [n, c], t, &keep);
+                let want = run::<Reference>(&x, &y, [n, c], t, &keep);
+                let what = format!("soft_kl {n} x {c}, T = {t}");
+                let tol: Vec<f32> = want[0].iter().map(|v| 1e-5 * v.abs().max(1.0)).collect();
+                close(&got[0], &want[0], &tol, &what);
+                let tol: Vec<f32> = want[1].iter().map(|v| 1e-7 + 2e-6 * v.abs()).collect();
+                close(&got[1], &want[1], &tol, &format!("{what}: gradient"));
+                assert!(
+                    got[2].iter().all(|&g| g == 0.0),
+                    "{what}: the teacher gets no gradient"
+                );
+                for (i, &kp) in keep.iter().enumerate() {
+                    if !kp {
+                        assert_eq!(got[0][i], 0.0, "{what}: a row left out scores 0");
+                        assert!(got[1][i * c..(i + 1) * c].iter().all(|&g| g == 0.0));
+                    }
+                }
+                let same = run::<C>(&x, &x, [n, c], t, &keep);
+                assert!(
+                    same[0].iter().all(|&v| v.abs() < 1e-5),
+                    "{what}: KL(p, p) = {:?}",
+                    same[0]
                 );
             }
         }
