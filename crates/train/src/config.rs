@@ -112,6 +112,14 @@ pub struct InitSection {
     pub n_heads: usize,
     /// Feed-forward width.
     pub d_ff: usize,
+    /// Dropout probability in training, of the blocks' outputs, the attention probabilities
+    /// and the embeddings (GPT-2's `resid_pdrop`, `attn_pdrop` and `embd_pdrop`: 0.1).
+    #[serde(default = "gpt2_dropout")]
+    pub dropout: f64,
+}
+
+fn gpt2_dropout() -> f64 {
+    0.1
 }
 
 /// The dataset file and how to read it.
@@ -131,8 +139,33 @@ pub struct DataSection {
     pub split: [f64; 3],
     /// Tokens per example (classification: truncation; LM: block length).
     pub max_len: usize,
-    /// Use at most this many usable rows (0: all). Applied after shuffling.
+    /// Use at most this many usable rows (0: all). Applied after shuffling (a language
+    /// model's: whole documents, the last cut).
     pub limit: usize,
+    /// Language modelling: the column (field) naming the document a row belongs to; the
+    /// rows of one document stay in one split. Empty: every row is a document.
+    pub document_column: String,
+    /// Language modelling: more files of the corpus (`[[data.extra]]`), read as `path` is
+    /// and split with it.
+    pub extra: Vec<ExtraSource>,
+}
+
+/// Another file of a language model's corpus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraSource {
+    /// A CSV or JSON-lines file, optionally bzip2-compressed.
+    pub path: PathBuf,
+    /// Column (field) holding the text.
+    #[serde(default = "text_column")]
+    pub text_column: String,
+    /// Column (field) naming the document of a row; empty: every row is a document.
+    #[serde(default)]
+    pub document_column: String,
+}
+
+fn text_column() -> String {
+    "text".into()
 }
 
 /// One training phase.
@@ -240,6 +273,8 @@ impl Default for DataSection {
             split: [0.8, 0.1, 0.1],
             max_len: 64,
             limit: 0,
+            document_column: String::new(),
+            extra: Vec::new(),
         }
     }
 }
@@ -398,6 +433,9 @@ impl Experiment {
             }
         };
         fix(&mut self.data.path);
+        for x in &mut self.data.extra {
+            fix(&mut x.path);
+        }
         if let Some(p) = &mut self.model.path {
             fix(p);
         }
@@ -509,6 +547,14 @@ impl Experiment {
                     .into(),
             });
         }
+        if let Some(i) = &self.model.init {
+            range(
+                "model.init.dropout",
+                i.dropout,
+                (0.0..1.0).contains(&i.dropout),
+                "in [0, 1)",
+            )?;
+        }
         let d = &self.data;
         let sum: f64 = d.split.iter().sum();
         if d.split.iter().any(|&f| f <= 0.0) || (sum - 1.0).abs() > 1e-6 {
@@ -541,6 +587,29 @@ impl Experiment {
             return Err(TrainError::Config {
                 source_name: "data.path".into(),
                 message: "no dataset file given".into(),
+            });
+        }
+        if self.task == Task::Classification {
+            let lm_only = [
+                ("data.document_column", !d.document_column.is_empty()),
+                ("data.extra", !d.extra.is_empty()),
+            ];
+            if let Some((key, _)) = lm_only.iter().find(|(_, set)| *set) {
+                return Err(TrainError::Config {
+                    source_name: (*key).into(),
+                    message: "only a language model (task = \"lm\") reads documents and extra files; a classifier splits the rows of `data.path`".into(),
+                });
+            }
+        }
+        if let Some((i, _)) = d
+            .extra
+            .iter()
+            .enumerate()
+            .find(|(_, x)| x.path.as_os_str().is_empty())
+        {
+            return Err(TrainError::Config {
+                source_name: format!("data.extra[{i}].path"),
+                message: "no file given".into(),
             });
         }
         match (&self.model.path, &self.model.init, self.task) {

@@ -18,6 +18,16 @@ pub struct Row {
     pub text: String,
     /// The label (absent when no label column was asked for).
     pub label: Option<String>,
+    /// The document the row belongs to (absent when no document column was asked for).
+    pub document: Option<String>,
+}
+
+/// The columns (CSV) or fields (JSON lines) to read.
+#[derive(Debug, Clone, Copy)]
+struct Columns<'a> {
+    text: &'a str,
+    label: Option<&'a str>,
+    document: Option<&'a str>,
 }
 
 /// A dataset file read and checked.
@@ -31,6 +41,8 @@ pub struct Table {
     pub dropped_label: usize,
     /// Rows dropped because their text is empty.
     pub dropped_empty: usize,
+    /// Rows dropped because their text is not valid UTF-8 (CSV).
+    pub dropped_invalid: usize,
 }
 
 fn data_err(path: &Path, reason: impl Into<String>) -> TrainError {
@@ -84,10 +96,34 @@ pub fn read_table(
     label_column: Option<&str>,
     labels: &[String],
 ) -> Result<Table, TrainError> {
+    let columns = Columns {
+        text: text_column,
+        label: label_column,
+        document: None,
+    };
+    read_rows(path, columns, labels)
+}
+
+/// Reads the text of every row and, if `document_column` is given, the document it belongs
+/// to (language modelling: rows of one document stay in one split).
+pub fn read_documents(
+    path: &Path,
+    text_column: &str,
+    document_column: Option<&str>,
+) -> Result<Table, TrainError> {
+    let columns = Columns {
+        text: text_column,
+        label: None,
+        document: document_column,
+    };
+    read_rows(path, columns, &[])
+}
+
+fn read_rows(path: &Path, columns: Columns<'_>, labels: &[String]) -> Result<Table, TrainError> {
     let raw = if is_jsonl(path) {
-        read_jsonl(path, text_column, label_column)?
+        read_jsonl(path, columns)?
     } else {
-        read_csv(path, text_column, label_column)?
+        read_csv(path, columns)?
     };
     let n_raw = raw.len();
     let mut table = Table {
@@ -95,8 +131,13 @@ pub fn read_table(
         rows: Vec::with_capacity(n_raw),
         dropped_label: 0,
         dropped_empty: 0,
+        dropped_invalid: 0,
     };
     for row in raw {
+        let Some(row) = row else {
+            table.dropped_invalid += 1;
+            continue;
+        };
         if row.text.trim().is_empty() {
             table.dropped_empty += 1;
         } else if !labels.is_empty()
@@ -115,53 +156,53 @@ pub fn read_table(
             path: path.to_path_buf(),
             read: n_raw,
             dropped_label: table.dropped_label,
-            dropped_empty: table.dropped_empty,
+            dropped_empty: table.dropped_empty + table.dropped_invalid,
         });
     }
     Ok(table)
 }
 
-fn read_csv(
-    path: &Path,
-    text_column: &str,
-    label_column: Option<&str>,
-) -> Result<Vec<Row>, TrainError> {
+/// The rows of a CSV file; `None` for a row whose text is not UTF-8 (labels and documents
+/// are read lossily).
+fn read_csv(path: &Path, columns: Columns<'_>) -> Result<Vec<Option<Row>>, TrainError> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(false)
         .from_reader(open(path)?);
     let headers = reader
-        .headers()
+        .byte_headers()
         .map_err(|e| data_err(path, format!("cannot read the CSV header: {e}")))?
-        .clone();
+        .iter()
+        .map(|h| String::from_utf8_lossy(h).into_owned())
+        .collect::<Vec<_>>();
     let column = |name: &str| {
         headers.iter().position(|h| h == name).ok_or_else(|| {
             data_err(
                 path,
-                format!(
-                    "no column `{name}` (columns: {})",
-                    headers.iter().collect::<Vec<_>>().join(", ")
-                ),
+                format!("no column `{name}` (columns: {})", headers.join(", ")),
             )
         })
     };
-    let t = column(text_column)?;
-    let l = label_column.map(column).transpose()?;
+    let t = column(columns.text)?;
+    let l = columns.label.map(column).transpose()?;
+    let d = columns.document.map(column).transpose()?;
     let mut rows = Vec::new();
-    for (i, rec) in reader.records().enumerate() {
+    for (i, rec) in reader.byte_records().enumerate() {
         let rec = rec.map_err(|e| data_err(path, format!("record {}: {e}", i + 1)))?;
-        rows.push(Row {
-            text: rec.get(t).unwrap_or_default().to_string(),
-            label: l.map(|l| rec.get(l).unwrap_or_default().to_string()),
-        });
+        let lossy = |c: usize| String::from_utf8_lossy(rec.get(c).unwrap_or_default()).into_owned();
+        rows.push(
+            std::str::from_utf8(rec.get(t).unwrap_or_default())
+                .ok()
+                .map(|text| Row {
+                    text: text.to_string(),
+                    label: l.map(lossy),
+                    document: d.map(lossy),
+                }),
+        );
     }
     Ok(rows)
 }
 
-fn read_jsonl(
-    path: &Path,
-    text_column: &str,
-    label_column: Option<&str>,
-) -> Result<Vec<Row>, TrainError> {
+fn read_jsonl(path: &Path, columns: Columns<'_>) -> Result<Vec<Option<Row>>, TrainError> {
     let mut rows = Vec::new();
     for (i, line) in BufReader::new(open(path)?).lines().enumerate() {
         let line = line.map_err(|e| data_err(path, e.to_string()))?;
@@ -179,10 +220,11 @@ fn read_jsonl(
                 Some(other) => Ok(other.to_string()),
             }
         };
-        rows.push(Row {
-            text: field(text_column)?,
-            label: label_column.map(field).transpose()?,
-        });
+        rows.push(Some(Row {
+            text: field(columns.text)?,
+            label: columns.label.map(field).transpose()?,
+            document: columns.document.map(field).transpose()?,
+        }));
     }
     Ok(rows)
 }
@@ -213,6 +255,24 @@ impl Split {
     }
 }
 
+/// What a language model's corpus became: its files, documents and rows per split, and the
+/// rows left out.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Corpus {
+    /// The files read (`data.path`, then each `data.extra`).
+    pub files: Vec<PathBuf>,
+    /// Documents per split (train, validation, test).
+    pub documents: [usize; 3],
+    /// Rows (texts) per split, duplicates removed.
+    pub rows: [usize; 3],
+    /// Rows left out as duplicates of an earlier row: compared after lower-casing and
+    /// collapsing white space, the first kept in the order train, validation, test (so no
+    /// validation or test row repeats a training row).
+    pub duplicates: usize,
+    /// Rows left out because their text is not UTF-8.
+    pub invalid: usize,
+}
+
 /// A dataset ready for training.
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -232,27 +292,127 @@ pub struct Dataset {
     pub dropped_empty: usize,
     /// Id the batches pad with.
     pub pad_id: u32,
+    /// Language modelling: how the corpus was split.
+    pub corpus: Option<Corpus>,
 }
 
-/// Reads `cfg.path`, splits it with `seed` and tokenizes it for `task`.
+/// The key two rows are duplicates under: lower case, white space collapsed.
+pub fn duplicate_key(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// A language model's texts per split.
+#[derive(Debug, Clone)]
+pub struct LmTexts {
+    /// Train, validation and test texts.
+    pub splits: [Vec<String>; 3],
+    /// How they were split.
+    pub corpus: Corpus,
+    /// Rows left out because their text is empty.
+    pub dropped_empty: usize,
+}
+
+/// A language model's texts per split: every file's rows grouped into documents (by
+/// `document_column`, else one row per document), documents shuffled with `seed` (the
+/// first `limit` rows kept), cut into train / validation / test at document boundaries by
+/// rows, duplicates removed ([`Corpus::duplicates`]).
+pub fn lm_texts(cfg: &DataSection, seed: u64) -> Result<LmTexts, TrainError> {
+    let sources = std::iter::once((&cfg.path, &cfg.text_column, &cfg.document_column)).chain(
+        cfg.extra
+            .iter()
+            .map(|x| (&x.path, &x.text_column, &x.document_column)),
+    );
+    let mut corpus = Corpus::default();
+    let mut empty = 0;
+    let mut docs: Vec<Vec<String>> = Vec::new();
+    for (path, text, document) in sources {
+        let table = read_documents(
+            path,
+            text,
+            (!document.is_empty()).then_some(document.as_str()),
+        )?;
+        corpus.files.push(path.clone());
+        corpus.invalid += table.dropped_invalid;
+        empty += table.dropped_empty;
+        let mut index = std::collections::HashMap::new();
+        for row in table.rows {
+            match row.document.filter(|d| !d.trim().is_empty()) {
+                Some(d) => {
+                    let k = *index.entry(d).or_insert_with(|| {
+                        docs.push(Vec::new());
+                        docs.len() - 1
+                    });
+                    docs[k].push(row.text);
+                }
+                None => docs.push(vec![row.text]),
+            }
+        }
+    }
+    docs.shuffle(&mut StdRng::seed_from_u64(seed));
+    if cfg.limit > 0 {
+        let mut left = cfg.limit;
+        docs.retain_mut(|d| {
+            d.truncate(left);
+            left -= d.len();
+            !d.is_empty()
+        });
+    }
+    let n: usize = docs.iter().map(Vec::len).sum();
+    let cuts = [
+        cfg.split[0] * n as f64,
+        (cfg.split[0] + cfg.split[1]) * n as f64,
+    ];
+    let mut parts: [Vec<String>; 3] = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut before = 0;
+    for doc in docs {
+        let s = cuts.iter().filter(|&&c| before as f64 >= c).count();
+        before += doc.len();
+        corpus.documents[s] += 1;
+        for text in doc {
+            if seen.insert(duplicate_key(&text)) {
+                parts[s].push(text);
+            } else {
+                corpus.duplicates += 1;
+            }
+        }
+    }
+    corpus.rows = [parts[0].len(), parts[1].len(), parts[2].len()];
+    Ok(LmTexts {
+        splits: parts,
+        corpus,
+        dropped_empty: empty,
+    })
+}
+
+/// Reads `cfg.path` (and, for a language model, `cfg.extra`), splits it with `seed` and
+/// tokenizes it for `task`.
 pub fn load_dataset(
     cfg: &DataSection,
     task: Task,
     tokenizer: &Tokenizer,
     seed: u64,
 ) -> Result<Dataset, TrainError> {
-    let label_column = (task == Task::Classification).then_some(cfg.label_column.as_str());
-    let mut table = read_table(&cfg.path, &cfg.text_column, label_column, &cfg.labels)?;
-    let label_names: Vec<String> = match task {
-        Task::Lm => Vec::new(),
-        Task::Classification if !cfg.labels.is_empty() => cfg.labels.clone(),
-        Task::Classification => {
-            let set: std::collections::BTreeSet<&String> =
-                table.rows.iter().filter_map(|r| r.label.as_ref()).collect();
-            set.into_iter().cloned().collect()
-        }
+    if task == Task::Lm {
+        return load_lm(cfg, tokenizer, seed);
+    }
+    let mut table = read_table(
+        &cfg.path,
+        &cfg.text_column,
+        Some(&cfg.label_column),
+        &cfg.labels,
+    )?;
+    let label_names: Vec<String> = if cfg.labels.is_empty() {
+        let set: std::collections::BTreeSet<&String> =
+            table.rows.iter().filter_map(|r| r.label.as_ref()).collect();
+        set.into_iter().cloned().collect()
+    } else {
+        cfg.labels.clone()
     };
-    if task == Task::Classification && label_names.len() < 2 {
+    if label_names.len() < 2 {
         return Err(data_err(
             &cfg.path,
             format!(
@@ -287,46 +447,18 @@ pub fn load_dataset(
     let mut splits = Vec::new();
     for rows in parts {
         let mut split = Split::default();
-        match task {
-            Task::Classification => {
-                for r in rows {
-                    split
-                        .ids
-                        .push(tokenizer.encode_truncated(&r.text, cfg.max_len)?);
-                    let label = r.label.as_deref().unwrap_or_default();
-                    split.labels.push(
-                        class_index(&label_names, label)
-                            .expect("read_table kept only rows of the classes"),
-                    );
-                }
-            }
-            Task::Lm => {
-                // Texts joined by the end-of-text token, cut into blocks of max_len tokens
-                // (the model sees tokens 0..L-1 and predicts 1..L).
-                let mut stream = Vec::new();
-                for r in rows {
-                    stream.extend(tokenizer.encode(&r.text)?);
-                    stream.push(tokenizer.pad_id());
-                }
-                for block in stream.chunks_exact(cfg.max_len) {
-                    split.ids.push(block.to_vec());
-                }
-            }
-        }
-        if split.is_empty() {
-            return Err(data_err(
-                &cfg.path,
-                format!(
-                    "a split has no examples (blocks of {} tokens); use more data or a smaller data.max_len",
-                    cfg.max_len
-                ),
-            ));
+        for r in rows {
+            split
+                .ids
+                .push(tokenizer.encode_truncated(&r.text, cfg.max_len)?);
+            let label = r.label.as_deref().unwrap_or_default();
+            split.labels.push(
+                class_index(&label_names, label).expect("read_table kept only rows of the classes"),
+            );
         }
         splits.push(split);
     }
-    let test = splits.pop().unwrap_or_default();
-    let valid = splits.pop().unwrap_or_default();
-    let train = splits.pop().unwrap_or_default();
+    let [train, valid, test] = <[Split; 3]>::try_from(splits).expect("three splits");
     Ok(Dataset {
         path: cfg.path.clone(),
         label_names,
@@ -336,6 +468,55 @@ pub fn load_dataset(
         dropped_label: table.dropped_label,
         dropped_empty: table.dropped_empty,
         pad_id: tokenizer.pad_id(),
+        corpus: None,
+    })
+}
+
+/// [`load_dataset`] for a language model: [`lm_texts`], each split's texts joined by the
+/// end-of-text token and cut into blocks of `max_len` tokens (the model sees tokens 0..L-1
+/// and predicts 1..L; a split's last partial block is left out).
+fn load_lm(cfg: &DataSection, tokenizer: &Tokenizer, seed: u64) -> Result<Dataset, TrainError> {
+    let LmTexts {
+        splits: parts,
+        corpus,
+        dropped_empty,
+    } = lm_texts(cfg, seed)?;
+    let mut splits = Vec::new();
+    for texts in parts {
+        let mut stream = Vec::new();
+        for t in texts {
+            stream.extend(tokenizer.encode(&t)?);
+            stream.push(tokenizer.pad_id());
+        }
+        let split = Split {
+            ids: stream
+                .chunks_exact(cfg.max_len)
+                .map(<[u32]>::to_vec)
+                .collect(),
+            labels: Vec::new(),
+        };
+        if split.is_empty() {
+            return Err(data_err(
+                &cfg.path,
+                format!(
+                    "a split has no examples (blocks of {} tokens; documents per split {:?}); use more data or a smaller data.max_len",
+                    cfg.max_len, corpus.documents
+                ),
+            ));
+        }
+        splits.push(split);
+    }
+    let [train, valid, test] = <[Split; 3]>::try_from(splits).expect("three splits");
+    Ok(Dataset {
+        path: cfg.path.clone(),
+        label_names: Vec::new(),
+        train,
+        valid,
+        test,
+        dropped_label: 0,
+        dropped_empty,
+        pad_id: tokenizer.pad_id(),
+        corpus: Some(corpus),
     })
 }
 

@@ -11,8 +11,8 @@ use shears_pruners::{Calibrator, TaskModel};
 
 use crate::data::{Dataset, Split, load_dataset, make_batch, read_table};
 use crate::task::evaluate;
-use crate::taskfile::TaskInfo;
-use crate::{DataSection, Task, TrainError};
+use crate::taskfile::{DataSource, TaskInfo};
+use crate::{Task, TrainError};
 
 /// Which data file a derived model is calibrated and measured on.
 #[derive(Debug, Clone)]
@@ -96,15 +96,16 @@ pub(crate) fn test_metrics<B: Backend>(
     })
 }
 
-/// The (seed, fractions, limit) that rebuild the split the model was trained with, when
-/// `task.json` records it and `opts.data` is that file; `opts`' own when the model records
-/// nothing or `opts.other_data` allows another file; otherwise a typed error naming both.
+/// How to split `opts.data`: as `train-gated` split it when the model's `task.json` records
+/// it and `opts.data` is that file; `opts`' own when the model records nothing or
+/// `opts.other_data` allows another file; otherwise a typed error naming both.
 pub(crate) fn split_of(
     opts: &DataChoice,
     info: Option<&TaskInfo>,
-) -> Result<(u64, [f64; 3], usize), TrainError> {
+) -> Result<DataSource, TrainError> {
+    let own = DataSource::rows(opts.data.clone(), opts.seed, opts.split);
     let Some(src) = info.and_then(|i| i.data.as_ref()) else {
-        return Ok((opts.seed, opts.split, 0));
+        return Ok(own);
     };
     let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize())
     {
@@ -112,9 +113,9 @@ pub(crate) fn split_of(
         _ => a == b,
     };
     if same(&src.path, &opts.data) {
-        Ok((src.seed, src.split, src.limit))
+        Ok(src.clone())
     } else if opts.other_data {
-        Ok((opts.seed, opts.split, 0))
+        Ok(own)
     } else {
         Err(TrainError::OtherData {
             recorded: src.path.clone(),
@@ -141,16 +142,14 @@ pub(crate) fn dataset(
         .clone()
         .or_else(|| info.map(|i| i.label_column.clone()))
         .unwrap_or_else(|| "label".into());
-    let (seed, split, limit) = split_of(opts, info)?;
-    let section = DataSection {
-        path: opts.data.clone(),
-        text_column: text_column.clone(),
+    let src = split_of(opts, info)?;
+    let section = src.section(
+        &opts.data,
+        text_column.clone(),
         label_column,
-        labels: info.map(|i| i.labels.clone()).unwrap_or_default(),
-        split,
+        info.map(|i| i.labels.clone()).unwrap_or_default(),
         max_len,
-        limit,
-    };
+    );
     // A Hugging Face classifier's classes are its `id2label`: a data label outside them is
     // an error (as in `eval`), not a row silently left out.
     if let (Some(info), Some(Task::Classification)) = (info.filter(|i| i.all_classes), task) {
@@ -169,7 +168,7 @@ pub(crate) fn dataset(
         }
     }
     match task {
-        Some(t) => load_dataset(&section, t, tokenizer, seed),
+        Some(t) => load_dataset(&section, t, tokenizer, src.seed),
         None => {
             // Texts only: the first 80% calibrate, the rest time the forward pass.
             let table = read_table(&opts.data, &text_column, None, &[])?;
@@ -195,6 +194,7 @@ pub(crate) fn dataset(
                 dropped_label: 0,
                 dropped_empty: table.dropped_empty,
                 pad_id: tokenizer.pad_id(),
+                corpus: None,
             })
         }
     }

@@ -119,18 +119,11 @@ pub fn eval_dir<B: Backend>(
     let dropped;
     if let (Some(src), true, Some(i)) = (&recorded, same_file, &info) {
         // The held-out test split, exactly as training split the file.
-        let section = crate::DataSection {
-            path: data.to_path_buf(),
-            text_column: text.clone(),
-            label_column: opts
-                .label_column
-                .clone()
-                .unwrap_or_else(|| i.label_column.clone()),
-            labels: i.labels.clone(),
-            split: src.split,
-            max_len,
-            limit: src.limit,
-        };
+        let label_column = opts
+            .label_column
+            .clone()
+            .unwrap_or_else(|| i.label_column.clone());
+        let section = src.section(data, text.clone(), label_column, i.labels.clone(), max_len);
         let ds = crate::data::load_dataset(&section, task, &tokenizer, src.seed)?;
         return finish(
             &model,

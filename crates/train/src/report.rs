@@ -88,6 +88,13 @@ pub struct Report {
     pub split_sizes: [usize; 3],
     /// Rows dropped for an unlisted label / empty text.
     pub rows_dropped: [usize; 2],
+    /// Tokens per split (classification: after truncation; LM: in whole blocks).
+    #[serde(default)]
+    pub tokens_per_split: [usize; 3],
+    /// Language modelling: the corpus's files, documents and rows per split, duplicates and
+    /// rows that are not UTF-8.
+    #[serde(default)]
+    pub corpus: Option<crate::data::Corpus>,
     /// Heads before pruning.
     pub heads_total: usize,
     /// Heads after.
@@ -121,6 +128,11 @@ pub struct Report {
     pub params_dense: usize,
     /// Parameters of the pruned backbone (+ head).
     pub params_pruned: usize,
+    /// Parameters of the layer stack alone (the transformer blocks: their projections and
+    /// LayerNorms; no embeddings, pooler, final norm or head), dense and pruned: what a
+    /// `params` target counts.
+    #[serde(default)]
+    pub block_params: [usize; 2],
     /// Encoder FLOPs per token at `data.max_len`, dense.
     pub flops_per_token_dense: usize,
     /// The same, pruned.
@@ -303,6 +315,12 @@ pub fn build(p: Parts<'_>) -> Report {
         release_build: !cfg!(debug_assertions),
         split_sizes: [p.data.train.len(), p.data.valid.len(), p.data.test.len()],
         rows_dropped: [p.data.dropped_label, p.data.dropped_empty],
+        tokens_per_split: [
+            p.data.train.tokens(),
+            p.data.valid.tokens(),
+            p.data.test.tokens(),
+        ],
+        corpus: p.data.corpus.clone(),
         heads_total: p.dense_config.layers.iter().map(|l| l.n_heads).sum(),
         heads_kept: p.pruned_config.layers.iter().map(|l| l.n_heads).sum(),
         kept_heads_per_layer: p.pruned_config.layers.iter().map(|l| l.n_heads).collect(),
@@ -325,6 +343,10 @@ pub fn build(p: Parts<'_>) -> Report {
         dense_from: p.dense_from,
         params_dense: p.dense_config.param_count() + head_params,
         params_pruned: p.pruned_config.param_count() + head_params,
+        block_params: [
+            p.dense_config.layer_params(),
+            p.pruned_config.layer_params(),
+        ],
         flops_per_token_dense: p.dense_config.flops_per_token(p.exp.data.max_len),
         flops_per_token_pruned: p.pruned_config.flops_per_token(p.exp.data.max_len),
         lm_head_flops_per_token: p.dense_config.family.arch().lm_head.then(|| {
@@ -432,6 +454,29 @@ pub fn markdown(r: &Report) -> String {
         if r.release_build { "release" } else { "debug" },
         r.wall_seconds
     );
+    let [t0, t1, t2] = r.tokens_per_split;
+    let _ = writeln!(s, "Tokens per split: {t0} / {t1} / {t2}.");
+    if let Some(c) = &r.corpus {
+        let files: Vec<String> = c
+            .files
+            .iter()
+            .map(|f| format!("`{}`", f.display()))
+            .collect();
+        let _ = writeln!(
+            s,
+            "Corpus {}: documents per split {} / {} / {}, rows {} / {} / {} (split by document; {} duplicate rows and {} rows that are not UTF-8 left out).",
+            files.join(" + "),
+            c.documents[0],
+            c.documents[1],
+            c.documents[2],
+            c.rows[0],
+            c.rows[1],
+            c.rows[2],
+            c.duplicates,
+            c.invalid
+        );
+    }
+    let _ = writeln!(s);
     let _ = writeln!(s, "| | dense | pruned | pruned / dense |");
     let _ = writeln!(s, "|---|---:|---:|---:|");
     let _ = writeln!(
@@ -463,6 +508,12 @@ pub fn markdown(r: &Report) -> String {
         r.params_dense,
         r.params_pruned,
         pct(r.params_pruned as f64, r.params_dense as f64)
+    );
+    let [bd, bp] = r.block_params;
+    let _ = writeln!(
+        s,
+        "| parameters of the transformer blocks (no embeddings) | {bd} | {bp} | {} |",
+        pct(bp as f64, bd as f64)
     );
     let _ = writeln!(
         s,

