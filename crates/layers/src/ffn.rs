@@ -54,11 +54,7 @@ pub struct FeedForward<B: Backend> {
 pub fn activate<B: Backend, const D: usize>(x: Tensor<B, D>, act: Activation) -> Tensor<B, D> {
     match act {
         Activation::Gelu => crate::kernels::gelu(x),
-        Activation::GeluTanh => {
-            let c = (2.0 / std::f64::consts::PI).sqrt();
-            let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715) * c;
-            x * (inner.tanh() + 1.0) * 0.5
-        }
+        Activation::GeluTanh => crate::kernels::gelu_tanh(x),
         Activation::Relu => burn::tensor::activation::relu(x),
     }
 }

@@ -465,11 +465,32 @@ pub fn soft_kl<B: Backend>(
 /// elsewhere.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "cpu-kernels")]
-    let x = match cpu::gelu_dispatch(x) {
+    let x = match cpu::gelu_dispatch(x, cpu::Gelu::Exact) {
         Ok(y) => return y,
         Err(x) => x,
     };
     exact_gelu(x)
+}
+
+/// GPT-2's `gelu_new`, `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`: one pass on every
+/// thread on the CPU backends (under autodiff with its own gradient pass), Burn's `tanh`
+/// and friends elsewhere ([`tanh_gelu`]). Why: Burn's form is eight elementwise operations
+/// and their gradients, single-threaded on flex, about a quarter of a small GPT-2's
+/// training step (docs/PERFORMANCE.md).
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "cpu-kernels")]
+    let x = match cpu::gelu_dispatch(x, cpu::Gelu::Tanh) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    tanh_gelu(x)
+}
+
+/// GPT-2's `gelu_new` from Burn's operations (and so its gradient under autodiff).
+pub fn tanh_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715) * c;
+    x * (inner.tanh() + 1.0) * 0.5
 }
 
 /// `x Φ(x)` from Burn's `erf`: exact, and so is its gradient under autodiff (Burn's own

@@ -156,25 +156,39 @@ fn float<H: Backend, const D: usize>(t: T<H>) -> Tensor<H, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
-/// `x Φ(x)`, elementwise, on every thread.
+/// Which GELU: BERT's exact `x Φ(x)`, or GPT-2's tanh approximation (`gelu_new`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gelu {
+    /// `x Φ(x)`.
+    Exact,
+    /// `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
+    Tanh,
+}
+
+/// The GELU `kind` of every element, on every thread.
 #[inline]
-pub fn gelu<H: Host>(t: T<H>) -> T<H> {
+pub fn gelu<H: Host>(t: T<H>, kind: Gelu) -> T<H> {
     let shape = H::dims(&t);
     let mut v = H::values(t);
-    v.par_chunks_mut(CHUNK)
-        .for_each(|c| Arch::new().dispatch(GeluBias { rows: c, bias: &[] }));
+    v.par_chunks_mut(CHUNK).for_each(|c| match kind {
+        Gelu::Exact => Arch::new().dispatch(GeluBias { rows: c, bias: &[] }),
+        Gelu::Tanh => Arch::new().dispatch(TanhGelu { x: c }),
+    });
     H::make(v, shape)
 }
 
-/// `grad · (Φ(x) + x φ(x))`.
+/// `grad · GELU'(x)`.
 #[inline]
-fn gelu_grad<H: Host>(x: T<H>, grad: T<H>) -> T<H> {
+fn gelu_grad<H: Host>(x: T<H>, grad: T<H>, kind: Gelu) -> T<H> {
     let shape = H::dims(&x);
     let x = H::values(x);
     let mut g = H::values(grad);
     g.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(g, x)| Arch::new().dispatch(GeluGrad { g, x }));
+        .for_each(|(g, x)| match kind {
+            Gelu::Exact => Arch::new().dispatch(GeluGrad { g, x }),
+            Gelu::Tanh => Arch::new().dispatch(TanhGeluGrad { g, x }),
+        });
     H::make(g, shape)
 }
 
@@ -224,26 +238,31 @@ pub fn merge_heads<H: Host>(t: T<H>, out_shape: Vec<usize>) -> T<H> {
 
 /// GELU under autodiff: the forward and backward kernels above.
 #[inline]
-pub fn gelu_ad<H: Host, const D: usize>(x: Tensor<Autodiff<H>, D>) -> Tensor<Autodiff<H>, D> {
+pub fn gelu_ad<H: Host, const D: usize>(
+    x: Tensor<Autodiff<H>, D>,
+    kind: Gelu,
+) -> Tensor<Autodiff<H>, D> {
     #[derive(Debug)]
-    struct GeluBackward;
+    struct GeluBackward(Gelu);
     impl<H: Host> Backward<H, 1> for GeluBackward {
         type State = T<H>;
         fn backward(self, ops: Ops<T<H>, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
             let x = ops.state;
-            unary::<H, _>(ops.parents, ops.node, grads, |g| gelu_grad::<H>(x, g));
+            unary::<H, _>(ops.parents, ops.node, grads, |g| {
+                gelu_grad::<H>(x, g, self.0)
+            });
         }
     }
     let t = x.into_primitive().tensor();
     let out = match <GeluBackward as Backward<H, _>>::prepare::<NoCheckpointing>(
-        GeluBackward,
+        GeluBackward(kind),
         [t.node.clone()],
     )
     .compute_bound()
     .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(t.primitive.clone(), gelu::<H>(t.primitive)),
-        OpsKind::UnTracked(prep) => prep.finish(gelu::<H>(t.primitive)),
+        OpsKind::Tracked(prep) => prep.finish(t.primitive.clone(), gelu::<H>(t.primitive, kind)),
+        OpsKind::UnTracked(prep) => prep.finish(gelu::<H>(t.primitive, kind)),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
@@ -545,7 +564,7 @@ pub fn linear_ad<H: Host, const D: usize>(
             let grad = grads.consume::<H>(&ops.node);
             let (x, w, z) = ops.state;
             let dz = H::contiguous(match z {
-                Some(z) => gelu_grad::<H>(z, grad),
+                Some(z) => gelu_grad::<H>(z, grad, Gelu::Exact),
                 None => grad,
             });
             if let Some(node) = pb {
@@ -574,7 +593,8 @@ pub fn linear_ad<H: Host, const D: usize>(
                 let (xp, wp) = (H::contiguous(x.primitive), H::contiguous(w.primitive));
                 let z = linear::<H>(xp.clone(), wp.clone(), Some(b.primitive), false);
                 if gelu {
-                    let y = self::gelu::<H>(H::make(H::slice(&z).to_vec(), H::dims(&z)));
+                    let y =
+                        self::gelu::<H>(H::make(H::slice(&z).to_vec(), H::dims(&z)), Gelu::Exact);
                     prep.finish((xp, wp, Some(z)), y)
                 } else {
                     prep.finish((xp, wp, None), z)
@@ -1455,24 +1475,29 @@ fn soft_kl_ad<H: Host>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// [`super::gelu`] on a CPU backend, with or without autodiff, or the tensor back.
+/// [`super::gelu`] and [`super::gelu_tanh`] on a CPU backend, with or without autodiff,
+/// or the tensor back.
 pub fn gelu_dispatch<B: Backend, const D: usize>(
     t: Tensor<B, D>,
+    kind: Gelu,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
     if !is_f32(&t) {
         return Err(t);
     }
-    Err(on_hosts!(gelu_on, t, D))
+    Err(on_hosts!(gelu_on, (t, kind), D).0)
 }
 
 fn gelu_on<H: Host, B: Backend, const D: usize>(
-    t: Tensor<B, D>,
-) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    (t, kind): (Tensor<B, D>, Gelu),
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Gelu)> {
     let t = match cast::<H, B, D>(t) {
-        Ok(t) => return Ok(uncast(float::<H, D>(gelu::<H>(prim(t))))),
+        Ok(t) => return Ok(uncast(float::<H, D>(gelu::<H>(prim(t), kind)))),
         Err(t) => t,
     };
-    Ok(uncast(gelu_ad::<H, D>(cast::<Autodiff<H>, B, D>(t)?)))
+    match cast::<Autodiff<H>, B, D>(t) {
+        Ok(t) => Ok(uncast(gelu_ad::<H, D>(t, kind))),
+        Err(t) => Err((t, kind)),
+    }
 }
 
 /// [`super::split_heads`] on a CPU backend, with or without autodiff, or the tensor back.
@@ -1607,6 +1632,52 @@ impl WithSimd for GeluBias<'_> {
             for (z, &b) in row.iter_mut().zip(self.bias) {
                 *z = gelu1(*z + b);
             }
+        }
+    }
+}
+
+/// `tanh(u)` from [`super::exp`] of `-2 |u|` (no library call, so a loop vectorises):
+/// relative error near 2e-7.
+#[inline(always)]
+fn tanh1(u: f32) -> f32 {
+    let e = super::exp(-2.0 * u.abs());
+    ((1.0 - e) / (1.0 + e)).copysign(u)
+}
+
+/// `√(2/π)`.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+/// GPT-2's `gelu_new`: `x = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
+struct TanhGelu<'a> {
+    x: &'a mut [f32],
+}
+
+impl WithSimd for TanhGelu<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        for x in self.x.iter_mut() {
+            let v = *x;
+            let t = tanh1(SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v));
+            *x = 0.5 * v * (1.0 + t);
+        }
+    }
+}
+
+/// `g *= 0.5 (1 + t) + 0.5 x (1 - t²) √(2/π) (1 + 3 · 0.044715 x²)`, `t` as in [`TanhGelu`].
+struct TanhGeluGrad<'a> {
+    g: &'a mut [f32],
+    x: &'a [f32],
+}
+
+impl WithSimd for TanhGeluGrad<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        for (g, &x) in self.g.iter_mut().zip(self.x) {
+            let t = tanh1(SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x));
+            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * x * x);
+            *g *= 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du;
         }
     }
 }

@@ -42,6 +42,28 @@ fn gelu_matches<B: Backend>(device: &B::Device) {
             "gelu({x}) = {g}, the exact formula on ndarray gives {w}"
         );
     }
+    // GPT-2's tanh approximation against Burn's tanh in f64.
+    let x = Tensor::<B, 2>::from_data(TensorData::new(v.clone(), [3, 517]), device);
+    let got: Vec<f32> = kernels::gelu_tanh(x)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap();
+    let r = Tensor::<Reference, 2>::from_data(
+        TensorData::new(v.clone(), [3, 517]),
+        &Default::default(),
+    );
+    let want: Vec<f32> = kernels::tanh_gelu(r)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap();
+    for ((g, w), x) in got.iter().zip(&want).zip(&v) {
+        assert!(
+            (g - w).abs() <= 2e-6 * x.abs().max(1.0),
+            "gelu_tanh({x}) = {g}, Burn's tanh in f64 gives {w}"
+        );
+    }
 }
 
 fn heads_match<B: Backend>(device: &B::Device) {
@@ -115,6 +137,10 @@ fn gradients_match<B: Backend>(device: &B::Device) {
     let (want_v, want_g) = grad_of::<Reference, 2, 2>(v.clone(), [2, 517], kernels::exact_gelu, &r);
     close(&got_v, &want_v, "gelu");
     close(&got_g, &want_g, "gelu's gradient");
+    let (got_v, got_g) = grad_of::<B, 2, 2>(v.clone(), [2, 517], kernels::gelu_tanh, device);
+    let (want_v, want_g) = grad_of::<Reference, 2, 2>(v.clone(), [2, 517], kernels::tanh_gelu, &r);
+    close(&got_v, &want_v, "gelu_tanh");
+    close(&got_g, &want_g, "gelu_tanh's gradient");
     let (b, s, h, dh) = (2, 3, 5, 4);
     let x = values(b * s * h * dh)[..b * s * h * dh].to_vec();
     let split =
