@@ -22,7 +22,7 @@ pub fn root() -> PathBuf {
 
 /// The commands of the `shears` binary, which the `xtask` binary hands on (the `shears`
 /// binary checks this list against its own at start).
-pub const MODEL_NAMES: [&str; 9] = [
+pub const MODEL_NAMES: [&str; 10] = [
     "inspect",
     "prune-heads",
     "train-gated",
@@ -31,6 +31,7 @@ pub const MODEL_NAMES: [&str; 9] = [
     "generate",
     "factorize",
     "sparsify",
+    "prune",
     "bench",
 ];
 

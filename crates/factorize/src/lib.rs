@@ -70,6 +70,7 @@ mod solve;
 pub use calib::*;
 pub use conv::*;
 pub use error::*;
+pub use linalg::solve_symmetric;
 pub use linear::*;
 pub use rank::*;
 pub use solve::*;

@@ -94,3 +94,14 @@ pub(crate) fn spd_solve(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
         }
     }
 }
+
+/// Solves `a x = b` for a small symmetric positive semi-definite `a` given row-major
+/// (`n x n`), as [`spd_solve`] does: least squares through their normal equations, for
+/// callers without `faer`.
+pub fn solve_symmetric(a: &[f64], n: usize, b: &[f64]) -> Vec<f64> {
+    assert_eq!((a.len(), b.len()), (n * n, n), "solve_symmetric: shapes");
+    let a = Mat::from_fn(n, n, |i, j| a[i * n + j]);
+    let b = Mat::from_fn(n, 1, |i, _| b[i]);
+    let x = spd_solve(a.as_ref(), b.as_ref());
+    (0..n).map(|i| x[(i, 0)]).collect()
+}

@@ -10,10 +10,12 @@
 
 mod factorize;
 mod gated;
+mod posttrain;
 mod size;
 mod task;
 
 pub use factorize::*;
 pub use gated::*;
+pub use posttrain::*;
 pub use size::*;
 pub use task::*;

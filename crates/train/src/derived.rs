@@ -1,5 +1,5 @@
 //! The shared front end of commands that derive a model from a saved task model
-//! (`factorize`, `sparsify`): the model's task and length, the data split it was trained
+//! (`factorize`, `sparsify`, `prune`): the model's task and length, the data split it was trained
 //! with, calibration batches, test metrics.
 
 use std::path::PathBuf;

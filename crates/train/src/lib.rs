@@ -18,6 +18,7 @@ pub mod figures;
 mod heads;
 mod measure;
 pub mod optim;
+mod posttrain;
 mod progress;
 pub mod report;
 mod reuse;
@@ -36,6 +37,7 @@ pub use eval::*;
 pub use factorize::*;
 pub use heads::{PrunedHeads, run_prune_heads};
 pub use measure::{BOOTSTRAP_RESAMPLES, Latency, PairedDelta, paired_delta};
+pub use posttrain::{LayerKept, PruneOptions, PruneSummary, PruneTimes, prune_markdown, run_prune};
 pub use run::*;
 pub use sparsify::{
     DEFAULT_PATTERNS, SparsifyMethod, SparsifyOptions, SparsifySummary, TensorSparsity,

@@ -43,7 +43,7 @@ pub(crate) fn gate_values<B: Backend>(gated: &GatedModel<B>) -> Vec<Vec<f64>> {
 }
 
 /// Paired latencies of the dense and the pruned model on one input.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Latency {
     /// Examples in the batch.
     pub batch: usize,
@@ -73,8 +73,31 @@ pub(crate) fn latency<B: Backend>(
     exp: &Experiment,
     device: &B::Device,
 ) -> (Latency, Latency) {
-    let repeats = exp.eval.latency_repeats;
-    let n = exp.eval.latency_batch.min(data.test.len());
+    let e = &exp.eval;
+    let (batch, max_len) = (e.latency_batch, exp.data.max_len);
+    latency_at(
+        dense,
+        pruned,
+        data,
+        batch,
+        max_len,
+        e.latency_repeats,
+        device,
+    )
+}
+
+/// [`latency`] at batch `batch` and at batch 1 with `max_len` tokens, `repeats` pairs
+/// (batch 1: [`BATCH1_REPEATS`] times as many).
+pub(crate) fn latency_at<B: Backend>(
+    dense: &TaskModel<B>,
+    pruned: &TaskModel<B>,
+    data: &Dataset,
+    batch: usize,
+    max_len: usize,
+    repeats: usize,
+    device: &B::Device,
+) -> (Latency, Latency) {
+    let n = batch.min(data.test.len());
     let seq = data.test.ids[..n].iter().map(Vec::len).max().unwrap_or(1);
     let p = paired_latency(dense, pruned, &data.test, data.pad_id, n, repeats, device);
     let batched = Latency {
@@ -85,7 +108,7 @@ pub(crate) fn latency<B: Backend>(
         ratio: p.ratio,
         repeats,
     };
-    let packed = packed_row(&data.test, exp.data.max_len);
+    let packed = packed_row(&data.test, max_len);
     let repeats = repeats * BATCH1_REPEATS;
     let p = paired_latency(dense, pruned, &packed, data.pad_id, 1, repeats, device);
     let single = Latency {

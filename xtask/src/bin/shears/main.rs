@@ -7,6 +7,7 @@ mod export;
 mod factorize;
 mod generate;
 mod inspect;
+mod prune;
 mod prune_heads;
 mod sparsify;
 mod train_gated;
@@ -88,6 +89,9 @@ enum Cmd {
     /// Sparsify a model's projection weights (magnitude, Wanda, block-norm, N:M); write the
     /// model and a report (per-tensor sparsity, accuracy, latency).
     Sparsify(sparsify::Args),
+    /// Prune a fine-tuned model to a FLOPs target in minutes, without retraining (Fisher
+    /// mask search, Kwon et al. 2022); write the model and a report.
+    Prune(prune::Args),
     /// Benchmarks: our runtime against the Python reference measured in the same run.
     Bench(bench::Args),
 }
@@ -115,6 +119,7 @@ fn main() -> Result<()> {
         Cmd::Inspect(a) => inspect::main(cli.backend, a),
         Cmd::PruneHeads(a) => prune_heads::main(cli.backend, a),
         Cmd::TrainGated(a) => train_gated::main(cli.backend, a),
+        Cmd::Prune(a) => prune::main(cli.backend, a),
         Cmd::Eval(a) => eval::main(cli.backend, a),
         Cmd::Export(a) => export::main(cli.backend, a),
         Cmd::Generate(a) => generate::main(cli.backend, a),

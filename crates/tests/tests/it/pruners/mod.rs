@@ -12,6 +12,8 @@ use shears_pruners::{
     SizeMeasure, TaskModel, factorize_model,
 };
 
+mod posttrain;
+
 fn tiny(config: ModelConfig) -> ModelConfig {
     ModelConfig {
         max_positions: 16,
@@ -692,6 +694,12 @@ fn factorize_tiny<B: Backend>(device: &B::Device) {
 /// Tests that run on every backend CI covers: `cargo xtask test` runs the `backend::` tests on
 /// each backend, everything else once.
 mod backend {
+    use super::posttrain::{
+        folded_scales_equal_scaled_masks as posttrain_fold,
+        mask_gradients_equal_finite_differences as posttrain_mask_gradients,
+        selections_cost_what_the_pruned_model_costs as posttrain_costs,
+        tuning_recovers_known_scales as posttrain_tune,
+    };
     use super::*;
 
     #[test]
@@ -722,5 +730,25 @@ mod backend {
     #[test]
     fn factorized_models_fit_their_calibration_and_keep_working() {
         on_backend!(factorize_tiny);
+    }
+
+    #[test]
+    fn mask_gradients_equal_finite_differences() {
+        on_backend!(posttrain_mask_gradients);
+    }
+
+    #[test]
+    fn selections_cost_what_the_pruned_model_costs() {
+        on_backend!(posttrain_costs);
+    }
+
+    #[test]
+    fn folded_scales_equal_scaled_masks() {
+        on_backend!(posttrain_fold);
+    }
+
+    #[test]
+    fn mask_tuning_recovers_known_scales() {
+        on_backend!(posttrain_tune);
     }
 }

@@ -17,9 +17,9 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use shears_layers::{ModelConfig, Transformer};
 use shears_pruners::RankPlan;
 use shears_train::{
-    ConfigSources, EvalOptions, Experiment, FactorizeOptions, Outcome, RunOptions, SparsifyMethod,
-    SparsifyOptions, Task, TrainError, eval_dir, run, run_factorize, run_prune_heads, run_sparsify,
-    staging_dir,
+    ConfigSources, EvalOptions, Experiment, FactorizeOptions, Outcome, PruneOptions, RunOptions,
+    SparsifyMethod, SparsifyOptions, Task, TrainError, eval_dir, run, run_factorize, run_prune,
+    run_prune_heads, run_sparsify, staging_dir,
 };
 
 fn write(path: &Path, text: &str) {
@@ -1619,6 +1619,79 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     assert!(!tmp.path().join("bad").exists());
     let e = "nm:2".parse::<SparsifyMethod>().unwrap_err();
     assert!(e.to_string().contains("nm:2"), "{e}");
+
+    // Post-training pruning of the dense model to half its FLOPs: the Fisher samples from
+    // the recorded training split (no `--data`), the metrics on its test split.
+    let popts = PruneOptions {
+        target_flops: 0.5,
+        samples: 96,
+        batch_size: 16,
+        latency_repeats: 2,
+        ..Default::default()
+    };
+    let pout = tmp.path().join("post-pruned");
+    let p = run_prune::<B>(&out.join("dense-model"), &popts, &pout, "test", device).unwrap();
+    assert_eq!((p.samples, p.batches), (96, 6));
+    assert!(p.flops_per_token_after as f64 <= 0.5 * p.flops_per_token_before as f64);
+    assert!(p.layer_params_after < p.layer_params_before);
+    let before = p.test_before.accuracy.unwrap();
+    assert!((before - acc_dense).abs() < 1e-9, "{before} vs {acc_dense}");
+    assert_eq!(p.test_delta.examples, report.split_sizes[2]);
+    let saved = shears_layers::save::read_config(&pout.join("model")).unwrap();
+    assert_eq!(
+        saved.layers.iter().map(|l| l.n_heads).collect::<Vec<_>>(),
+        p.layers.iter().map(|l| l.heads).collect::<Vec<_>>()
+    );
+    assert_eq!(saved.flops_per_token(p.seq), p.flops_per_token_after);
+    // The saved model scores what the report says.
+    let again = eval_dir::<B>(
+        &pout.join("model"),
+        &tmp.path().join("data.csv"),
+        &EvalOptions {
+            batch_size: 32,
+            repeats: 1,
+            ..Default::default()
+        },
+        device,
+    )
+    .unwrap();
+    assert!((again.accuracy.unwrap() - p.test_after.accuracy.unwrap()).abs() < 1e-9);
+    for file in ["hf-model/config.json", "report.json", "report.md"] {
+        assert!(pout.join(file).exists(), "{file} missing");
+    }
+    // Bad requests are refused naming the value, before anything is written.
+    for (opts, needle) in [
+        (
+            PruneOptions {
+                target_flops: 1.5,
+                ..popts.clone()
+            },
+            "1.5",
+        ),
+        (
+            PruneOptions {
+                samples: 0,
+                ..popts.clone()
+            },
+            "samples",
+        ),
+    ] {
+        let e = run_prune::<B>(
+            &out.join("dense-model"),
+            &opts,
+            &tmp.path().join("bad"),
+            "test",
+            device,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains(needle), "{e}");
+        assert!(!tmp.path().join("bad").exists());
+    }
+    let e = run_prune::<B>(&out.join("dense-model"), &popts, &pout, "test", device).unwrap_err();
+    assert!(
+        e.to_string().contains("post-pruned"),
+        "an existing output is kept: {e}"
+    );
 }
 
 fn tiny_gpt2_end_to_end<B: Backend>(device: &B::Device) {
