@@ -35,6 +35,30 @@ pub const MODEL_NAMES: [&str; 10] = [
     "bench",
 ];
 
+/// glibc's allocator settings for the processes xtask starts (the `shears` binary and the
+/// tests), unless the environment already sets them. With its defaults, every buffer above
+/// 32 MB (a language model's logits) is a fresh `mmap` and every free returns memory to the
+/// system (large blocks unmapped, the rayon workers' arenas shrunk with `madvise`), so the
+/// next step faults every page in again: the GPT-2 `--quick` run spent 103 of its 181 s in
+/// the kernel (70 million page faults). One arena, no `mmap` and no trimming keep freed
+/// memory for reuse: 85 s, 5 s of it in the kernel, identical results (docs/PERFORMANCE.md).
+/// Other C libraries ignore these variables.
+pub const MALLOC_ENV: [(&str, &str); 4] = [
+    ("MALLOC_ARENA_MAX", "1"),
+    ("MALLOC_MMAP_MAX_", "0"),
+    ("MALLOC_TRIM_THRESHOLD_", "68719476736"),
+    ("MALLOC_TOP_PAD_", "1073741824"),
+];
+
+/// Sets [`MALLOC_ENV`] on `cmd`, leaving any the environment already has.
+pub fn malloc_env(cmd: &mut std::process::Command) {
+    for (k, v) in MALLOC_ENV {
+        if std::env::var_os(k).is_none() {
+            cmd.env(k, v);
+        }
+    }
+}
+
 /// Which Burn backend runs the command.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Backend {

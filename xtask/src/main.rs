@@ -20,8 +20,11 @@ Model commands (the `shears` binary of this package, built on first use; \
   prune-heads  remove attention heads and write a model directory
   train-gated  gate, train, prune and fine-tune (the main job)
   eval         accuracy or perplexity and latency of a saved model
+  export       write a model directory transformers loads (any pruned shape)
+  generate     continue a prompt with a GPT-2 (key/value cache)
   factorize    low-rank projections calibrated on real text
   sparsify     magnitude, Wanda, block-norm and N:M masks on the projections
+  prune        post-training pruning to a FLOPs target in minutes (Fisher mask search)
   bench        our runtime against the Python reference, measured in the same run";
 
 #[derive(Parser)]
@@ -90,6 +93,7 @@ fn model_command(backend: Option<xtask::Backend>, args: Vec<OsString>) -> Result
     // Ctrl-C reaches the child too; this process waits for it to checkpoint and exit.
     ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
     let mut cmd = Command::new(env!("CARGO"));
+    xtask::malloc_env(&mut cmd);
     cmd.args(["run", "--manifest-path"])
         .arg(xtask::root().join("Cargo.toml"))
         .args(["--package", "xtask", "--bin", "shears"]);

@@ -57,6 +57,7 @@ pub fn main(args: Args) -> Result<()> {
         };
         let t = Instant::now();
         let mut cmd = Command::new(env!("CARGO"));
+        crate::malloc_env(&mut cmd);
         cmd.args(["test", "--workspace"]);
         if all {
             eprintln!("== cargo test --workspace on {name} (every test)");

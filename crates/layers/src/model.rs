@@ -94,6 +94,23 @@ impl<B: Backend> ModelInput<B> {
         self.masks = masks;
         self
     }
+
+    /// Whether each position (`[batch · seq]`, row-major) holds a real token: its
+    /// attention mask is above 0.5, or there is no mask.
+    pub fn real_tokens(&self) -> Vec<bool> {
+        match &self.attention_mask {
+            Some(m) => m
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 mask")
+                .into_iter()
+                .map(|v| v > 0.5)
+                .collect(),
+            None => vec![true; self.ids.dims().iter().product()],
+        }
+    }
 }
 
 /// Forward output.
@@ -392,6 +409,9 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         let config = self.config();
         let [b, s] = input.ids.dims();
         let device = input.ids.device();
+        // Calibration records real tokens only (read before the ids move).
+        let real = (input.capture.is_some() && input.attention_mask.is_some())
+            .then(|| input.real_tokens());
         let emb = &self.embeddings;
         let offset = config.position_offset as i64;
         let positions =
@@ -416,18 +436,11 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
             x = crate::dropout::dropout(x, config.dropout.embedding, site);
         }
         let mut hidden_states = input.output_hidden_states.then(|| vec![x.clone()]);
-        // Calibration records real tokens only: the flat indices of unmasked positions.
-        let capture = input.capture.clone().map(|c| match &input.attention_mask {
-            Some(m) => {
-                let keep: Vec<i64> = m
-                    .clone()
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec::<f32>()
-                    .expect("f32 mask")
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, v)| **v > 0.5)
+        // The flat indices of unmasked positions.
+        let capture = input.capture.clone().map(|c| match real {
+            Some(real) => {
+                let keep: Vec<i64> = (real.into_iter().enumerate())
+                    .filter(|(_, r)| *r)
                     .map(|(i, _)| i as i64)
                     .collect();
                 let n = keep.len();

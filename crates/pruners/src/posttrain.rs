@@ -556,20 +556,10 @@ fn layer_view<B: Backend>(
 ) -> LayerView<B> {
     let [b, s] = input.ids.dims();
     let device = input.ids.device();
-    let real: Vec<usize> = match &input.attention_mask {
-        Some(m) => m
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("f32 mask")
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| **v > 0.5)
-            .map(|(i, _)| i)
-            .collect(),
-        None => (0..b * s).collect(),
-    };
+    let real: Vec<usize> = (input.real_tokens().into_iter().enumerate())
+        .filter(|(_, r)| *r)
+        .map(|(i, _)| i)
+        .collect();
     // Positions within the captured (real) rows that count.
     let within: Option<Vec<i64>> = first_only.then(|| {
         (0..real.len())

@@ -196,18 +196,7 @@ pub fn scored<B: Backend, M: Net<B>>(
     let lm_targets = model.head().is_none().then(|| {
         let [b, s] = input.ids.dims();
         let ids = host_ids(input.ids.clone());
-        let real: Vec<bool> = match &input.attention_mask {
-            Some(m) => m
-                .clone()
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .expect("f32 mask")
-                .into_iter()
-                .map(|x| x != 0.0)
-                .collect(),
-            None => vec![true; b * s],
-        };
+        let real = input.real_tokens();
         (0..b * s)
             .map(|r| {
                 let next = r + 1;

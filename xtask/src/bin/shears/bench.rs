@@ -289,7 +289,7 @@ impl Peer {
         threads: usize,
     ) -> Result<Peer> {
         let py = venv.join("bin/python");
-        let mut child = Command::new(&py)
+        let mut child = peer_command(&py)
             .arg(crate::root().join("tools/bench/bert_peer.py"))
             .arg(dir)
             .args([what, attn, &threads.to_string()])
@@ -765,7 +765,7 @@ fn factorize(args: &Args) -> Result<()> {
             map.insert("b".into(), HostTensor::new(vec![n_out], b.clone()));
             shears_layers::hf::write_safetensors(&input, &map)?;
             let py = venv.join("bin/python");
-            let out = Command::new(&py)
+            let out = peer_command(&py)
                 .arg(crate::root().join("tools/bench/factorize_peer.py"))
                 .arg(&input)
                 .args([rank, 3, args.iters.clamp(1, 5)].map(|v| v.to_string()))
@@ -860,4 +860,14 @@ fn sparsify(args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The Python reference as its users run it: without the allocator settings `cargo xtask`
+/// gives shears (`xtask::MALLOC_ENV`).
+fn peer_command(py: &Path) -> Command {
+    let mut cmd = Command::new(py);
+    for (k, _) in xtask::MALLOC_ENV {
+        cmd.env_remove(k);
+    }
+    cmd
 }
