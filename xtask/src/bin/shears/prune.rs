@@ -42,9 +42,11 @@ pub struct Args {
     /// Skip the rearrangement of removed units inside each layer (the paper's ablation).
     #[arg(long)]
     no_rearrange: bool,
-    /// Skip mask tuning (least-squares scales of the kept units; the paper's ablation).
+    /// Mask tuning: least-squares scales of the kept units toward the model pruned half as
+    /// far, layer by layer, folded into the weights (the paper's last step; off by default,
+    /// see docs/POSTTRAIN.md for what it measured).
     #[arg(long)]
-    no_tune: bool,
+    tune: bool,
     /// Seed of the Fisher samples (and of the split, for a model that records none).
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -73,7 +75,7 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
         samples: args.samples,
         batch_size: args.batch_size,
         rearrange: !args.no_rearrange,
-        tune: !args.no_tune,
+        tune: args.tune,
         existing: shears_layers::save::Existing::from_force(args.force),
         ..PruneOptions::default()
     };

@@ -1624,6 +1624,7 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     // the recorded training split (no `--data`), the metrics on its test split.
     let popts = PruneOptions {
         target_flops: 0.5,
+        tune: true,
         samples: 96,
         batch_size: 16,
         latency_repeats: 2,
