@@ -63,6 +63,14 @@ pub enum PrunerError {
         /// The largest fraction the gated structures can remove.
         reachable: f64,
     },
+    /// A measured latency curve that cannot be used.
+    #[error("latency curve of layer {layer}: {message}")]
+    LatencyCurve {
+        /// The layer.
+        layer: usize,
+        /// What is wrong.
+        message: String,
+    },
     /// A width multiple of 0 was asked for.
     #[error("round_to = {0}: widths are kept at multiples of at least 1 unit")]
     RoundTo(usize),

@@ -10,7 +10,7 @@
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use shears_layers::{Masks, ModelConfig, ModelInput, SpaceName, Transformer};
+use shears_layers::{LayerConfig, Masks, ModelConfig, ModelInput, SpaceName, Transformer};
 
 use crate::PrunerError;
 
@@ -132,66 +132,257 @@ pub fn mask_gradients<B: AutodiffBackend>(
     out
 }
 
-/// What each unit costs, in encoder FLOPs per token at one sequence length
-/// ([`ModelConfig::flops_per_token`]): the cost of a selection is `fixed` plus the costs of
-/// its units, exactly the FLOPs of the model pruned to it.
+/// What keeping units costs, per layer: in encoder FLOPs per token at one sequence length
+/// ([`UnitCosts::flops`], exact), or in measured latency as a fraction of the dense model's
+/// ([`UnitCosts::latency`], fitted). The cost of a selection is `fixed` plus, per layer, the
+/// cost of the number of heads and of neurons it keeps there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnitCosts {
-    /// What stays with every head and neuron removed (factorized projections' fixed parts).
+    /// What stays with every head and neuron removed (FLOPs: the factorized projections'
+    /// fixed parts; latency: embeddings, norms, the task head, the layers' fixed work).
     pub fixed: f64,
-    /// Per layer, the cost of one head.
-    pub head: Vec<f64>,
-    /// Per layer, the cost of one neuron.
-    pub neuron: Vec<f64>,
-    /// The whole model's FLOPs per token.
+    /// `heads[l][k]`: the cost of keeping `k` heads of layer `l` (`k` = 0 to all; 0 at 0,
+    /// non-decreasing).
+    pub heads: Vec<Vec<f64>>,
+    /// `neurons[l][k]`: the same for neurons.
+    pub neurons: Vec<Vec<f64>>,
+    /// The whole model's cost.
     pub total: f64,
 }
 
 impl UnitCosts {
     /// The costs of `config`'s units at sequence length `seq`, from
     /// [`ModelConfig::flops_per_token`] of the model with units removed, so that they
-    /// add up to it.
+    /// add up to it (a unit's FLOPs do not depend on how many others its layer keeps).
     pub fn flops(config: &ModelConfig, seq: usize) -> Result<Self, PrunerError> {
         let flops = |c: &ModelConfig| c.flops_per_token(seq) as f64;
         let total = flops(config);
         let mut empty = config.clone();
-        let (mut head, mut neuron) = (Vec::new(), Vec::new());
+        let (mut heads, mut neurons) = (Vec::new(), Vec::new());
         for (l, lc) in config.layers.iter().enumerate() {
-            let one_fewer = |space: SpaceName, n: usize| -> Result<f64, PrunerError> {
-                if n == 0 {
-                    return Ok(0.0);
-                }
-                let keep: Vec<usize> = (0..n - 1).collect();
-                Ok(total - flops(&config.with_kept(&space, &keep)?))
+            let per_count = |space: SpaceName, n: usize| -> Result<Vec<f64>, PrunerError> {
+                let one = if n == 0 {
+                    0.0
+                } else {
+                    let keep: Vec<usize> = (0..n - 1).collect();
+                    total - flops(&config.with_kept(&space, &keep)?)
+                };
+                Ok((0..=n).map(|k| k as f64 * one).collect())
             };
-            head.push(one_fewer(SpaceName::Heads(l), lc.n_heads)?);
-            neuron.push(one_fewer(SpaceName::Ffn(l), lc.d_ff)?);
+            heads.push(per_count(SpaceName::Heads(l), lc.n_heads)?);
+            neurons.push(per_count(SpaceName::Ffn(l), lc.d_ff)?);
             empty = empty.with_kept(&SpaceName::Heads(l), &[])?;
             empty = empty.with_kept(&SpaceName::Ffn(l), &[])?;
         }
         Ok(Self {
             fixed: flops(&empty),
-            head,
-            neuron,
+            heads,
+            neurons,
             total,
+        })
+    }
+
+    /// Latency costs from measured curves ([`measure_curves`]): each group's curves are
+    /// its layers' share of the model's latency, as a fraction of the dense model's, against
+    /// the units each keeps. Each curve is made non-decreasing (isotonic least squares:
+    /// measurement noise must not make a unit look free) and interpolated linearly between
+    /// its points; `total` is 1 and `fixed` what the curves leave of it with every unit kept.
+    ///
+    /// Errors: [`PrunerError::LatencyCurve`] for a layer in no group or in two, or a curve
+    /// that does not run from 0 to the layer's width in increasing counts with finite times.
+    pub fn latency(config: &ModelConfig, groups: &[CurveGroup]) -> Result<Self, PrunerError> {
+        let n = config.n_layers();
+        let mut heads = vec![None; n];
+        let mut neurons = vec![None; n];
+        for g in groups {
+            for &l in &g.layers {
+                let bad = |message: String| PrunerError::LatencyCurve { layer: l, message };
+                let lc = config
+                    .layers
+                    .get(l)
+                    .ok_or_else(|| bad(format!("the model has {n} layers")))?;
+                if heads[l].is_some() {
+                    return Err(bad("measured in two groups".into()));
+                }
+                let curve = |c: &LatencyCurve, width: usize, kind: &str| {
+                    c.per_count(width).map_err(|m| bad(format!("{kind}: {m}")))
+                };
+                heads[l] = Some(curve(&g.heads, lc.n_heads, "heads")?);
+                neurons[l] = Some(curve(&g.neurons, lc.d_ff, "neurons")?);
+            }
+        }
+        let all = |v: Vec<Option<Vec<f64>>>| -> Result<Vec<Vec<f64>>, PrunerError> {
+            v.into_iter()
+                .enumerate()
+                .map(|(l, c)| {
+                    c.ok_or_else(|| PrunerError::LatencyCurve {
+                        layer: l,
+                        message: "not measured".into(),
+                    })
+                })
+                .collect()
+        };
+        let (heads, neurons) = (all(heads)?, all(neurons)?);
+        let full: f64 = heads.iter().chain(&neurons).map(|c| c[c.len() - 1]).sum();
+        Ok(Self {
+            fixed: 1.0 - full,
+            heads,
+            neurons,
+            total: 1.0,
         })
     }
 
     /// The cost of a selection.
     pub fn of(&self, s: &Selection) -> f64 {
-        let count = |units: &[bool]| units.iter().filter(|&&k| k).count() as f64;
-        self.fixed
-            + s.heads
-                .iter()
-                .zip(&self.head)
-                .map(|(u, c)| count(u) * c)
-                .sum::<f64>()
-            + s.neurons
-                .iter()
-                .zip(&self.neuron)
-                .map(|(u, c)| count(u) * c)
-                .sum::<f64>()
+        let part = |kept: Vec<usize>, costs: &[Vec<f64>]| -> f64 {
+            kept.iter().zip(costs).map(|(&k, c)| c[k]).sum()
+        };
+        self.fixed + part(s.heads_kept(), &self.heads) + part(s.neurons_kept(), &self.neurons)
     }
+}
+
+/// A layer's measured latency against the units of one kind it keeps: `time[i]` with
+/// `kept[i]` units (`kept` increasing from 0 to the layer's width; only the differences
+/// from `time[0]` count).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LatencyCurve {
+    /// Units kept at each measured point.
+    pub kept: Vec<usize>,
+    /// The layer's latency there (a fraction of the dense model's).
+    pub time: Vec<f64>,
+}
+
+/// Layers of the same shape, measured together, and their per-layer latency curves.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CurveGroup {
+    /// The layers.
+    pub layers: Vec<usize>,
+    /// Each layer's latency against its heads kept.
+    pub heads: LatencyCurve,
+    /// Each layer's latency against its neurons kept.
+    pub neurons: LatencyCurve,
+}
+
+/// The counts a curve over `n` units is measured at: every count up to 16 units; beyond,
+/// 0, 1 and every eighth of `n` (the step from 0 to 1 holds a block's fixed work).
+pub fn curve_points(n: usize) -> Vec<usize> {
+    let mut k: Vec<usize> = if n <= 16 {
+        (0..=n).collect()
+    } else {
+        [0, 1]
+            .into_iter()
+            .chain((1..=8).map(|i| (i * n).div_ceil(8)))
+            .collect()
+    };
+    k.dedup();
+    k
+}
+
+/// Measures the latency curves of `config`'s layers: layers of the same shape form a
+/// group; for each group, kind (heads, neurons) and count `k` of [`curve_points`], every
+/// layer of the group keeps its first `k` units of that kind and the rest of the model
+/// stays whole, and `ratio` times that selection (the latency of the model pruned to it
+/// over the dense model's; the dense model itself counts 1 without a call). A layer's curve
+/// is the group's latency saved, divided among its layers.
+pub fn measure_curves<E>(
+    config: &ModelConfig,
+    mut ratio: impl FnMut(&Selection) -> Result<f64, E>,
+) -> Result<Vec<CurveGroup>, E> {
+    let mut groups: Vec<(&LayerConfig, Vec<usize>)> = Vec::new();
+    for (l, lc) in config.layers.iter().enumerate() {
+        match groups.iter_mut().find(|(c, _)| *c == lc) {
+            Some((_, ls)) => ls.push(l),
+            None => groups.push((lc, vec![l])),
+        }
+    }
+    let mut out = Vec::new();
+    for (lc, layers) in groups {
+        let mut curve = |width: usize, heads: bool| -> Result<LatencyCurve, E> {
+            let kept = curve_points(width);
+            let mut time = Vec::with_capacity(kept.len());
+            for &k in &kept {
+                let r = if k == width {
+                    1.0
+                } else {
+                    let mut sel = Selection::all(config);
+                    for &l in &layers {
+                        let units = if heads {
+                            &mut sel.heads[l]
+                        } else {
+                            &mut sel.neurons[l]
+                        };
+                        units.iter_mut().enumerate().for_each(|(i, u)| *u = i < k);
+                    }
+                    ratio(&sel)?
+                };
+                time.push(r / layers.len() as f64);
+            }
+            let zero = time[0];
+            time.iter_mut().for_each(|t| *t -= zero);
+            Ok(LatencyCurve { kept, time })
+        };
+        let heads = curve(lc.n_heads, true)?;
+        let neurons = curve(lc.d_ff, false)?;
+        out.push(CurveGroup {
+            layers,
+            heads,
+            neurons,
+        });
+    }
+    Ok(out)
+}
+
+impl LatencyCurve {
+    /// The curve made non-decreasing (pool-adjacent-violators, equal weights) and
+    /// interpolated linearly at every count from 0 to `n`.
+    pub fn per_count(&self, n: usize) -> Result<Vec<f64>, String> {
+        let (k, t) = (&self.kept, &self.time);
+        if k.len() != t.len() || k.is_empty() {
+            return Err(format!(
+                "{} counts and {} times: one time per count, at least one",
+                k.len(),
+                t.len()
+            ));
+        }
+        if k[0] != 0 || k[k.len() - 1] != n || k.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "kept counts {k:?} must increase from 0 to the layer's {n} units"
+            ));
+        }
+        if let Some(v) = t.iter().find(|v| !v.is_finite()) {
+            return Err(format!("time {v} is not finite"));
+        }
+        let fitted = isotonic(t);
+        let mut out = Vec::with_capacity(n + 1);
+        for w in 0..k.len() - 1 {
+            let (k0, k1, t0, t1) = (k[w], k[w + 1], fitted[w], fitted[w + 1]);
+            for c in k0..k1 {
+                out.push(t0 + (t1 - t0) * (c - k0) as f64 / (k1 - k0) as f64);
+            }
+        }
+        out.push(fitted[fitted.len() - 1]);
+        let zero = out[0];
+        Ok(out.into_iter().map(|v| v - zero).collect())
+    }
+}
+
+/// The non-decreasing sequence closest to `v` in squared error (pool adjacent violators).
+fn isotonic(v: &[f64]) -> Vec<f64> {
+    // Blocks of (mean, size), merged while a block's mean is below its predecessor's.
+    let mut blocks: Vec<(f64, usize)> = Vec::new();
+    for &x in v {
+        blocks.push((x, 1));
+        while blocks.len() > 1 && blocks[blocks.len() - 2].0 > blocks[blocks.len() - 1].0 {
+            let (m1, n1) = blocks.pop().expect("two blocks");
+            let (m0, n0) = blocks.pop().expect("two blocks");
+            let n = n0 + n1;
+            blocks.push(((m0 * n0 as f64 + m1 * n1 as f64) / n as f64, n));
+        }
+    }
+    blocks
+        .into_iter()
+        .flat_map(|(m, n)| std::iter::repeat_n(m, n))
+        .collect()
 }
 
 /// Which heads and neurons stay, per layer.
@@ -300,11 +491,12 @@ fn ranked(importance: &[Vec<f64>]) -> Vec<(usize, usize)> {
 }
 
 /// The mask search: the selection of highest total importance whose cost is at most
-/// `budget` (FLOPs per token). For every number of heads kept (0 to all), the most important
-/// heads are kept and the budget left is filled with the most important neurons, in rank
-/// order, while they fit; the best of these candidates wins (on a tie, fewer heads). With
-/// the costs of one kind equal across layers (an unpruned model), this is the optimum over
-/// all selections.
+/// `budget`. For every number of heads kept (0 to all), the most important heads are kept
+/// and the budget left is filled with the most important neurons, in rank order, while they
+/// fit (each unit costing what its layer's cost grows by when it is added); the best of
+/// these candidates wins (on a tie, fewer heads). With FLOPs costs of an unpruned model
+/// (one kind costing the same in every layer) this is the optimum over all selections;
+/// with latency curves it is the reference's heuristic.
 ///
 /// Errors: [`PrunerError::TargetOutOfReach`] when even removing every unit leaves more than
 /// the budget.
@@ -321,23 +513,31 @@ pub fn search(
     }
     let heads = ranked(&importance.heads);
     let neurons = ranked(&importance.neurons);
+    let layers = importance.heads.len();
+    let step = |c: &[Vec<f64>], kept: &mut [usize], l: usize| -> f64 {
+        kept[l] += 1;
+        c[l][kept[l]] - c[l][kept[l] - 1]
+    };
     let mut best: Option<(f64, usize, usize)> = None;
     let (mut head_cost, mut head_score) = (costs.fixed, 0.0);
+    let mut heads_kept = vec![0; layers];
     for nh in 0..=heads.len() {
         if nh > 0 {
             let (l, h) = heads[nh - 1];
-            head_cost += costs.head[l];
+            head_cost += step(&costs.heads, &mut heads_kept, l);
             head_score += importance.heads[l][h];
         }
         if head_cost > budget {
             break;
         }
         let (mut cost, mut score, mut nn) = (head_cost, head_score, 0);
+        let mut kept = vec![0; layers];
         for &(l, i) in &neurons {
-            if cost + costs.neuron[l] > budget {
+            let c = step(&costs.neurons, &mut kept, l);
+            if cost + c > budget {
                 break;
             }
-            cost += costs.neuron[l];
+            cost += c;
             score += importance.neurons[l][i];
             nn += 1;
         }
@@ -821,7 +1021,7 @@ pub fn tune_scales<B: Backend>(
 }
 
 /// The reference's target for mask tuning: the same search at the square root of the
-/// FLOPs fraction (a model pruned about half as far), binary, not rearranged.
+/// fraction of the cost kept (a model pruned about half as far), binary, not rearranged.
 pub fn teacher_target(
     importance: &Importance,
     costs: &UnitCosts,

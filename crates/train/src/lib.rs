@@ -37,7 +37,10 @@ pub use eval::*;
 pub use factorize::*;
 pub use heads::{PrunedHeads, run_prune_heads};
 pub use measure::{BOOTSTRAP_RESAMPLES, Latency, PairedDelta, paired_delta};
-pub use posttrain::{LayerKept, PruneOptions, PruneSummary, PruneTimes, prune_markdown, run_prune};
+pub use posttrain::{
+    LatencyFit, LayerKept, PruneOptions, PruneSummary, PruneTarget, PruneTimes, prune_markdown,
+    run_prune,
+};
 pub use run::*;
 pub use sparsify::{
     DEFAULT_PATTERNS, SparsifyMethod, SparsifyOptions, SparsifySummary, TensorSparsity,

@@ -1,8 +1,9 @@
 //! `prune`: post-training pruning of a fine-tuned model in minutes, without retraining
 //! (Kwon et al. 2022, see [`shears_pruners::search`]): the diagonal Fisher of head and neuron
-//! masks from training examples, the mask search to a FLOPs target, the rearrangement inside
-//! each layer, physical removal; the task metric and latency before and after, and the
-//! smaller model in shears' format and as a Hugging Face directory.
+//! masks from training examples, the mask search to a FLOPs target or to a latency target
+//! measured on this machine, the rearrangement inside each layer, physical removal; the task
+//! metric and latency before and after, and the smaller model in shears' format and as a
+//! Hugging Face directory.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,13 +17,14 @@ use serde::Serialize;
 use shears_gates::Draw;
 use shears_layers::{Tokenizer, save};
 use shears_pruners::{
-    BlockFit, FitOutcome, Selection, TaskModel, UnitCosts, apply_selection, fold_scales,
-    mask_gradients, rearrange, search, teacher_target, tune_scales,
+    BlockFit, CurveGroup, FitOutcome, PrunerError, Selection, TaskModel, UnitCosts,
+    apply_selection, fold_scales, mask_gradients, measure_curves, rearrange, search,
+    teacher_target, tune_scales,
 };
 
-use crate::data::make_batch;
+use crate::data::{Split, make_batch};
 use crate::derived::{DataChoice, Metrics, dataset, task_and_len};
-use crate::measure::{Latency, PairedDelta, latency_at, paired_delta};
+use crate::measure::{Latency, PairedDelta, latency_at, paired_delta, paired_latency};
 use crate::task::{evaluate, evaluate_rows, loss};
 use crate::taskfile::{HF_DIR, save_task_model};
 use crate::{Task, TrainError};
@@ -32,9 +34,8 @@ use crate::{Task, TrainError};
 pub struct PruneOptions {
     /// The dataset: the model's recorded training data unless another file is allowed.
     pub data: DataChoice,
-    /// Keep at most this fraction of the encoder's FLOPs per token (at the model's recorded
-    /// sequence length), in (0, 1].
-    pub target_flops: f64,
+    /// What to prune to.
+    pub target: PruneTarget,
     /// Training examples the Fisher information is estimated from (drawn without
     /// replacement with `data.seed`; all when the split has fewer).
     pub samples: usize,
@@ -53,6 +54,64 @@ pub struct PruneOptions {
     pub latency_repeats: usize,
     /// Refuse or replace an existing, non-empty output directory.
     pub existing: save::Existing,
+    /// A line on stderr after each step.
+    pub progress: bool,
+}
+
+/// What `prune` prunes to.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PruneTarget {
+    /// At most this fraction of the encoder's FLOPs per token at the model's recorded
+    /// sequence length, in (0, 1].
+    Flops {
+        /// The fraction kept.
+        fraction: f64,
+    },
+    /// At most this fraction of the dense model's latency, measured on this machine (the
+    /// backend and threads `prune` runs with) at `batch` rows of `seq` tokens.
+    Latency {
+        /// The fraction of the dense latency, in (0, 1].
+        ratio: f64,
+        /// Rows per forward pass.
+        batch: usize,
+        /// Tokens per row (`None`: the model's recorded sequence length).
+        seq: Option<usize>,
+    },
+}
+
+impl PruneTarget {
+    /// The fraction of the cost kept.
+    pub fn fraction(&self) -> f64 {
+        match *self {
+            Self::Flops { fraction } => fraction,
+            Self::Latency { ratio, .. } => ratio,
+        }
+    }
+}
+
+/// The latency model `prune --target-latency` searched with, and how it held.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatencyFit {
+    /// Rows per timed forward pass.
+    pub batch: usize,
+    /// Tokens per row.
+    pub seq: usize,
+    /// Timed pairs per point.
+    pub repeats: usize,
+    /// The measured curves, per group of layers of one shape.
+    pub groups: Vec<CurveGroup>,
+    /// The latency left with every head and neuron removed, as the curves predict it
+    /// (a fraction of the dense model's).
+    pub fixed: f64,
+    /// The pruned model's latency the curves predict.
+    pub predicted: f64,
+    /// Its measured latency (median of paired ratios, timed after removal).
+    pub measured: f64,
+    /// The dense model's median latency, ms.
+    pub dense_ms: f64,
+    /// The pruned model's, ms.
+    pub pruned_ms: f64,
 }
 
 impl Default for PruneOptions {
@@ -66,7 +125,7 @@ impl Default for PruneOptions {
                 split: [0.8, 0.1, 0.1],
                 other_data: false,
             },
-            target_flops: 0.6,
+            target: PruneTarget::Flops { fraction: 0.6 },
             samples: 2048,
             batch_size: 32,
             rearrange: true,
@@ -74,6 +133,7 @@ impl Default for PruneOptions {
             eval_batch_size: 32,
             latency_repeats: 10,
             existing: save::Existing::Refuse,
+            progress: false,
         }
     }
 }
@@ -98,6 +158,8 @@ pub struct PruneTimes {
     pub load: f64,
     /// The mask gradients.
     pub fisher: f64,
+    /// Measuring the latency curves (latency target only).
+    pub curves: f64,
     /// Search and rearrangement.
     pub search: f64,
     /// Mask tuning.
@@ -123,8 +185,10 @@ pub struct PruneSummary {
     pub backend: String,
     /// The task.
     pub task: Task,
-    /// FLOPs target: the fraction of the encoder's FLOPs per token kept.
-    pub target_flops: f64,
+    /// The target.
+    pub target: PruneTarget,
+    /// The latency curves, prediction and measurement (latency target only).
+    pub latency_fit: Option<LatencyFit>,
     /// Sequence length the FLOPs are counted at (the model's recorded `max_len`).
     pub seq: usize,
     /// Training examples and mini-batches of the Fisher estimate.
@@ -172,6 +236,22 @@ pub struct PruneSummary {
     pub wall_seconds: f64,
 }
 
+/// `batch` rows of exactly `seq` tokens: `split`'s examples end to end, repeated as often as
+/// needed (a latency depends on the shape, not on the ids).
+fn token_rows(split: &Split, batch: usize, seq: usize) -> Split {
+    let mut tokens = split.ids.iter().flatten().copied().cycle();
+    let ids = (0..batch)
+        .map(|_| (0..seq).map(|_| tokens.next().unwrap_or(0)).collect())
+        .collect();
+    Split {
+        ids,
+        labels: match split.labels.first() {
+            Some(&l) => vec![l; batch],
+            None => Vec::new(),
+        },
+    }
+}
+
 fn metrics(task: Task, t: crate::task::Tally) -> Metrics {
     Metrics {
         loss: t.loss(),
@@ -191,11 +271,23 @@ pub fn run_prune<B: Backend>(
     device: &B::Device,
 ) -> Result<PruneSummary, TrainError> {
     let started = Instant::now();
-    if !(opts.target_flops > 0.0 && opts.target_flops <= 1.0) {
+    let (key, what) = match opts.target {
+        PruneTarget::Flops { .. } => ("target-flops", "a fraction of the FLOPs kept"),
+        PruneTarget::Latency { .. } => ("target-latency", "a fraction of the dense latency"),
+    };
+    let fraction = opts.target.fraction();
+    if !(fraction > 0.0 && fraction <= 1.0) {
         return Err(TrainError::OutOfRange {
-            key: "target-flops".into(),
-            value: opts.target_flops.to_string(),
-            expected: "a fraction of the FLOPs kept in (0, 1]".into(),
+            key: key.into(),
+            value: fraction.to_string(),
+            expected: format!("{what} in (0, 1]"),
+        });
+    }
+    if let PruneTarget::Latency { batch: 0, .. } = opts.target {
+        return Err(TrainError::OutOfRange {
+            key: "latency-batch".into(),
+            value: "0".into(),
+            expected: "at least 1".into(),
         });
     }
     for (key, v) in [("samples", opts.samples), ("batch-size", opts.batch_size)] {
@@ -212,6 +304,25 @@ pub fn run_prune<B: Backend>(
     let tokenizer = Tokenizer::from_dir(model_dir)?;
     let config = model.backbone.config().clone();
     let (task, seq) = task_and_len(&model, info.as_ref());
+    let latency_shape = match opts.target {
+        PruneTarget::Latency { batch, seq: s, .. } => {
+            let s = s.unwrap_or(seq);
+            if s == 0 || s > config.max_len() {
+                return Err(TrainError::OutOfRange {
+                    key: "latency-seq".into(),
+                    value: s.to_string(),
+                    expected: format!("1 to the model's {} positions", config.max_len()),
+                });
+            }
+            Some((batch, s))
+        }
+        PruneTarget::Flops { .. } => None,
+    };
+    let say = |what: String| {
+        if opts.progress {
+            eprintln!("{what}");
+        }
+    };
     let Some(task) = task else {
         return Err(TrainError::Config {
             source_name: model_dir.display().to_string(),
@@ -241,6 +352,12 @@ pub fn run_prune<B: Backend>(
     order.truncate(opts.samples);
     let batches: Vec<&[usize]> = order.chunks(opts.batch_size).collect();
     let t_load = started.elapsed().as_secs_f64();
+    say(format!(
+        "    load {t_load:.1} s ({} training examples, {} in {} Fisher batches)",
+        data.train.len(),
+        order.len(),
+        batches.len()
+    ));
 
     // The Fisher information of the masks: the model's weights do not require gradients
     // (`from_inner` keeps the loaded parameters' flag, false), only the masks do.
@@ -253,14 +370,64 @@ pub fn run_prune<B: Backend>(
     drop(ad_model);
     let importance = grads.fisher();
     let t_fisher = t.elapsed().as_secs_f64();
+    say(format!("  fisher {t_fisher:.1} s"));
+
+    // The costs: FLOPs, or latency curves timed on rows of the target's shape.
+    let t = Instant::now();
+    let timed_rows = latency_shape.map(|(b, s)| token_rows(&data.train, b, s));
+    let (costs, groups) = match &timed_rows {
+        None => (UnitCosts::flops(&config, seq)?, None),
+        Some(rows) => {
+            say(format!(
+                "  curves: timing the model with each layer group pruned to each point of its \
+                 curves, against the dense model, at batch {} x {} tokens (a minute or more)",
+                rows.len(),
+                rows.ids[0].len()
+            ));
+            let groups = measure_curves(&config, |sel| -> Result<f64, TrainError> {
+                let variant = TaskModel {
+                    backbone: apply_selection(model.backbone.clone(), sel)?,
+                    head: model.head.clone(),
+                };
+                let p = paired_latency(
+                    &model,
+                    &variant,
+                    rows,
+                    data.pad_id,
+                    rows.len(),
+                    opts.latency_repeats,
+                    device,
+                );
+                Ok(p.ratio)
+            })?;
+            (UnitCosts::latency(&config, &groups)?, Some(groups))
+        }
+    };
+    let t_curves = t.elapsed().as_secs_f64();
+    if groups.is_some() {
+        say(format!("  curves {t_curves:.1} s"));
+    }
 
     let t = Instant::now();
-    let costs = UnitCosts::flops(&config, seq)?;
-    let mut selection = search(&importance, &costs, opts.target_flops * costs.total)?;
+    let out_of_reach = |e: PrunerError| match e {
+        PrunerError::TargetOutOfReach { reachable, .. } => TrainError::OutOfRange {
+            key: key.into(),
+            value: fraction.to_string(),
+            expected: format!(
+                "at least {:.4}: what stays with every head and neuron removed{}",
+                1.0 - reachable,
+                if groups.is_some() { " (measured)" } else { "" }
+            ),
+        },
+        e => e.into(),
+    };
+    let mut selection =
+        search(&importance, &costs, fraction * costs.total).map_err(out_of_reach)?;
     if opts.rearrange {
         selection = rearrange(&selection, &grads);
     }
     let t_search = t.elapsed().as_secs_f64();
+    say(format!("  search {t_search:.2} s"));
 
     // Mask tuning toward the same model pruned about half as far (the reference's target),
     // on the Fisher samples.
@@ -268,7 +435,7 @@ pub fn run_prune<B: Backend>(
     let mut backbone = model.backbone.clone();
     let mut fits = Vec::new();
     if opts.tune {
-        let teacher = teacher_target(&importance, &costs, opts.target_flops)?;
+        let teacher = teacher_target(&importance, &costs, fraction)?;
         let inputs: Vec<_> = batches
             .iter()
             .map(|idx| make_batch::<B>(&data.train, idx, data.pad_id, device).input)
@@ -281,6 +448,9 @@ pub fn run_prune<B: Backend>(
         fits = f;
     }
     let t_tune = t.elapsed().as_secs_f64();
+    if opts.tune {
+        say(format!("    tune {t_tune:.1} s"));
+    }
 
     let t = Instant::now();
     let pruned = TaskModel {
@@ -305,6 +475,7 @@ pub fn run_prune<B: Backend>(
     let test_after = metrics(task, sum(&rows_after));
     let test_delta = paired_delta(&rows_before, &rows_after, task, opts.data.seed);
     let t_eval = t.elapsed().as_secs_f64();
+    say(format!("evaluate {t_eval:.1} s"));
 
     let t = Instant::now();
     let (latency_batch, latency_single) = latency_at(
@@ -316,7 +487,30 @@ pub fn run_prune<B: Backend>(
         opts.latency_repeats,
         device,
     );
+    let latency_fit = timed_rows.zip(groups).map(|(rows, groups)| {
+        let p = paired_latency(
+            &model,
+            &pruned,
+            &rows,
+            data.pad_id,
+            rows.len(),
+            opts.latency_repeats,
+            device,
+        );
+        LatencyFit {
+            batch: rows.len(),
+            seq: rows.ids[0].len(),
+            repeats: opts.latency_repeats,
+            groups,
+            fixed: costs.fixed,
+            predicted: costs.of(&selection),
+            measured: p.ratio,
+            dense_ms: p.a_ms,
+            pruned_ms: p.b_ms,
+        }
+    });
     let t_latency = t.elapsed().as_secs_f64();
+    say(format!(" latency {t_latency:.1} s"));
 
     let layers = selection
         .heads_kept()
@@ -336,7 +530,15 @@ pub fn run_prune<B: Backend>(
         dataset: choice.data.display().to_string(),
         backend: backend.to_string(),
         task,
-        target_flops: opts.target_flops,
+        target: match opts.target {
+            PruneTarget::Latency { ratio, batch, .. } => PruneTarget::Latency {
+                ratio,
+                batch,
+                seq: latency_shape.map(|(_, s)| s),
+            },
+            t => t,
+        },
+        latency_fit,
         seq,
         samples: order.len(),
         batches: batches.len(),
@@ -361,6 +563,7 @@ pub fn run_prune<B: Backend>(
         seconds: PruneTimes {
             load: t_load,
             fisher: t_fisher,
+            curves: t_curves,
             search: t_search,
             tune: t_tune,
             remove: t_remove,
@@ -416,11 +619,21 @@ pub fn prune_markdown(s: &PruneSummary) -> String {
     let _ = writeln!(m, "# Post-training pruning (Fisher mask search)\n");
     let _ = writeln!(
         m,
-        "Model `{}`, data `{}`. Target: at most {:.0}% of the encoder FLOPs per token at {} tokens. Fisher information from {} training examples in {} mini-batches; {}. Backend {}. Wall time {:.1} s.\n",
+        "Model `{}`, data `{}`. Target: {}. Fisher information from {} training examples in {} mini-batches; {}. Backend {}. Wall time {:.1} s.\n",
         s.model,
         s.dataset,
-        100.0 * s.target_flops,
-        s.seq,
+        match s.target {
+            PruneTarget::Flops { fraction } => format!(
+                "at most {:.0}% of the encoder FLOPs per token at {} tokens",
+                100.0 * fraction,
+                s.seq
+            ),
+            PruneTarget::Latency { ratio, batch, seq } => format!(
+                "at most {:.0}% of the dense model's latency on this machine at batch {batch} x {} tokens",
+                100.0 * ratio,
+                seq.unwrap_or(s.seq)
+            ),
+        },
         s.samples,
         s.batches,
         match (s.rearranged, !s.fits.is_empty()) {
@@ -522,6 +735,38 @@ pub fn prune_markdown(s: &PruneSummary) -> String {
             k.heads, k.heads_before, k.neurons, k.neurons_before
         );
     }
+    if let Some(f) = &s.latency_fit {
+        let _ = writeln!(
+            m,
+            "\n## Latency curves\n\nEach group's layers were pruned to each count of one kind of unit, the rest of the model whole, and timed against the dense model at batch {} x {} tokens (median of {} paired ratios per point); a layer's curve is the group's latency saved, divided among its layers, in % of the dense latency, made non-decreasing and interpolated linearly in the search.\n",
+            f.batch, f.seq, f.repeats
+        );
+        for g in &f.groups {
+            for (kind, c) in [("heads", &g.heads), ("neurons", &g.neurons)] {
+                let points: Vec<String> = c
+                    .kept
+                    .iter()
+                    .zip(&c.time)
+                    .map(|(k, t)| format!("{k}: {:.2}", 100.0 * t))
+                    .collect();
+                let _ = writeln!(
+                    m,
+                    "- layers {:?}, {kind} kept: {}",
+                    g.layers,
+                    points.join(", ")
+                );
+            }
+        }
+        let _ = writeln!(
+            m,
+            "\nWith every head and neuron removed the curves leave {:.1}% of the dense latency. The pruned model: predicted {:.1}%, measured {:.1}% ({:.1} ms against {:.1} ms).",
+            100.0 * f.fixed,
+            100.0 * f.predicted,
+            100.0 * f.measured,
+            f.pruned_ms,
+            f.dense_ms
+        );
+    }
     if !s.fits.is_empty() {
         let _ = writeln!(
             m,
@@ -556,8 +801,8 @@ pub fn prune_markdown(s: &PruneSummary) -> String {
     let t = &s.seconds;
     let _ = writeln!(
         m,
-        "\n## Time (s)\n\n| load | Fisher | search | tune | remove | evaluate | latency | write |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n| {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-        t.load, t.fisher, t.search, t.tune, t.remove, t.evaluate, t.latency, t.write
+        "\n## Time (s)\n\n| load | Fisher | latency curves | search | tune | remove | evaluate | latency | write |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n| {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        t.load, t.fisher, t.curves, t.search, t.tune, t.remove, t.evaluate, t.latency, t.write
     );
     m
 }

@@ -1,13 +1,15 @@
-//! `cargo xtask prune --model DIR --target-flops F --out DIR`: post-training pruning of a
-//! fine-tuned model in minutes, without retraining (see `shears_train::run_prune`).
+//! `cargo xtask prune --model DIR --target-flops F | --target-latency R --out DIR`:
+//! post-training pruning of a fine-tuned model in minutes, without retraining (see
+//! `shears_train::run_prune`).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use shears_train::{DataChoice, PruneOptions, prune_markdown, run_prune};
+use shears_train::{DataChoice, PruneOptions, PruneTarget, prune_markdown, run_prune};
 
 /// Arguments.
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["target_flops", "target_latency"])))]
 pub struct Args {
     /// A fine-tuned model directory: a `train-gated` output (`dense-model/`, `model/`), a
     /// Hugging Face `BertForSequenceClassification` / `RobertaForSequenceClassification`,
@@ -17,7 +19,23 @@ pub struct Args {
     /// Keep at most this fraction of the encoder's FLOPs per token, at the sequence length
     /// the model was trained with (e.g. 0.6).
     #[arg(long)]
-    target_flops: f64,
+    target_flops: Option<f64>,
+    /// Or: at most this fraction of the dense model's latency (e.g. 0.5), measured on this
+    /// machine with the backend and threads this run uses, at `--latency-batch` rows of
+    /// `--latency-seq` tokens: per-layer latency curves are timed first (a minute or two).
+    #[arg(long)]
+    target_latency: Option<f64>,
+    /// Rows per forward pass of the latency target.
+    #[arg(long, default_value_t = 32, requires = "target_latency")]
+    latency_batch: usize,
+    /// Tokens per row of the latency target (default: the model's recorded sequence
+    /// length).
+    #[arg(long, requires = "target_latency")]
+    latency_seq: Option<usize>,
+    /// Timed pairs (dense, pruned) per latency measurement: each point of the latency
+    /// curves and the reported latencies.
+    #[arg(long, default_value_t = 10)]
+    latency_repeats: usize,
     /// Output directory: the smaller model (`model/`, `hf-model/`), `report.json`,
     /// `report.md`.
     #[arg(long)]
@@ -71,7 +89,17 @@ pub fn main(backend: crate::Backend, args: Args) -> Result<()> {
             split: [0.8, 0.1, 0.1],
             other_data: args.other_data,
         },
-        target_flops: args.target_flops,
+        target: match (args.target_flops, args.target_latency) {
+            (Some(fraction), _) => PruneTarget::Flops { fraction },
+            (None, Some(ratio)) => PruneTarget::Latency {
+                ratio,
+                batch: args.latency_batch,
+                seq: args.latency_seq,
+            },
+            (None, None) => unreachable!("clap requires one target"),
+        },
+        latency_repeats: args.latency_repeats,
+        progress: true,
         samples: args.samples,
         batch_size: args.batch_size,
         rearrange: !args.no_rearrange,

@@ -1,15 +1,18 @@
 //! Post-training pruning (`shears_pruners::posttrain`): the mask gradients against finite
 //! differences, the search against a brute-force optimum, the rearrangement on a case with a
-//! known answer, and unit costs against the pruned model's FLOPs.
+//! known answer, unit costs against the pruned model's FLOPs, and the latency curves'
+//! plumbing against FLOPs standing in for time.
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use shears_layers::SpaceName;
 use shears_layers::{Masks, ModelConfig, ModelInput, Transformer};
 use shears_pruners::{
-    FitOutcome, Importance, MaskGradients, PrunerError, Scales, Selection, UnitCosts,
-    apply_selection, fold_scales, mask_gradients, rearrange, search, tune_scales,
+    CurveGroup, FitOutcome, Importance, LatencyCurve, MaskGradients, PrunerError, Scales,
+    Selection, UnitCosts, apply_selection, curve_points, fold_scales, mask_gradients,
+    measure_curves, rearrange, search, tune_scales,
 };
 
 use super::{input, max_diff, tiny};
@@ -233,6 +236,137 @@ fn search_finds_the_brute_force_optimum() {
     };
     let e = search(&imp, &costs, costs.fixed * 0.5).unwrap_err();
     assert!(matches!(e, PrunerError::TargetOutOfReach { .. }), "{e}");
+}
+
+/// Latency curves measured with FLOPs standing in for time (a ratio that is exactly
+/// linear in the units kept) give back the FLOPs costs: the grouping of layers of one
+/// shape, the points, the division among a group's layers, the interpolation and the fixed
+/// part are right, and the search picks the same units.
+#[test]
+fn latency_curves_timed_by_flops_give_the_flops_costs() {
+    let seq = 6;
+    // Layers 0 and 2 alike, layer 1 already pruned to 30 neurons: two groups.
+    let config = tiny(ModelConfig::bert(30, 16, 3, 4, 40))
+        .with_kept(&SpaceName::Ffn(1), &(0..30).collect::<Vec<_>>())
+        .unwrap();
+    let flops = UnitCosts::flops(&config, seq).unwrap();
+    let mut calls = 0;
+    let groups = measure_curves(&config, |sel| -> Result<f64, PrunerError> {
+        calls += 1;
+        Ok(flops.of(sel) / flops.total)
+    })
+    .unwrap();
+    assert_eq!(
+        groups.iter().map(|g| g.layers.clone()).collect::<Vec<_>>(),
+        vec![vec![0, 2], vec![1]]
+    );
+    assert_eq!(curve_points(4), vec![0, 1, 2, 3, 4]);
+    assert_eq!(curve_points(40), vec![0, 1, 5, 10, 15, 20, 25, 30, 35, 40]);
+    assert_eq!(groups[1].neurons.kept, curve_points(30));
+    // Per group, every point but the dense one is timed: 4 + 9 each.
+    assert_eq!(calls, 2 * (4 + 9));
+    let latency = UnitCosts::latency(&config, &groups).unwrap();
+    assert_eq!(latency.total, 1.0);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12;
+    assert!(close(latency.fixed, flops.fixed / flops.total));
+    let mut rng = StdRng::seed_from_u64(4);
+    for trial in 0..20 {
+        let mut sel = Selection::all(&config);
+        sel.heads
+            .iter_mut()
+            .flatten()
+            .chain(sel.neurons.iter_mut().flatten())
+            .for_each(|k| *k = rng.random_bool(0.3 + 0.02 * f64::from(trial)));
+        assert!(
+            close(latency.of(&sel), flops.of(&sel) / flops.total),
+            "trial {trial}: {} vs {}",
+            latency.of(&sel),
+            flops.of(&sel) / flops.total
+        );
+        let importance = Importance {
+            heads: (0..3)
+                .map(|_| (0..4).map(|_| rng.random_range(0.0..1.0)).collect())
+                .collect(),
+            neurons: config
+                .layers
+                .iter()
+                .map(|l| (0..l.d_ff).map(|_| rng.random_range(0.0..1.0)).collect())
+                .collect(),
+        };
+        let fraction = 0.2 + 0.04 * f64::from(trial);
+        assert_eq!(
+            search(&importance, &latency, fraction).unwrap(),
+            search(&importance, &flops, fraction * flops.total).unwrap(),
+            "trial {trial}"
+        );
+    }
+}
+
+/// A noisy curve is made non-decreasing by isotonic least squares (pooled violators take
+/// their mean), interpolated linearly and shifted to 0 at 0; unusable curves are refused
+/// naming the layer; with a fixed step at the first unit the search stays within budget.
+#[test]
+fn latency_curves_are_monotone_and_checked() {
+    let c = LatencyCurve {
+        kept: vec![0, 2, 4, 6],
+        time: vec![0.0, 0.3, 0.1, 0.5],
+    };
+    let v = c.per_count(6).unwrap();
+    let want = [0.0, 0.1, 0.2, 0.2, 0.2, 0.35, 0.5];
+    for (k, (a, b)) in v.iter().zip(want).enumerate() {
+        assert!((a - b).abs() < 1e-12, "count {k}: {a} vs {b}");
+    }
+    // A dip below the first point lifts the start: the curve still starts at 0.
+    let c = LatencyCurve {
+        kept: vec![0, 1, 2],
+        time: vec![0.2, 0.0, 0.4],
+    };
+    assert_eq!(c.per_count(2).unwrap(), vec![0.0, 0.0, 0.30000000000000004]);
+    for (kept, time, needle) in [
+        (vec![0, 3], vec![0.0, 1.0], "4 units"),
+        (vec![1, 4], vec![0.0, 1.0], "from 0"),
+        (vec![0, 2, 2, 4], vec![0.0; 4], "increase"),
+        (vec![0, 4], vec![0.0, f64::NAN], "finite"),
+    ] {
+        let e = LatencyCurve { kept, time }.per_count(4).unwrap_err();
+        assert!(e.contains(needle), "{e}");
+    }
+    let config = tiny(ModelConfig::bert(30, 16, 2, 4, 8));
+    let curve = |n: usize, step: f64| LatencyCurve {
+        kept: (0..=n).collect(),
+        time: (0..=n)
+            .map(|k| if k == 0 { 0.0 } else { step + 0.01 * k as f64 })
+            .collect(),
+    };
+    let group = |layers: Vec<usize>| CurveGroup {
+        layers,
+        heads: curve(4, 0.05),
+        neurons: curve(8, 0.02),
+    };
+    let e = UnitCosts::latency(&config, &[group(vec![0])]).unwrap_err();
+    assert!(
+        matches!(e, PrunerError::LatencyCurve { layer: 1, .. }),
+        "{e}"
+    );
+    let e = UnitCosts::latency(&config, &[group(vec![0, 1]), group(vec![1])]).unwrap_err();
+    assert!(e.to_string().contains("layer 1"), "{e}");
+    let costs = UnitCosts::latency(&config, &[group(vec![0, 1])]).unwrap();
+    // Per layer: 0.05 + 0.04 for the heads, 0.02 + 0.08 for the neurons.
+    assert!((costs.fixed - (1.0 - 2.0 * (0.09 + 0.10))).abs() < 1e-12);
+    let mut rng = StdRng::seed_from_u64(5);
+    for trial in 0..20 {
+        let importance = Importance {
+            heads: (0..2)
+                .map(|_| (0..4).map(|_| rng.random_range(0.0..1.0)).collect())
+                .collect(),
+            neurons: (0..2)
+                .map(|_| (0..8).map(|_| rng.random_range(0.0..1.0)).collect())
+                .collect(),
+        };
+        let budget = costs.fixed + 0.02 * f64::from(trial);
+        let s = search(&importance, &costs, budget).unwrap();
+        assert!(costs.of(&s) <= budget + 1e-12, "trial {trial}");
+    }
 }
 
 /// Rearrangement removes as many units per layer as the selection, and on a layer where two

@@ -17,9 +17,9 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use shears_layers::{ModelConfig, Transformer};
 use shears_pruners::RankPlan;
 use shears_train::{
-    ConfigSources, EvalOptions, Experiment, FactorizeOptions, Outcome, PruneOptions, RunOptions,
-    SparsifyMethod, SparsifyOptions, Task, TrainError, eval_dir, run, run_factorize, run_prune,
-    run_prune_heads, run_sparsify, staging_dir,
+    ConfigSources, EvalOptions, Experiment, FactorizeOptions, Outcome, PruneOptions, PruneTarget,
+    RunOptions, SparsifyMethod, SparsifyOptions, Task, TrainError, eval_dir, run, run_factorize,
+    run_prune, run_prune_heads, run_sparsify, staging_dir,
 };
 
 fn write(path: &Path, text: &str) {
@@ -1623,7 +1623,7 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     // Post-training pruning of the dense model to half its FLOPs: the Fisher samples from
     // the recorded training split (no `--data`), the metrics on its test split.
     let popts = PruneOptions {
-        target_flops: 0.5,
+        target: PruneTarget::Flops { fraction: 0.5 },
         tune: true,
         samples: 96,
         batch_size: 16,
@@ -1660,14 +1660,60 @@ fn tiny_bert_end_to_end<B: Backend>(device: &B::Device) {
     for file in ["hf-model/config.json", "report.json", "report.md"] {
         assert!(pout.join(file).exists(), "{file} missing");
     }
+    // To a latency target: curves timed on this machine, the prediction within the target,
+    // the measurement beside it.
+    let lopts = PruneOptions {
+        target: PruneTarget::Latency {
+            ratio: 0.95,
+            batch: 4,
+            seq: None,
+        },
+        tune: false,
+        ..popts.clone()
+    };
+    let lout = tmp.path().join("post-latency");
+    let l = run_prune::<B>(&out.join("dense-model"), &lopts, &lout, "test", device).unwrap();
+    let fit = l
+        .latency_fit
+        .as_ref()
+        .expect("a latency target reports its fit");
+    let mut covered: Vec<usize> = fit.groups.iter().flat_map(|g| g.layers.clone()).collect();
+    covered.sort_unstable();
+    assert_eq!(covered, (0..l.layers.len()).collect::<Vec<_>>());
+    assert!(fit.predicted <= 0.95 + 1e-9, "predicted {}", fit.predicted);
+    assert!(
+        fit.fixed <= fit.predicted,
+        "{} > {}",
+        fit.fixed,
+        fit.predicted
+    );
+    assert!(fit.measured > 0.0 && fit.dense_ms > 0.0 && fit.pruned_ms > 0.0);
+    assert_eq!((fit.batch, fit.seq), (4, l.seq));
+    assert!(l.layer_params_after < l.layer_params_before);
+    let md = std::fs::read_to_string(lout.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Latency curves") && md.contains("predicted"),
+        "{md}"
+    );
     // Bad requests are refused naming the value, before anything is written.
     for (opts, needle) in [
         (
             PruneOptions {
-                target_flops: 1.5,
+                target: PruneTarget::Flops { fraction: 1.5 },
                 ..popts.clone()
             },
             "1.5",
+        ),
+        (
+            PruneOptions {
+                target: PruneTarget::Latency {
+                    ratio: 0.5,
+                    batch: 2,
+                    seq: Some(100_000),
+                },
+                ..popts.clone()
+            },
+            "100000",
         ),
         (
             PruneOptions {
