@@ -192,8 +192,7 @@ impl UnitCosts {
     /// that does not run from 0 to the layer's width in increasing counts with finite times.
     pub fn latency(config: &ModelConfig, groups: &[CurveGroup]) -> Result<Self, PrunerError> {
         let n = config.n_layers();
-        let mut heads = vec![None; n];
-        let mut neurons = vec![None; n];
+        let mut curves: Vec<Option<(Vec<f64>, Vec<f64>)>> = vec![None; n];
         for g in groups {
             for &l in &g.layers {
                 let bad = |message: String| PrunerError::LatencyCurve { layer: l, message };
@@ -201,28 +200,30 @@ impl UnitCosts {
                     .layers
                     .get(l)
                     .ok_or_else(|| bad(format!("the model has {n} layers")))?;
-                if heads[l].is_some() {
+                if curves[l].is_some() {
                     return Err(bad("measured in two groups".into()));
                 }
                 let curve = |c: &LatencyCurve, width: usize, kind: &str| {
                     c.per_count(width).map_err(|m| bad(format!("{kind}: {m}")))
                 };
-                heads[l] = Some(curve(&g.heads, lc.n_heads, "heads")?);
-                neurons[l] = Some(curve(&g.neurons, lc.d_ff, "neurons")?);
+                curves[l] = Some((
+                    curve(&g.heads, lc.n_heads, "heads")?,
+                    curve(&g.neurons, lc.d_ff, "neurons")?,
+                ));
             }
         }
-        let all = |v: Vec<Option<Vec<f64>>>| -> Result<Vec<Vec<f64>>, PrunerError> {
-            v.into_iter()
-                .enumerate()
-                .map(|(l, c)| {
-                    c.ok_or_else(|| PrunerError::LatencyCurve {
-                        layer: l,
-                        message: "not measured".into(),
-                    })
+        let (heads, neurons): (Vec<_>, Vec<_>) = curves
+            .into_iter()
+            .enumerate()
+            .map(|(l, c)| {
+                c.ok_or_else(|| PrunerError::LatencyCurve {
+                    layer: l,
+                    message: "not measured".into(),
                 })
-                .collect()
-        };
-        let (heads, neurons) = (all(heads)?, all(neurons)?);
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
         let full: f64 = heads.iter().chain(&neurons).map(|c| c[c.len() - 1]).sum();
         Ok(Self {
             fixed: 1.0 - full,

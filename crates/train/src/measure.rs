@@ -97,28 +97,20 @@ pub(crate) fn latency_at<B: Backend>(
     repeats: usize,
     device: &B::Device,
 ) -> (Latency, Latency) {
-    let n = batch.min(data.test.len());
-    let seq = data.test.ids[..n].iter().map(Vec::len).max().unwrap_or(1);
-    let p = paired_latency(dense, pruned, &data.test, data.pad_id, n, repeats, device);
-    let batched = Latency {
-        batch: n,
-        seq,
-        dense_ms: p.a_ms,
-        pruned_ms: p.b_ms,
-        ratio: p.ratio,
-        repeats,
+    let time = |rows: &Split, batch: usize, repeats: usize| {
+        let p = paired_latency(dense, pruned, rows, data.pad_id, batch, repeats, device);
+        Latency {
+            batch,
+            seq: rows.ids[..batch].iter().map(Vec::len).max().unwrap_or(1),
+            dense_ms: p.a_ms,
+            pruned_ms: p.b_ms,
+            ratio: p.ratio,
+            repeats,
+        }
     };
-    let packed = packed_row(&data.test, max_len);
-    let repeats = repeats * BATCH1_REPEATS;
-    let p = paired_latency(dense, pruned, &packed, data.pad_id, 1, repeats, device);
-    let single = Latency {
-        batch: 1,
-        seq: packed.ids[0].len(),
-        dense_ms: p.a_ms,
-        pruned_ms: p.b_ms,
-        ratio: p.ratio,
-        repeats,
-    };
+    let batched = time(&data.test, batch.min(data.test.len()), repeats);
+    let packed = token_rows(&data.test, 1, max_len.max(1));
+    let single = time(&packed, 1, repeats * BATCH1_REPEATS);
     (batched, single)
 }
 
@@ -136,13 +128,19 @@ pub(crate) struct Paired {
     pub ratio: f64,
 }
 
-/// One row of `len` tokens (fewer when the split has fewer): the split's examples end to
-/// end, labelled as the first.
-fn packed_row(split: &Split, len: usize) -> Split {
-    let ids: Vec<u32> = split.ids.iter().flatten().copied().take(len).collect();
+/// `batch` rows of exactly `seq` tokens: `split`'s examples end to end, repeated as often as
+/// needed (a latency depends on the shape, not on the ids), labelled as the first example.
+pub(crate) fn token_rows(split: &Split, batch: usize, seq: usize) -> Split {
+    let mut tokens = split.ids.iter().flatten().copied().cycle();
+    let ids = (0..batch)
+        .map(|_| (0..seq).map(|_| tokens.next().unwrap_or(0)).collect())
+        .collect();
     Split {
-        ids: vec![if ids.is_empty() { vec![0] } else { ids }],
-        labels: split.labels.first().copied().into_iter().collect(),
+        ids,
+        labels: match split.labels.first() {
+            Some(&l) => vec![l; batch],
+            None => Vec::new(),
+        },
     }
 }
 

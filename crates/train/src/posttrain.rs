@@ -24,7 +24,7 @@ use shears_pruners::{
 
 use crate::data::{Split, make_batch};
 use crate::derived::{DataChoice, Metrics, dataset, task_and_len};
-use crate::measure::{Latency, PairedDelta, latency_at, paired_delta, paired_latency};
+use crate::measure::{Latency, PairedDelta, latency_at, paired_delta, paired_latency, token_rows};
 use crate::task::{evaluate, evaluate_rows, loss};
 use crate::taskfile::{HF_DIR, save_task_model};
 use crate::{Task, TrainError};
@@ -236,22 +236,6 @@ pub struct PruneSummary {
     pub wall_seconds: f64,
 }
 
-/// `batch` rows of exactly `seq` tokens: `split`'s examples end to end, repeated as often as
-/// needed (a latency depends on the shape, not on the ids).
-fn token_rows(split: &Split, batch: usize, seq: usize) -> Split {
-    let mut tokens = split.ids.iter().flatten().copied().cycle();
-    let ids = (0..batch)
-        .map(|_| (0..seq).map(|_| tokens.next().unwrap_or(0)).collect())
-        .collect();
-    Split {
-        ids,
-        labels: match split.labels.first() {
-            Some(&l) => vec![l; batch],
-            None => Vec::new(),
-        },
-    }
-}
-
 fn metrics(task: Task, t: crate::task::Tally) -> Metrics {
     Metrics {
         loss: t.loss(),
@@ -375,6 +359,18 @@ pub fn run_prune<B: Backend>(
     // The costs: FLOPs, or latency curves timed on rows of the target's shape.
     let t = Instant::now();
     let timed_rows = latency_shape.map(|(b, s)| token_rows(&data.train, b, s));
+    // The dense model against `variant` on all of `rows`.
+    let against_dense = |variant: &TaskModel<B>, rows: &Split| {
+        paired_latency(
+            &model,
+            variant,
+            rows,
+            data.pad_id,
+            rows.len(),
+            opts.latency_repeats,
+            device,
+        )
+    };
     let (costs, groups) = match &timed_rows {
         None => (UnitCosts::flops(&config, seq)?, None),
         Some(rows) => {
@@ -389,16 +385,7 @@ pub fn run_prune<B: Backend>(
                     backbone: apply_selection(model.backbone.clone(), sel)?,
                     head: model.head.clone(),
                 };
-                let p = paired_latency(
-                    &model,
-                    &variant,
-                    rows,
-                    data.pad_id,
-                    rows.len(),
-                    opts.latency_repeats,
-                    device,
-                );
-                Ok(p.ratio)
+                Ok(against_dense(&variant, rows).ratio)
             })?;
             (UnitCosts::latency(&config, &groups)?, Some(groups))
         }
@@ -488,15 +475,7 @@ pub fn run_prune<B: Backend>(
         device,
     );
     let latency_fit = timed_rows.zip(groups).map(|(rows, groups)| {
-        let p = paired_latency(
-            &model,
-            &pruned,
-            &rows,
-            data.pad_id,
-            rows.len(),
-            opts.latency_repeats,
-            device,
-        );
+        let p = against_dense(&pruned, &rows);
         LatencyFit {
             batch: rows.len(),
             seq: rows.ids[0].len(),
