@@ -37,6 +37,9 @@ pub trait Host: Backend {
     fn values(t: T<Self>) -> Vec<f32>;
     /// A tensor of these values and shape.
     fn make(v: Vec<f32>, shape: Vec<usize>) -> T<Self>;
+    /// Whether `t` is one row repeated over its leading axes (an `expand` of a vector: every
+    /// leading stride 0, the last 1), so that the row alone holds its values.
+    fn is_row_broadcast(t: &T<Self>) -> bool;
 
     /// The shape of `t` as a matrix: its leading axes as the rows, its last as the columns.
     fn dims2(t: &T<Self>) -> [usize; 2] {
@@ -71,6 +74,9 @@ impl Host for burn::backend::Flex {
     }
     fn make(v: Vec<f32>, shape: Vec<usize>) -> T<Self> {
         burn::backend::flex::FlexTensor::from_data(TensorData::new(v, shape))
+    }
+    fn is_row_broadcast(t: &T<Self>) -> bool {
+        row_strides(t.layout().strides())
     }
 }
 
@@ -113,6 +119,19 @@ impl Host for burn::backend::NdArray {
     fn make(v: Vec<f32>, shape: Vec<usize>) -> T<Self> {
         burn::backend::ndarray::NdArrayTensor::from_data(TensorData::new(v, shape))
     }
+    fn is_row_broadcast(t: &T<Self>) -> bool {
+        match t {
+            burn::backend::ndarray::NdArrayTensor::F32(s) => row_strides(s.view().strides()),
+            _ => false,
+        }
+    }
+}
+
+/// Strides of a row repeated over the leading axes: `[0, ..., 0, 1]` with at least one
+/// leading axis.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+fn row_strides(strides: &[isize]) -> bool {
+    matches!(strides, [lead @ .., 1] if !lead.is_empty() && lead.iter().all(|&s| s == 0))
 }
 
 /// Whether `B` is a CPU backend compiled in here, or one under autodiff.
@@ -647,26 +666,47 @@ fn add_layer_norm_on<H: Host, B: Backend>(
             Err(x) => return Err((x, a, weight, bias, eps)),
         },
     };
-    let a = a.map(|a| H::contiguous(prim(same::<H, B, 3>(a))));
+    // A block with every unit removed adds its bias, expanded over the rows: read the row
+    // instead of copying it out to every row.
+    let a = a.map(|a| {
+        let a = prim(same::<H, B, 3>(a));
+        if H::is_row_broadcast(&a) {
+            let d = H::dims(&a)[2];
+            let row =
+                Tensor::<H, 3>::from_primitive(TensorPrimitive::Float(a)).slice([0..1, 0..1, 0..d]);
+            (H::contiguous(prim(row)), true)
+        } else {
+            (H::contiguous(a), false)
+        }
+    });
     let x = H::contiguous(prim(x));
     let (w, b) = (
         H::contiguous(prim(same::<H, B, 1>(weight))),
         H::contiguous(prim(same::<H, B, 1>(bias))),
     );
     Ok(uncast(float::<H, 3>(
-        add_layer_norm::<H>(&x, a.as_ref(), &w, &b, eps as f32, false).0,
+        add_layer_norm::<H>(
+            &x,
+            a.as_ref().map(|(a, row)| (a, *row)),
+            &w,
+            &b,
+            eps as f32,
+            false,
+        )
+        .0,
     )))
 }
 
 /// The normalised rows `x̂` and each row's `1 / √(σ² + ε)`, kept for the backward pass.
 type Normalised<H> = (T<H>, T<H>);
 
-/// `LayerNorm(x + a)` (or of `x` alone) per row of the last axis; with `keep`, also the
-/// normalised rows `x̂` and each row's `1 / √(σ² + ε)` (what the backward pass needs).
+/// `LayerNorm(x + a)` (or of `x` alone) per row of the last axis; `a` is `(values, row)`:
+/// with `row` its one row is added to every row of `x`. With `keep`, also the normalised
+/// rows `x̂` and each row's `1 / √(σ² + ε)` (what the backward pass needs).
 #[inline]
 fn add_layer_norm<H: Host>(
     x: &T<H>,
-    a: Option<&T<H>>,
+    a: Option<(&T<H>, bool)>,
     w: &T<H>,
     b: &T<H>,
     eps: f32,
@@ -675,7 +715,7 @@ fn add_layer_norm<H: Host>(
     let shape = H::dims(x);
     let d = shape[shape.len() - 1];
     let (xs, ws, bs) = (H::slice(x), H::slice(w), H::slice(b));
-    let a = a.map(H::slice);
+    let a = a.map(|(a, row)| (H::slice(a), row));
     let n = xs.len() / d;
     let mut out = vec![0.0f32; xs.len()];
     let (mut xhat, mut inv) = if keep {
@@ -690,7 +730,7 @@ fn add_layer_norm<H: Host>(
         Arch::new().dispatch(AddNorm {
             out,
             x: &xs[span.clone()],
-            a: a.map(|a| &a[span]),
+            a: a.map(|(a, row)| if row { (a, true) } else { (&a[span], false) }),
             w: ws,
             b: bs,
             eps,
@@ -814,13 +854,14 @@ fn add_layer_norm_ad<H: Host>(
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    let (y, kept) = add_layer_norm::<H>(&x, a.as_ref(), &w, &b, eps, true);
+                    let (y, kept) =
+                        add_layer_norm::<H>(&x, a.as_ref().map(|a| (a, false)), &w, &b, eps, true);
                     let (xhat, inv) = kept.expect("kept on request");
                     prep.finish((xhat, inv, w), y)
                 }
-                OpsKind::UnTracked(prep) => {
-                    prep.finish(add_layer_norm::<H>(&x, a.as_ref(), &w, &b, eps, false).0)
-                }
+                OpsKind::UnTracked(prep) => prep.finish(
+                    add_layer_norm::<H>(&x, a.as_ref().map(|a| (a, false)), &w, &b, eps, false).0,
+                ),
             }
         }};
     }
@@ -1724,7 +1765,8 @@ impl WithSimd for ColumnSums<'_> {
 struct AddNorm<'a> {
     out: &'a mut [f32],
     x: &'a [f32],
-    a: Option<&'a [f32]>,
+    /// The residual: one value per element of `x`, or (`true`) one row for every row.
+    a: Option<(&'a [f32], bool)>,
     w: &'a [f32],
     b: &'a [f32],
     eps: f32,
@@ -1743,8 +1785,9 @@ impl WithSimd for AddNorm<'_> {
         for (r, o) in self.out.chunks_exact_mut(d).enumerate() {
             let x = &self.x[r * d..(r + 1) * d];
             match self.a {
-                Some(a) => {
-                    for ((o, &x), &a) in o.iter_mut().zip(x).zip(&a[r * d..(r + 1) * d]) {
+                Some((a, row)) => {
+                    let a = if row { &a[..d] } else { &a[r * d..(r + 1) * d] };
+                    for ((o, &x), &a) in o.iter_mut().zip(x).zip(a) {
                         *o = x + a;
                     }
                 }

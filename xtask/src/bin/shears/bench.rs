@@ -603,6 +603,15 @@ fn pruned_shapes(dense: &ModelConfig) -> Vec<(&'static str, ModelConfig)> {
             "joint run (TRAINING.md: heads 11,11,9,5,5,7; ffn 1367,1349,1299,0,0,0; hidden 371)",
             joint,
         ),
+        // No head and no neuron left: what no pruning of heads and neurons removes
+        // (embeddings, the layer norms and residual adds, the pooler).
+        (
+            "floor (every layer without heads and FFN)",
+            with(&|_, l| {
+                l.n_heads = 0;
+                l.d_ff = 0;
+            }),
+        ),
     ]
 }
 
@@ -662,8 +671,13 @@ fn pruned(
     );
     println!("|---|---|---:|---:|---:|---:|---:|");
     for r in &rows {
+        let per_flops = if r.flops_ratio > 0.0 {
+            format!("{:.3}", r.latency_ratio / r.flops_ratio)
+        } else {
+            "-".into()
+        };
         println!(
-            "| {} | {} x {} | {} | {} | {:.3} | {:.3} | {:.3} |",
+            "| {} | {} x {} | {} | {} | {:.3} | {:.3} | {per_flops} |",
             r.shape,
             r.batch,
             r.seq,
@@ -671,7 +685,6 @@ fn pruned(
             r.pruned.cell(),
             r.latency_ratio,
             r.flops_ratio,
-            r.latency_ratio / r.flops_ratio
         );
     }
     Ok(rows)
