@@ -113,8 +113,11 @@ impl<B: Backend> AttentionBlock<B> for SelfAttention<B> {
         let bias = context.bias.clone().map(|bias| bias.reshape([b, s]));
         let mut ctx = kernels::attention(q, k, v, bias, context.causal, context.dropout);
         // A head mask scales each head's probabilities, which is scaling its output.
+        // The mask repeated per sequence (`[b, h, 1, 1]`, contiguous) is a per-row scalar
+        // that flex multiplies on its SIMD path; `[1, h, 1, 1]` broadcast over the batch
+        // would go through its one-thread strided iterator.
         if let Some(m) = &context.head_mask {
-            ctx = ctx * m.clone().reshape([1, h, 1, 1]);
+            ctx = ctx * m.clone().reshape([1, h, 1, 1]).repeat_dim(0, b);
         }
         let ctx = kernels::merge_heads(ctx);
         if let Some(c) = &context.capture {

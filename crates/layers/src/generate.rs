@@ -164,10 +164,7 @@ impl<B: Backend> Transformer<B, SelfAttention<B>, FeedForward<B>> {
         let device = ids.device();
         let start = cache.len;
         let emb = &self.embeddings;
-        let first = (config.position_offset + start) as i64;
-        let positions =
-            Tensor::<B, 1, Int>::arange(first..first + s as i64, &device).reshape([1, s]);
-        let mut x = emb.word.forward(ids) + emb.position.forward(positions);
+        let mut x = emb.words_and_positions(ids, config.position_offset + start);
         cache.layers.resize(self.layers.len(), None);
         for (layer, slot) in self.layers.iter().zip(&mut cache.layers) {
             let a = &layer.attention;

@@ -152,6 +152,23 @@ pub struct Embeddings<B: Backend> {
     pub norm: Option<LayerNorm<B>>,
 }
 
+impl<B: Backend> Embeddings<B> {
+    /// Word plus position embeddings of `ids` `[batch, seq]` whose first position is
+    /// `first` (the config's offset plus any cached positions): `[batch, seq, d_model]`.
+    pub fn words_and_positions(&self, ids: Tensor<B, 2, Int>, first: usize) -> Tensor<B, 3> {
+        let [b, s] = ids.dims();
+        let first = first as i64;
+        // One row of position ids per sequence: two contiguous `[b, s, d]` operands add
+        // in place. A `[1, s, d]` operand broadcast over the batch is no pattern flex's
+        // SIMD paths know, and its strided iterator (one thread) took about 10 ms of a
+        // 32 x 64 MiniLM pass on 2026-12-07 (docs/PERFORMANCE.md).
+        let positions = Tensor::<B, 1, Int>::arange(first..first + s as i64, &ids.device())
+            .reshape([1, s])
+            .repeat_dim(0, b);
+        self.word.forward(ids) + self.position.forward(positions)
+    }
+}
+
 /// One transformer layer: attention and feed-forward blocks with their LayerNorms;
 /// post-norm for BERT, pre-norm for GPT-2.
 #[derive(Module, Debug)]
@@ -413,10 +430,7 @@ impl<B: Backend, A: AttentionBlock<B>, F: FeedForwardBlock<B>> Transformer<B, A,
         let real = (input.capture.is_some() && input.attention_mask.is_some())
             .then(|| input.real_tokens());
         let emb = &self.embeddings;
-        let offset = config.position_offset as i64;
-        let positions =
-            Tensor::<B, 1, Int>::arange(offset..offset + s as i64, &device).reshape([1, s]);
-        let mut x = emb.word.forward(input.ids) + emb.position.forward(positions);
+        let mut x = emb.words_and_positions(input.ids, config.position_offset);
         if let Some(tt) = &emb.token_type {
             let types = input
                 .token_types

@@ -569,6 +569,28 @@ fn pruned_shapes(dense: &ModelConfig) -> Vec<(&'static str, ModelConfig)> {
         (c.d_model, c.d_pooler) = (371, Some(371));
         c
     };
+    // The shape `configs/minilm-rotten-tomatoes-f50.toml` pruned MiniLM to on 2026-12-07
+    // (docs/TRAINING.md), as it is and with its widths rounded to multiples of 32.
+    let f50 = |round: usize| {
+        let (heads, ffn) = ([7, 11, 4, 4, 2, 7], [1356, 1340, 942, 818, 0, 294]);
+        let up = |n: usize| n.div_ceil(round) * round;
+        let mut c = with(&|i, l| {
+            l.n_heads = heads[i];
+            l.d_ff = up(ffn[i]);
+        });
+        (c.d_model, c.d_pooler) = (up(380), Some(up(380)));
+        c
+    };
+    // The shape `configs/minilm-rotten-tomatoes-3x.toml` pruned MiniLM to on 2026-12-07.
+    let three_x = {
+        let (heads, ffn) = ([5, 6, 3, 3, 1, 4], [1177, 0, 622, 438, 0, 189]);
+        let mut c = with(&|i, l| {
+            l.n_heads = heads[i];
+            l.d_ff = ffn[i];
+        });
+        (c.d_model, c.d_pooler) = (344, Some(344));
+        c
+    };
     let heads = [12, 7, 0, 5, 12, 3];
     let ffn = [517, 1023, 1536, 777, 300, 1023];
     // Each odd width next to its neighbours at multiples of 8 (`gated.round_to = 8`
@@ -602,6 +624,15 @@ fn pruned_shapes(dense: &ModelConfig) -> Vec<(&'static str, ModelConfig)> {
         (
             "joint run (TRAINING.md: heads 11,11,9,5,5,7; ffn 1367,1349,1299,0,0,0; hidden 371)",
             joint,
+        ),
+        (
+            "f50 run (TRAINING.md: heads 7,11,4,4,2,7; ffn 1356,1340,942,818,0,294; hidden 380)",
+            f50(1),
+        ),
+        ("f50 run, widths rounded up to multiples of 32", f50(32)),
+        (
+            "3x run (TRAINING.md: heads 5,6,3,3,1,4; ffn 1177,0,622,438,0,189; hidden 344)",
+            three_x,
         ),
         // No head and no neuron left: what no pruning of heads and neurons removes
         // (embeddings, the layer norms and residual adds, the pooler).
