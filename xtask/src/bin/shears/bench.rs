@@ -559,38 +559,29 @@ fn pruned_shapes(dense: &ModelConfig) -> Vec<(&'static str, ModelConfig)> {
         c.d_pooler = Some(d);
         c
     };
-    // The shape the joint config's full run pruned MiniLM to (docs/TRAINING.md).
-    let joint = {
-        let (heads, ffn) = ([11, 11, 9, 5, 5, 7], [1367, 1349, 1299, 0, 0, 0]);
-        let mut c = with(&|i, l| {
-            l.n_heads = heads[i];
-            l.d_ff = ffn[i];
-        });
-        (c.d_model, c.d_pooler) = (371, Some(371));
-        c
-    };
-    // The shape `configs/minilm-rotten-tomatoes-f50.toml` pruned MiniLM to on 2026-12-07
-    // (docs/TRAINING.md), as it is and with its widths rounded to multiples of 32.
-    let f50 = |round: usize| {
-        let (heads, ffn) = ([7, 11, 4, 4, 2, 7], [1356, 1340, 942, 818, 0, 294]);
+    // A run's pruned shape (heads and FFN width per layer, hidden width), its widths rounded
+    // up to multiples of `round`.
+    let run = |heads: [usize; 6], ffn: [usize; 6], d: usize, round: usize| {
         let up = |n: usize| n.div_ceil(round) * round;
         let mut c = with(&|i, l| {
             l.n_heads = heads[i];
             l.d_ff = up(ffn[i]);
         });
-        (c.d_model, c.d_pooler) = (up(380), Some(up(380)));
+        (c.d_model, c.d_pooler) = (up(d), Some(up(d)));
         c
     };
-    // The shape `configs/minilm-rotten-tomatoes-3x.toml` pruned MiniLM to on 2026-12-07.
-    let three_x = {
-        let (heads, ffn) = ([5, 6, 3, 3, 1, 4], [1177, 0, 622, 438, 0, 189]);
-        let mut c = with(&|i, l| {
-            l.n_heads = heads[i];
-            l.d_ff = ffn[i];
-        });
-        (c.d_model, c.d_pooler) = (344, Some(344));
-        c
+    // The shapes the joint config's run (2026-12-02), the f50 config's and the 3x config's
+    // (2026-12-07) pruned MiniLM to (docs/TRAINING.md).
+    let joint = run([11, 11, 9, 5, 5, 7], [1367, 1349, 1299, 0, 0, 0], 371, 1);
+    let f50 = |round| {
+        run(
+            [7, 11, 4, 4, 2, 7],
+            [1356, 1340, 942, 818, 0, 294],
+            380,
+            round,
+        )
     };
+    let three_x = run([5, 6, 3, 3, 1, 4], [1177, 0, 622, 438, 0, 189], 344, 1);
     let heads = [12, 7, 0, 5, 12, 3];
     let ffn = [517, 1023, 1536, 777, 300, 1023];
     // Each odd width next to its neighbours at multiples of 8 (`gated.round_to = 8`
