@@ -16,9 +16,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::prelude::*;
-use burn::tensor::TensorPrimitive;
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{TensorCreationOptions, TensorPrimitive};
 
 static FUSED: AtomicBool = AtomicBool::new(true);
 
@@ -158,6 +158,34 @@ pub fn linear<B: Backend, const D: usize>(
     y.reshape(shape)
 }
 
+/// Whether the CPU kernels read `t` as one row repeated over its leading axes without
+/// copying it out: an `expand` of a vector that the backend keeps as a view (flex does;
+/// ndarray's `expand` copies). [`add_layer_norm`] then adds that row to every row of `x`.
+/// `false` on every other backend and under autodiff.
+pub fn is_row_broadcast<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
+    #[cfg(feature = "cpu-kernels")]
+    if let Ok(row) = cpu::is_row_broadcast_dispatch(t.clone()) {
+        return row;
+    }
+    let _ = t;
+    false
+}
+
+/// `row: [d]` repeated to `[shape[0], shape[1], d]` (what a block emptied of every head or
+/// neuron adds). Burn's `expand` everywhere (a view on flex, which [`add_layer_norm`] reads
+/// as one row, see [`is_row_broadcast`]) except on ndarray without autodiff, whose `expand`
+/// copies one element at a time: there the row is copied into every row of a new buffer.
+pub fn expand_row<B: Backend>(row: Tensor<B, 1>, shape: [usize; 2]) -> Tensor<B, 3> {
+    let d = row.dims()[0];
+    let shape = [shape[0], shape[1], d];
+    #[cfg(feature = "cpu-kernels")]
+    let row = match cpu::expand_row_dispatch(row, shape) {
+        Ok(y) => return y,
+        Err(row) => row,
+    };
+    row.reshape([1, 1, d]).expand(shape)
+}
+
 /// `LayerNorm(x + a)` over the last axis (BERT's post-norm residual), `x, a: [batch, seq,
 /// d]`, `weight, bias: [d]`.
 ///
@@ -272,7 +300,11 @@ pub fn attention<B: Backend>(
     let sk = k.dims()[2];
     let bias = bias.map(|m| m.reshape([b, 1, 1, sk]).expand([b, 1, s, sk]));
     if let Some(d) = dropout.filter(|d| d.p > 0.0) {
-        let device = q.device();
+        // The constants in the queries' float type: a device's default float type is set by
+        // the first backend that uses it (`NdArray<f32>` and `NdArray<f64>` share one), so
+        // `&device` alone could give f32 constants to an f64 computation.
+        let (device, dtype) = (q.device(), q.dtype());
+        let same = || TensorCreationOptions::new(device.clone()).with_dtype(dtype);
         let mut scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (dh as f64).sqrt());
         if let Some(bias) = bias {
             scores = scores + bias;
@@ -288,13 +320,13 @@ pub fn attention<B: Backend>(
                     }
                 })
                 .collect();
-            let future = Tensor::<B, 4>::from_data(TensorData::new(future, [1, 1, s, sk]), &device);
+            let future = Tensor::<B, 4>::from_data(TensorData::new(future, [1, 1, s, sk]), same());
             scores = scores + future;
         }
         let probs = burn::tensor::activation::softmax(scores, 3);
         let mut mask = vec![1.0f32; b * h * s * sk];
         d.apply(&mut mask, 0);
-        let mask = Tensor::<B, 4>::from_data(TensorData::new(mask, [b, h, s, sk]), &device);
+        let mask = Tensor::<B, 4>::from_data(TensorData::new(mask, [b, h, s, sk]), same());
         return (probs * mask).matmul(v);
     }
     let options = AttentionModuleOptions {

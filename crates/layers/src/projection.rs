@@ -97,14 +97,13 @@ impl<B: Backend> Projection<B> {
     }
 
     /// The bias broadcast to `[batch, seq, out]` (what the projection gives for a zero input,
-    /// and all a block without heads or neurons adds).
+    /// and all a block without heads or neurons adds; see [`kernels::expand_row`]).
     pub fn bias3(&self, batch: usize, seq: usize, device: &B::Device) -> Tensor<B, 3> {
-        let d = self.d_out();
-        match &self.bias {
-            Some(b) => b.val().reshape([1, 1, d]),
-            None => Tensor::zeros([1, 1, d], device),
-        }
-        .expand([batch, seq, d])
+        let bias = match &self.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([self.d_out()], device),
+        };
+        kernels::expand_row(bias, [batch, seq])
     }
 
     /// `x W + b` for `x: [batch, seq, in]` as one `[batch · seq, in]` matrix product per

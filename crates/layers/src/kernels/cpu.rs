@@ -38,7 +38,8 @@ pub trait Host: Backend {
     /// A tensor of these values and shape.
     fn make(v: Vec<f32>, shape: Vec<usize>) -> T<Self>;
     /// Whether `t` is one row repeated over its leading axes (an `expand` of a vector: every
-    /// leading stride 0, the last 1), so that the row alone holds its values.
+    /// leading axis of stride 0 or of length 1, the last of stride 1), so that the row alone
+    /// holds its values.
     fn is_row_broadcast(t: &T<Self>) -> bool;
 
     /// The shape of `t` as a matrix: its leading axes as the rows, its last as the columns.
@@ -76,7 +77,7 @@ impl Host for burn::backend::Flex {
         burn::backend::flex::FlexTensor::from_data(TensorData::new(v, shape))
     }
     fn is_row_broadcast(t: &T<Self>) -> bool {
-        row_strides(t.layout().strides())
+        row_strides(t.layout().shape(), t.layout().strides())
     }
 }
 
@@ -121,17 +122,27 @@ impl Host for burn::backend::NdArray {
     }
     fn is_row_broadcast(t: &T<Self>) -> bool {
         match t {
-            burn::backend::ndarray::NdArrayTensor::F32(s) => row_strides(s.view().strides()),
+            burn::backend::ndarray::NdArrayTensor::F32(s) => {
+                let v = s.view();
+                row_strides(v.shape(), v.strides())
+            }
             _ => false,
         }
     }
 }
 
-/// Strides of a row repeated over the leading axes: `[0, ..., 0, 1]` with at least one
-/// leading axis.
+/// Whether `shape` and `strides` lay out a row repeated over the leading axes: at least
+/// one leading axis, each of stride 0 or of length 1 (a length-1 axis's stride is
+/// arbitrary: `expand` keeps it, so `[1, s, d]` expanded from `[1, 1, d]` has strides
+/// `[d, 0, 1]`), the last of stride 1.
 #[cfg(any(feature = "flex", feature = "ndarray"))]
-fn row_strides(strides: &[isize]) -> bool {
-    matches!(strides, [lead @ .., 1] if !lead.is_empty() && lead.iter().all(|&s| s == 0))
+fn row_strides(shape: &[usize], strides: &[isize]) -> bool {
+    match (shape, strides) {
+        ([lead_len @ .., _], [lead @ .., 1]) => {
+            !lead.is_empty() && lead.iter().zip(lead_len).all(|(&s, &n)| s == 0 || n == 1)
+        }
+        _ => false,
+    }
 }
 
 /// Whether `B` is a CPU backend compiled in here, or one under autodiff.
@@ -437,6 +448,43 @@ macro_rules! on_hosts {
         };
         args
     }};
+}
+
+/// [`super::is_row_broadcast`] on a CPU backend (without autodiff), or the tensor back.
+pub fn is_row_broadcast_dispatch<B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+) -> Result<bool, Tensor<B, D>> {
+    Err(on_hosts!(is_row_broadcast_on, t, D))
+}
+
+fn is_row_broadcast_on<H: Host, B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+) -> Result<bool, Tensor<B, D>> {
+    cast::<H, B, D>(t).map(|t| H::is_row_broadcast(&prim(t)))
+}
+
+/// [`super::expand_row`] on ndarray (without autodiff): the row copied into every row of a
+/// new buffer, or the row back elsewhere. ndarray's own `expand` copies too, one element at
+/// a time through a broadcast view (`into_owned`).
+pub fn expand_row_dispatch<B: Backend>(
+    row: Tensor<B, 1>,
+    shape: [usize; 3],
+) -> Result<Tensor<B, 3>, Tensor<B, 1>> {
+    if !super::fused() {
+        return Err(row);
+    }
+    #[cfg(feature = "ndarray")]
+    let row = match cast::<burn::backend::NdArray, B, 1>(row) {
+        Ok(row) if is_f32(&row) => {
+            type H = burn::backend::NdArray;
+            let values = H::values(prim(row)).repeat(shape[0] * shape[1]);
+            return Ok(uncast(float::<H, 3>(H::make(values, shape.to_vec()))));
+        }
+        Ok(row) => uncast(row),
+        Err(row) => row,
+    };
+    let _ = shape;
+    Err(row)
 }
 
 type LinearArgs<B, const D: usize> = (Tensor<B, D>, Tensor<B, 2>, Option<Tensor<B, 1>>, bool);

@@ -237,6 +237,36 @@ fn the_kernels_run_on_the_cpu_backends_only() {
     assert!(!kernels::on_kernels::<Wgpu>());
 }
 
+/// A block emptied of every head or neuron adds its bias expanded over the rows; flex keeps
+/// the expansion a view, and the layer-norm kernel reads its one row instead of copying it
+/// out to every row. At batch 1 `expand` keeps the batch axis's stride (`[d, 0, 1]`), which
+/// the kernels once took for a layout to copy: 12 copies a pass, most of a pruned MiniLM's
+/// floor at 1 x 64 (docs/PERFORMANCE.md).
+#[test]
+fn an_expanded_bias_is_read_as_one_row_on_flex() {
+    use burn::backend::Flex;
+    let device = Default::default();
+    let d = 5;
+    let values = [0.5, -1.0, 2.0, 0.0, 3.0];
+    let row = Tensor::<Flex, 1>::from_floats(values, &device);
+    for (b, s) in [(1, 7), (3, 7), (3, 1), (1, 1)] {
+        let a = kernels::expand_row(row.clone(), [b, s]);
+        assert!(
+            kernels::is_row_broadcast(&a),
+            "[{d}] expanded to [{b}, {s}, {d}]"
+        );
+        let want: Vec<f32> = (0..b * s).flat_map(|_| values).collect();
+        assert_eq!(a.into_data().to_vec::<f32>().unwrap(), want);
+    }
+    // One row per sequence, and rows of their own, are not one row.
+    let per_sequence = Tensor::<Flex, 3>::zeros([3, 1, d], &device).expand([3, 7, d]);
+    assert!(!kernels::is_row_broadcast(&per_sequence));
+    assert!(!kernels::is_row_broadcast(&Tensor::<Flex, 3>::zeros(
+        [1, 7, d],
+        &device
+    )));
+}
+
 /// The tests of [`cpu`], for a CPU backend `C`.
 mod bodies {
     use super::*;
@@ -389,29 +419,40 @@ mod bodies {
         }
         let tol = vec![1e-5f32; want.len()];
         close(&got, &want, &tol, "LayerNorm(x + a)");
-        // A broadcast `a` (a block that adds only its bias) takes Burn's operations.
+        // A broadcast `a` (a block that adds only its bias), over three sequences and over
+        // one (where `expand` keeps the batch axis's stride: the kernels read it as a row
+        // all the same, see `an_expanded_bias_is_read_as_one_row_on_flex`).
         let row = noise(d, 12);
-        let a = tensor::<C, 1>(&row, [d])
-            .reshape([1, 1, d])
-            .expand([b, s, d]);
-        let got = vec_of(kernels::add_layer_norm(
-            tensor::<C, 3>(&x, [b, s, d]),
-            a,
-            tensor(&w, [d]),
-            tensor(&bias, [d]),
-            eps,
-        ));
-        let a = tensor::<Reference, 1>(&row, [d])
-            .reshape([1, 1, d])
-            .expand([b, s, d]);
-        let want = vec_of(kernels::add_layer_norm(
-            tensor::<Reference, 3>(&x, [b, s, d]),
-            a,
-            tensor(&w, [d]),
-            tensor(&bias, [d]),
-            eps,
-        ));
-        close(&got, &want, &tol, "LayerNorm(x + broadcast bias)");
+        for b in [3, 1] {
+            let x = &x[..b * s * d];
+            let a = tensor::<C, 1>(&row, [d])
+                .reshape([1, 1, d])
+                .expand([b, s, d]);
+            let got = vec_of(kernels::add_layer_norm(
+                tensor::<C, 3>(x, [b, s, d]),
+                a,
+                tensor(&w, [d]),
+                tensor(&bias, [d]),
+                eps,
+            ));
+            let a = tensor::<Reference, 1>(&row, [d])
+                .reshape([1, 1, d])
+                .expand([b, s, d]);
+            let want = vec_of(kernels::add_layer_norm(
+                tensor::<Reference, 3>(x, [b, s, d]),
+                a,
+                tensor(&w, [d]),
+                tensor(&bias, [d]),
+                eps,
+            ));
+            let tol = &tol[..b * s * d];
+            close(
+                &got,
+                &want,
+                tol,
+                &format!("LayerNorm(x + broadcast bias), batch {b}"),
+            );
+        }
     }
 
     pub fn attention_kernel_equals_burns_attention<C: Backend>() {
@@ -602,7 +643,11 @@ mod bodies {
                     );
                     let tol: Vec<f32> = want[i].iter().map(|v| 2e-6 * v.abs().max(1.0)).collect();
                     close(&got[i], &want[i], &tol, &what);
-                    let tol: Vec<f32> = want[i].iter().map(|v| 2e-4 * v.abs().max(1.0)).collect();
+                    // Looser still than it looks: `NdArray<f32>` and `Reference` share one
+                    // device, whose default float type the first of them to make a tensor
+                    // sets for both, so with some test orders this runs in f32 (dk off by
+                    // 2.1e-4 on an AVX2 machine, 2026-12-08; docs/ARCHITECTURE.md).
+                    let tol: Vec<f32> = want[i].iter().map(|v| 1e-3 * v.abs().max(1.0)).collect();
                     close(&burns[i], &want[i], &tol, &format!("{what} (Burn's)"));
                 }
             }
